@@ -1,0 +1,113 @@
+"""The `civicbus` command line (typer). Contract: DESIGN.md "Command line".
+
+Commands of the role packages (publish, simulate, process, tail, ...) are registered through the
+`civicbus.commands` entry-point group, so this module never imports them.
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+import threading
+from importlib.metadata import entry_points
+
+import typer
+
+from civicbus.broker import BrokerError, EmbeddedBroker
+from civicbus.cli_support import bus_context, configure_logging
+from civicbus.kafka import apply_topics
+from civicbus.registry import check_schemas, lock_schemas
+
+app = typer.Typer(help="civicbus: the city's inter-agency event bus.", no_args_is_help=True, add_completion=False)
+topics_app = typer.Typer(help="Kafka topics of the bus.", no_args_is_help=True)
+schemas_app = typer.Typer(help="Avro schemas and the schema lock.", no_args_is_help=True)
+app.add_typer(topics_app, name="topics")
+app.add_typer(schemas_app, name="schemas")
+
+
+def fail(message: str, code: int = 1) -> None:
+    typer.secho(message, fg=typer.colors.RED, err=True)
+    raise typer.Exit(code)
+
+
+@app.command()
+def broker(port: int = typer.Option(9092, help="Port to listen on (loopback).")) -> None:
+    """Run only the embedded broker (Tansu, memory storage) until Ctrl-C or SIGTERM."""
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    try:
+        with EmbeddedBroker(port=port) as embedded:
+            typer.echo(f"embedded broker listening on {embedded.bootstrap} (memory only; Ctrl-C stops it)")
+            stop.wait()
+    except BrokerError as e:
+        fail(str(e))
+    typer.echo("embedded broker stopped")
+
+
+@topics_app.command("apply")
+def topics_apply() -> None:
+    """Create every topic of the topology that is missing; report those that differ."""
+    ctx = bus_context()
+    report = apply_topics(ctx.bootstrap, ctx.topology.specs())
+    for name in report.created:
+        typer.echo(f"created   {name}")
+    for line in report.differs:
+        typer.secho(f"differs   {line}", fg=typer.colors.YELLOW)
+    typer.echo(f"{len(report.created)} created, {len(report.unchanged)} unchanged, {len(report.differs)} differing")
+
+
+@schemas_app.command("check")
+def schemas_check() -> None:
+    """Fail unless every schema is in the lock and every change is backward compatible."""
+    result = check_schemas(bus_context().catalog)
+    for reason in result.incompatible:
+        typer.secho(f"incompatible: {reason}", fg=typer.colors.RED, err=True)
+    for subject in result.new:
+        typer.secho(f"not locked:   {subject} (run `civicbus schemas lock`)", fg=typer.colors.YELLOW, err=True)
+    if not result.ok:
+        raise typer.Exit(1)
+    typer.echo(f"{len(result.locked)} schemas locked and compatible")
+
+
+@schemas_app.command("lock")
+def schemas_lock() -> None:
+    """Add new backward-compatible schema versions to schemas/schemas.lock.json."""
+    try:
+        added = lock_schemas(bus_context().catalog)
+    except ValueError as e:
+        fail(str(e))
+    for line in added:
+        typer.echo(f"locked {line}")
+    typer.echo(f"{len(added)} schema versions added")
+
+
+@app.command()
+def up(
+    broker_port: int = typer.Option(9092, help="Embedded broker port (ignored with CIVICBUS_BOOTSTRAP)."),
+    http_port: int = typer.Option(8080, help="HTTP gateway port."),
+    metrics_port: int = typer.Option(9308, help="Prometheus exporter port."),
+    simulate: float = typer.Option(0.0, help="Run the city simulator at this many events/s (0: off)."),
+) -> None:
+    """Start everything: broker, topics, processors, gateway, exporter, simulator."""
+    from civicbus.stack import Stack
+
+    configure_logging()
+    try:
+        Stack(bus_context().settings, broker_port, http_port, metrics_port, simulate).run()
+    except BrokerError as e:
+        fail(str(e))
+
+
+def _register_plugins() -> None:
+    for entry_point in entry_points(group="civicbus.commands"):
+        entry_point.load()(app)
+
+
+def main() -> None:
+    _register_plugins()
+    app()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

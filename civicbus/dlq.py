@@ -1,0 +1,55 @@
+"""Dead letters: rejected input as data, with a reason code from one enumeration.
+
+Follows Kafka Connect's dead-letter convention: the record value is the original bytes,
+untouched, and the reason and origin travel in headers, so an operator can fix and replay.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from enum import Enum
+
+
+class Reason(str, Enum):
+    NOT_AVRO = "NOT_AVRO"  # no Confluent wire-format framing (magic byte 0 + schema id)
+    UNKNOWN_SCHEMA = "UNKNOWN_SCHEMA"  # schema id not in the registry
+    CORRUPT_PAYLOAD = "CORRUPT_PAYLOAD"  # framing fine, Avro body does not decode
+    OVERSIZE = "OVERSIZE"  # larger than the largest event civicbus accepts
+    UNKNOWN_TYPE = "UNKNOWN_TYPE"  # event type not in the catalog
+    INVALID_EVENT = "INVALID_EVENT"  # decodes, but fails validation (fields named in detail)
+    SOURCE_MISMATCH = "SOURCE_MISMATCH"  # envelope source is not the department owning the topic
+    TYPE_NOT_PERMITTED = "TYPE_NOT_PERMITTED"  # department may not publish this type
+    UNKNOWN_CASE = "UNKNOWN_CASE"  # a status update for a case the bus never opened
+    PROCESSING_ERROR = "PROCESSING_ERROR"  # a stage failed on this record; the stage keeps running
+
+
+HEADER_PREFIX = "dlq."
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    reason: Reason
+    detail: str
+    stage: str
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+
+    def headers(self) -> list[tuple[str, bytes]]:
+        return [
+            (HEADER_PREFIX + "reason", self.reason.value.encode()),
+            (HEADER_PREFIX + "detail", self.detail.encode("utf-8", "replace")[:4000]),
+            (HEADER_PREFIX + "stage", self.stage.encode()),
+            (HEADER_PREFIX + "topic", self.topic.encode()),
+            (HEADER_PREFIX + "partition", str(self.partition).encode()),
+            (HEADER_PREFIX + "offset", str(self.offset).encode()),
+            (HEADER_PREFIX + "time", str(int(time.time() * 1000)).encode()),
+        ]
+
+
+def read_headers(headers: list[tuple[str, bytes]] | None) -> dict[str, str]:
+    """The dlq.* headers of a dead-letter record, without the prefix."""
+    return {k[len(HEADER_PREFIX) :]: v.decode("utf-8", "replace") for k, v in headers or [] if k.startswith(HEADER_PREFIX)}

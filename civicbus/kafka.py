@@ -1,0 +1,98 @@
+"""Thin helpers over confluent-kafka: client configs and topic administration.
+
+Client settings that every component shares live here, so a stage never hand-writes them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from confluent_kafka import Consumer, Producer
+from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic
+
+from civicbus.settings import Settings
+from civicbus.topology import TopicSpec
+
+
+def producer_config(bootstrap: str, **extra) -> dict:
+    """Idempotent, acks=all: the broker never holds a record twice from one producer session."""
+    return {
+        "bootstrap.servers": bootstrap,
+        "enable.idempotence": True,
+        "acks": "all",
+        "linger.ms": 5,
+        **extra,
+    }
+
+
+def consumer_config(settings: Settings, bootstrap: str, group_id: str, **extra) -> dict:
+    return {
+        "bootstrap.servers": bootstrap,
+        "group.id": group_id,
+        "enable.auto.commit": False,
+        "auto.offset.reset": "earliest",
+        "isolation.level": "read_committed",
+        "session.timeout.ms": settings.session_timeout_ms,
+        "heartbeat.interval.ms": max(500, settings.session_timeout_ms // 6),
+        **extra,
+    }
+
+
+def make_producer(bootstrap: str, **extra) -> Producer:
+    return Producer(producer_config(bootstrap, **extra))
+
+
+def make_consumer(settings: Settings, bootstrap: str, group_id: str, **extra) -> Consumer:
+    return Consumer(consumer_config(settings, bootstrap, group_id, **extra))
+
+
+@dataclass(frozen=True)
+class TopicsReport:
+    created: list[str]
+    unchanged: list[str]
+    differs: list[str]  # human-readable: "topic: partitions 1 != 4", "topic: cleanup.policy ..."
+
+
+def apply_topics(bootstrap: str, specs: list[TopicSpec], timeout_s: float = 15.0) -> TopicsReport:
+    """Create missing topics; report (never alter) existing ones that differ. Idempotent."""
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    existing = admin.list_topics(timeout=timeout_s).topics
+    missing = [s for s in specs if s.name not in existing]
+    created: list[str] = []
+    if missing:
+        futures = admin.create_topics(
+            [NewTopic(s.name, num_partitions=s.partitions, replication_factor=-1, config=s.config) for s in missing],
+            operation_timeout=timeout_s,
+        )
+        for name, future in futures.items():
+            try:
+                future.result()
+                created.append(name)
+            except Exception as e:  # another process created it in between: fine
+                if "TOPIC_ALREADY_EXISTS" not in str(e):
+                    raise
+    present = [s for s in specs if s.name in existing]
+    differs = _differences(admin, present, existing, timeout_s)
+    unchanged = [s.name for s in present if not any(d.startswith(s.name + ":") for d in differs)]
+    return TopicsReport(created=created, unchanged=unchanged, differs=differs)
+
+
+def _differences(admin: AdminClient, specs: list[TopicSpec], existing: dict, timeout_s: float) -> list[str]:
+    differs = []
+    for s in specs:
+        actual = len(existing[s.name].partitions)
+        if actual != s.partitions:
+            differs.append(f"{s.name}: partitions {actual}, expected {s.partitions}")
+    if not specs:
+        return differs
+    futures = admin.describe_configs([ConfigResource("topic", s.name) for s in specs])
+    by_name = {s.name: s for s in specs}
+    for resource, future in futures.items():
+        try:
+            actual_config = {k: v.value for k, v in future.result(timeout=timeout_s).items()}
+        except Exception:
+            continue  # a broker that cannot describe configs: partitions were still compared
+        for key, wanted in by_name[resource.name].config.items():
+            if key in actual_config and actual_config[key] != wanted:
+                differs.append(f"{resource.name}: {key}={actual_config[key]}, expected {wanted}")
+    return differs

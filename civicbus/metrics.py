@@ -1,0 +1,28 @@
+"""civicbus_* metrics, declared once at module level (prometheus client_python style).
+
+Components run as separate processes under `civicbus up`; with PROMETHEUS_MULTIPROC_DIR set,
+prometheus-client writes each process's samples to that folder and the exporter serves the sum.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+PUBLISHED = Counter("civicbus_published_total", "Events accepted at ingest from a publishing department.", ["department", "type"])
+REJECTED = Counter("civicbus_rejected_total", "Records sent to civic.dlq, by stage and reason code.", ["stage", "reason"])
+ROUTED = Counter("civicbus_routed_total", "Events written to civic.dist.events.", ["type"])
+DELIVERED = Counter("civicbus_delivered_total", "Events written to a department feed.", ["department", "type"])
+MASKED = Counter("civicbus_masked_fields_total", "Personal fields masked on delivery.", ["department", "type"])
+DUPLICATES_DROPPED = Counter("civicbus_duplicates_dropped_total", "Re-emitted events dropped by id.", ["stage"])
+STAGE_RECORDS = Counter("civicbus_stage_records_total", "Input records processed by a stage.", ["stage"])
+STAGE_BATCH_SECONDS = Histogram(
+    "civicbus_stage_batch_seconds", "Time to process and commit one transactional batch.", ["stage"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+)
+END_TO_END_LATENCY = Histogram(
+    "civicbus_end_to_end_latency_seconds", "From the publisher's produce time to the write to a department feed.",
+    ["department"], buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
+OPEN_CASES = Gauge("civicbus_open_cases", "Cases not yet resolved.", ["department", "category"], multiprocess_mode="livesum")
+OVERDUE_CASES = Gauge("civicbus_overdue_cases", "Open cases past a deadline.", ["department", "category"], multiprocess_mode="livesum")
+ESCALATED = Counter("civicbus_escalated_total", "case.escalated events emitted.", ["department", "category"])

@@ -1,0 +1,34 @@
+"""Process-wide settings from the environment (pydantic-settings), one place for all of them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="CIVICBUS_", extra="ignore")
+
+    bootstrap: str | None = Field(
+        default=None, description="External Kafka bootstrap servers; unset means the embedded broker."
+    )
+    config: Path = Field(default=REPO_ROOT / "config", description="The city config folder.")
+    schema_registry_url: str | None = Field(
+        default=None, description="Confluent Schema Registry URL; unset means the file registry in schemas/."
+    )
+    schemas_dir: Path = REPO_ROOT / "schemas"
+    namespace: str = Field(
+        default="",
+        description="Prefix for every topic and consumer group. Empty in production; tests use it "
+        "to run isolated pipelines side by side on one broker.",
+    )
+    session_timeout_ms: int = Field(
+        default=6000,
+        description="Consumer session timeout. The embedded broker holds a joining member for about "
+        "half of it before the first assignment, so local runs keep it short.",
+    )
+    state_dir: Path = Field(default=REPO_ROOT / ".civicbus", description="Spools and local state.")

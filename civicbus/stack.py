@@ -1,0 +1,135 @@
+"""`civicbus up`: the whole bus on one machine, each part its own supervised process.
+
+Every long-running part (stages, gateway, simulator) runs as `civicbus <command>` in a child
+process: a crash of one is contained, restarted with backoff, and both cores get used. The
+children write metrics to one PROMETHEUS_MULTIPROC_DIR, which this process serves on
+--metrics-port and summarises in the live view.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+
+from civicbus.broker import EmbeddedBroker
+from civicbus.kafka import apply_topics
+from civicbus.settings import Settings
+from civicbus.topology import Topology
+
+RESTART_BACKOFF_S = (1, 2, 5, 10, 30)
+
+
+@dataclass
+class Child:
+    name: str
+    argv: list[str]
+    listens: str = ""
+    process: subprocess.Popen | None = None
+    restarts: int = 0
+    next_start: float = 0.0
+    log_path: str = ""
+
+    def start(self, env: dict[str, str], log_dir: str) -> None:
+        self.log_path = os.path.join(log_dir, f"{self.name}.log")
+        log = open(self.log_path, "ab")
+        # A session of its own: Ctrl-C reaches only the supervisor, which stops children in order.
+        self.process = subprocess.Popen(self.argv, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        log.close()
+
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def stop(self, timeout_s: float = 20.0) -> None:
+        if not self.alive():
+            return
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+
+def civicbus_command(*args: str) -> list[str]:
+    return [sys.executable, "-m", "civicbus.cli", *args]
+
+
+@dataclass
+class Stack:
+    settings: Settings
+    broker_port: int
+    http_port: int
+    metrics_port: int
+    simulate_rate: float
+    children: list[Child] = field(default_factory=list)
+
+    def run(self) -> None:
+        stop = threading.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: stop.set())
+        with ExitStack() as cleanup:
+            work_dir = tempfile.mkdtemp(prefix="civicbus-up-")
+            cleanup.callback(shutil.rmtree, work_dir, True)
+            metrics_dir = os.path.join(work_dir, "metrics")
+            os.makedirs(metrics_dir)
+            if self.settings.bootstrap:
+                bootstrap = self.settings.bootstrap
+                print(f"broker     external Kafka at {bootstrap}")
+            else:
+                broker = cleanup.enter_context(EmbeddedBroker(port=self.broker_port, log_path=os.path.join(work_dir, "broker.log")))
+                bootstrap = broker.bootstrap
+                print(f"broker     embedded (Tansu, memory only) on {bootstrap}")
+            from civicbus.config import load_city
+
+            topology = Topology(tuple(load_city(self.settings.config).department_ids()), namespace=self.settings.namespace)
+            report = apply_topics(bootstrap, topology.specs())
+            print(f"topics     {len(report.created)} created, {len(report.unchanged)} already there")
+            env = {**os.environ, "CIVICBUS_BOOTSTRAP": bootstrap, "PROMETHEUS_MULTIPROC_DIR": metrics_dir}
+            self.children = self._children()
+            for child in self.children:
+                child.start(env, work_dir)
+                print(f"{child.name:<10} pid {child.process.pid}{'  ' + child.listens if child.listens else ''}  log {child.log_path}")
+            from civicbus.live import LiveView, serve_metrics
+
+            serve_metrics(self.metrics_port, metrics_dir)
+            print(f"metrics    http://127.0.0.1:{self.metrics_port}/metrics")
+            print("Ctrl-C stops everything.\n")
+            view = LiveView(metrics_dir)
+            cleanup.callback(self._stop_children)
+            while not stop.wait(1.0):
+                self._supervise(env, work_dir)
+                view.render()
+
+    def _children(self) -> list[Child]:
+        children = [Child(stage, civicbus_command("process", stage)) for stage in ("ingest", "cases", "fanout")]
+        if self.simulate_rate > 0:
+            children.append(Child("simulator", civicbus_command("simulate", "--rate", str(self.simulate_rate), "--duration", "0")))
+        return children
+
+    def _supervise(self, env: dict[str, str], work_dir: str) -> None:
+        now = time.monotonic()
+        for child in self.children:
+            if child.alive():
+                continue
+            if child.next_start == 0.0:
+                delay = RESTART_BACKOFF_S[min(child.restarts, len(RESTART_BACKOFF_S) - 1)]
+                child.next_start = now + delay
+                print(f"!! {child.name} exited with {child.process.returncode}; restarting in {delay}s (log {child.log_path})")
+            elif now >= child.next_start:
+                child.restarts += 1
+                child.next_start = 0.0
+                child.start(env, work_dir)
+
+    def _stop_children(self) -> None:
+        print("\nstopping: simulator first, then the stages in pipeline order")
+        for child in sorted(self.children, key=lambda c: c.name != "simulator"):
+            child.stop()
+            print(f"stopped    {child.name}")

@@ -1,0 +1,78 @@
+"""Every topic civicbus uses, with partitions and configs: the one place that names topics.
+
+Topic names are contract (DESIGN.md). `Topology.namespace` prefixes every name and consumer
+group; it is empty in production and lets tests run isolated pipelines on one broker.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+DAY_MS = 24 * 3600 * 1000
+
+IN_PREFIX = "civic.in."
+FEED_PREFIX = "civic.feed."
+REF_PREFIX = "civic.ref."
+DIST_EVENTS = "civic.dist.events"
+DLQ = "civic.dlq"
+AUDIT = "civic.audit"
+# Internal hops between stages; not part of the public contract.
+PIPE_CASES = "civic.pipe.cases"
+STATE_FANOUT_SEEN = "civic.state.fanout-seen"
+
+REFERENCE_DATASETS = ("population", "entities", "buildings")
+
+
+@dataclass(frozen=True)
+class TopicSpec:
+    name: str
+    partitions: int
+    config: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Topology:
+    departments: tuple[str, ...]
+    namespace: str = ""
+    pipeline_partitions: int = 1
+
+    def name(self, topic: str) -> str:
+        return f"{self.namespace}{topic}"
+
+    def group(self, group: str) -> str:
+        return f"{self.namespace}{group}"
+
+    def inbound(self, department: str) -> str:
+        return self.name(IN_PREFIX + department)
+
+    def feed(self, department: str) -> str:
+        return self.name(FEED_PREFIX + department)
+
+    def reference(self, dataset: str) -> str:
+        return self.name(REF_PREFIX + dataset)
+
+    @property
+    def inbound_pattern(self) -> str:
+        """Regex subscription for every department's inbound topic (librdkafka: leading ^)."""
+        return "^" + self.name(IN_PREFIX).replace(".", r"\.") + ".*"
+
+    def department_of_inbound(self, topic: str) -> str:
+        return topic[len(self.name(IN_PREFIX)) :]
+
+    def specs(self) -> list[TopicSpec]:
+        """Every topic, so `topics apply` can create them before any client runs."""
+        n = self.pipeline_partitions
+        week = {"cleanup.policy": "delete", "retention.ms": str(7 * DAY_MS)}
+        month = {"cleanup.policy": "delete", "retention.ms": str(30 * DAY_MS)}
+        compact = {"cleanup.policy": "compact"}
+        specs = [TopicSpec(self.inbound(d), n, week) for d in self.departments]
+        specs += [TopicSpec(self.feed(d), n, month) for d in self.departments]
+        specs += [TopicSpec(self.reference(r), 1, compact) for r in REFERENCE_DATASETS]
+        specs += [
+            TopicSpec(self.name(DIST_EVENTS), n, month),
+            TopicSpec(self.name(PIPE_CASES), n, week),
+            TopicSpec(self.name(DLQ), 1, month),
+            TopicSpec(self.name(AUDIT), 1, {"cleanup.policy": "delete", "retention.ms": str(365 * DAY_MS)}),
+            TopicSpec(self.name(STATE_FANOUT_SEEN), n, {"cleanup.policy": "delete", "retention.ms": str(DAY_MS)}),
+        ]
+        return specs

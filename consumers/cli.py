@@ -1,0 +1,39 @@
+"""`civicbus tail AGENCY`: print a department's feed as JSON lines."""
+
+from __future__ import annotations
+
+import signal
+import threading
+import uuid
+
+import typer
+
+from civicbus.cli_support import bus_context
+from civicbus.serde import to_json
+from consumers.subscriber import FeedEvent, FeedSubscriber
+
+
+def tail(
+    agency: str = typer.Argument(..., help="Department id whose feed to read."),
+    group: str = typer.Option(None, help="Consumer group (default: a throwaway group that reads from the start)."),
+) -> None:
+    """Follow civic.feed.AGENCY and print each event as one JSON line until Ctrl-C."""
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    ctx = bus_context()
+
+    def show(item: FeedEvent) -> None:
+        typer.echo(to_json(item.event))
+
+    try:
+        subscriber = FeedSubscriber(ctx, agency, group_id=group or f"civicbus-tail-{uuid.uuid4().hex[:8]}")
+    except KeyError as e:
+        typer.secho(str(e), fg=typer.colors.RED, err=True)
+        raise typer.Exit(2)
+    with subscriber:
+        subscriber.run(show, stop)
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(tail)

@@ -1,0 +1,54 @@
+"""`civicbus process STAGE`: run one pipeline stage until SIGTERM/SIGINT."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from enum import Enum
+
+import typer
+
+from civicbus.cli_support import bus_context, configure_logging
+
+
+class StageName(str, Enum):
+    ingest = "ingest"
+    cases = "cases"
+    fanout = "fanout"
+
+
+def stop_on_signals() -> threading.Event:
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    return stop
+
+
+def process(
+    stage: StageName = typer.Argument(..., help="Which stage to run."),
+    instance: str = typer.Option("0", help="Worker instance id; a restart with the same id fences the old one."),
+) -> None:
+    """Run one pipeline stage in the foreground until SIGTERM or Ctrl-C."""
+    configure_logging()
+    ctx = bus_context()
+    if stage is StageName.cases:
+        from processors.cases import create_app
+
+        app = create_app(ctx)
+        app.finalize()
+        from faust.worker import Worker
+
+        Worker(app, loglevel="WARNING", quiet=True).execute_from_commandline()
+        return
+    from processors.fanout import FanoutStage
+    from processors.ingest import IngestStage
+    from processors.runner import TransactionalRunner
+
+    implementation = {StageName.ingest: IngestStage, StageName.fanout: FanoutStage}[stage](ctx)
+    TransactionalRunner(implementation, ctx, instance=instance).run(stop_on_signals())
+    logging.getLogger(__name__).info("stage %s exited cleanly", stage.value)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("process")(process)

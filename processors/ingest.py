@@ -1,0 +1,70 @@
+"""Ingest: every civic.in.<department> -> decode, validate, check the publisher -> route.
+
+Events that open or update a case go to the stateful case stage (civic.pipe.cases); all others
+are dispatched here and written straight to civic.dist.events, one hop fewer. Anything that
+cannot be decoded or is not allowed goes to civic.dlq with its reason; the stage keeps running.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from confluent_kafka import Message
+
+from civicbus.context import BusContext
+from civicbus.dlq import Reason
+from civicbus.metrics import PUBLISHED, ROUTED
+from civicbus.serde import DecodeError
+from civicbus.topology import DIST_EVENTS, PIPE_CASES
+from processors.dispatch import responsible_departments
+from processors.runner import Output, Stage, dead_letter_output
+
+# Carried from the inbound record to the feed, for the end-to-end latency histogram.
+PUBLISHED_AT_HEADER = "civic_published_ms"
+
+
+def check_publisher(ctx: BusContext, department: str, event: dict[str, Any]) -> tuple[Reason, str] | None:
+    """The envelope's source must be the department owning the topic, and the type one it may publish."""
+    if event["source"] != department:
+        return Reason.SOURCE_MISMATCH, f"source {event['source']!r} published on the topic of {department!r}"
+    try:
+        allowed = ctx.city.department(department).publishes
+    except KeyError:
+        return Reason.SOURCE_MISMATCH, f"{department!r} is not a department of this city"
+    if event["type"] not in allowed:
+        return Reason.TYPE_NOT_PERMITTED, f"{department} may not publish {event['type']} (may: {', '.join(allowed)})"
+    return None
+
+
+class IngestStage(Stage):
+    name = "ingest"
+
+    def __init__(self, ctx: BusContext):
+        self.ctx = ctx
+        self.topology = ctx.topology
+        self.pipe_topic = self.topology.name(PIPE_CASES)
+        self.dist_topic = self.topology.name(DIST_EVENTS)
+
+    def subscription(self) -> list[str]:
+        return [self.topology.inbound_pattern]
+
+    def process(self, message: Message) -> Iterable[Output]:
+        try:
+            event = self.ctx.serde.decode(message.value(), message.topic())
+        except DecodeError as e:
+            return [dead_letter_output(self.ctx, self.name, message, e.reason, e.detail)]
+        department = self.topology.department_of_inbound(message.topic())
+        refused = check_publisher(self.ctx, department, event)
+        if refused:
+            return [dead_letter_output(self.ctx, self.name, message, *refused)]
+        PUBLISHED.labels(department, event["type"]).inc()
+        published_at = (PUBLISHED_AT_HEADER, str(message.timestamp()[1]).encode())
+        event_type = self.ctx.catalog[event["type"]]
+        if event_type.case_stage:
+            value, headers = self.ctx.serde.encode(event, self.pipe_topic)
+            return [Output(self.pipe_topic, value, event["id"].encode(), headers + [published_at])]
+        event["targets"] = responsible_departments(self.ctx.city.dispatch, event)
+        ROUTED.labels(event["type"]).inc()
+        value, headers = self.ctx.serde.encode(event, self.dist_topic)
+        return [Output(self.dist_topic, value, event["id"].encode(), headers + [published_at])]

@@ -1,0 +1,67 @@
+"""`civicbus publish` and `civicbus simulate`."""
+
+from __future__ import annotations
+
+import json
+import signal
+import threading
+from pathlib import Path
+
+import typer
+
+from civicbus.cli_support import bus_context
+from civicbus.schemas import EventValidationError
+from producers.sdk import Publisher, PublishError
+from producers.simulator import run_simulator
+
+
+def publish(
+    file: Path = typer.Argument(..., exists=True, dir_okay=False, help="JSON Lines: one event per line."),
+    agency: str = typer.Option(..., "--agency", help="The publishing department id."),
+) -> None:
+    """Validate every event of FILE, publish them to civic.in.AGENCY, wait for the broker's ack."""
+    ctx = bus_context()
+    events = []
+    for number, line in enumerate(file.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            events.append(json.loads(line))
+        except json.JSONDecodeError as e:
+            typer.secho(f"{file}:{number}: not JSON: {e}", fg=typer.colors.RED, err=True)
+            raise typer.Exit(2)
+    try:
+        with Publisher(ctx, agency) as publisher:
+            for number, event in enumerate(events, start=1):
+                try:
+                    publisher.complete(event)
+                except EventValidationError as e:
+                    typer.secho(f"{file}: event {number}: {e}", fg=typer.colors.RED, err=True)
+                    raise typer.Exit(2)
+            ids = publisher.publish_many(events)
+    except KeyError as e:
+        typer.secho(str(e), fg=typer.colors.RED, err=True)
+        raise typer.Exit(2)
+    except PublishError as e:
+        typer.secho(str(e), fg=typer.colors.RED, err=True)
+        raise typer.Exit(1)
+    for event_id in ids:
+        typer.echo(event_id)
+
+
+def simulate(
+    rate: float = typer.Option(20.0, help="Events per second."),
+    duration: float = typer.Option(60.0, help="Seconds to run; 0 runs until stopped."),
+    seed: int = typer.Option(None, help="Random seed for a reproducible run."),
+) -> None:
+    """Publish realistic city traffic from several departments."""
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    sent = run_simulator(bus_context(), rate, duration, stop, seed)
+    typer.echo(f"published {sent} events")
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(publish)
+    app.command()(simulate)
