@@ -17,7 +17,9 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, Literal, Optional
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator
+from typing import Annotated
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator
 
 CLASSIFICATIONS = ("PUBLIC", "INTERNAL", "RESTRICTED", "CONFIDENTIAL")
 
@@ -145,6 +147,16 @@ def _build_event_type(envelope: dict, data_schema: dict) -> EventType:
 # ---- pydantic models generated from Avro -------------------------------------------------
 
 
+def _to_utc_millis(value: datetime) -> datetime:
+    """Avro timestamp-millis holds milliseconds in UTC: normalise so a round trip is exact."""
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=timezone.utc)
+    return value.astimezone(timezone.utc).replace(microsecond=value.microsecond // 1000 * 1000)
+
+
+TimestampMillis = Annotated[datetime, AfterValidator(_to_utc_millis)]
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -181,7 +193,7 @@ def _python_type(avro: Any, name_hint: str, named: dict[str, Any]) -> Any:
     if kind == "map":
         return dict[str, _python_type(avro["values"], name_hint, named)]
     if kind == "long" and avro.get("logicalType") == "timestamp-millis":
-        return datetime
+        return TimestampMillis
     return _python_type(kind, name_hint, named)
 
 
@@ -198,8 +210,6 @@ class _EnvelopeChecks(_Strict):
     @field_validator("time", check_fields=False)
     @classmethod
     def _time_not_in_future(cls, value: datetime) -> datetime:
-        if value.tzinfo is None:
-            value = value.replace(tzinfo=timezone.utc)
         if value > datetime.now(timezone.utc) + MAX_CLOCK_SKEW:
             raise ValueError(f"lies more than {MAX_CLOCK_SKEW} in the future")
         return value

@@ -1,0 +1,72 @@
+"""Test fixtures: one broker for the session, an isolated namespace of topics per test.
+
+The broker is chosen as DESIGN.md says: CIVICBUS_BOOTSTRAP if set; else Apache Kafka in
+testcontainers when a Docker engine answers; else the embedded broker. The same tests run
+against all three; the header of the pytest run says which one this is.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+
+import pytest
+
+from civicbus.broker import EmbeddedBroker
+from civicbus.context import BusContext
+from civicbus.kafka import apply_topics
+from civicbus.settings import Settings
+from tests.support import PipelineProcesses
+
+def _docker_answers() -> bool:
+    try:
+        import docker
+
+        docker.from_env(timeout=3).ping()
+        return True
+    except Exception:
+        return False
+
+
+def pytest_report_header(config):
+    if os.environ.get("CIVICBUS_BOOTSTRAP"):
+        return f"civicbus broker: external Kafka at {os.environ['CIVICBUS_BOOTSTRAP']}"
+    if _docker_answers():
+        return "civicbus broker: Apache Kafka (testcontainers)"
+    return "civicbus broker: embedded Tansu (no CIVICBUS_BOOTSTRAP, no Docker engine)"
+
+
+@pytest.fixture(scope="session")
+def broker_bootstrap():
+    """The bootstrap servers of the broker every integration test uses."""
+    if os.environ.get("CIVICBUS_BOOTSTRAP"):
+        yield os.environ["CIVICBUS_BOOTSTRAP"]
+    elif _docker_answers():
+        from testcontainers.kafka import KafkaContainer
+
+        with KafkaContainer().with_kraft() as kafka:
+            yield kafka.get_bootstrap_server()
+    else:
+        with EmbeddedBroker() as broker:
+            yield broker.bootstrap
+
+
+def make_settings(bootstrap: str, **overrides) -> Settings:
+    return Settings(bootstrap=bootstrap, namespace=f"t{uuid.uuid4().hex[:10]}.", **overrides)
+
+
+@pytest.fixture
+def bus(broker_bootstrap) -> BusContext:
+    """A BusContext whose topics and groups are private to this test, all topics created."""
+    ctx = BusContext(make_settings(broker_bootstrap))
+    apply_topics(ctx.bootstrap, ctx.topology.specs())
+    return ctx
+
+
+@pytest.fixture
+def pipeline(bus):
+    """The three pipeline stages running as `civicbus process` child processes."""
+    processes = PipelineProcesses(bus)
+    processes.start_all()
+    yield processes
+    processes.stop_all()

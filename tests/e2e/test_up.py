@@ -1,0 +1,55 @@
+"""`civicbus up --simulate`: the whole embedded stack from one command, stopped with Ctrl-C."""
+
+import os
+import signal
+import subprocess
+import sys
+import uuid
+
+from confluent_kafka import Consumer, TopicPartition
+
+from civicbus.broker import free_port
+from tests.support import wait_for
+
+
+def test_up_runs_the_stack_with_simulator_and_stops_cleanly_on_ctrl_c(tmp_path):
+    broker_port, metrics_port, http_port = free_port(), free_port(), free_port()
+    env = {k: v for k, v in os.environ.items() if k not in ("CIVICBUS_BOOTSTRAP", "CIVICBUS_NAMESPACE")}
+    log = open(tmp_path / "up.log", "w+b")
+    up = subprocess.Popen(
+        [sys.executable, "-m", "civicbus.cli", "up", "--broker-port", str(broker_port),
+         "--metrics-port", str(metrics_port), "--http-port", str(http_port), "--simulate", "20"],
+        env=env, stdout=log, stderr=subprocess.STDOUT,
+    )
+    output = lambda: (tmp_path / "up.log").read_text(errors="replace")
+    try:
+        wait_for(lambda: "Ctrl-C stops everything" in output(), 60, "the stack to start")
+        assert f"127.0.0.1:{broker_port}" in output()
+        consumer = Consumer({"bootstrap.servers": f"127.0.0.1:{broker_port}", "group.id": uuid.uuid4().hex})
+        topics = [t for t in consumer.list_topics(timeout=10).topics if t.startswith("civic.feed.")]
+        consumer.assign([TopicPartition(t, 0, 0) for t in topics])
+        records = []
+
+        def received_enough():
+            message = consumer.poll(0.2)
+            if message is not None and not message.error():
+                records.append(message)
+            return len(records) >= 30
+
+        wait_for(received_enough, 60, "30 feed records")
+        consumer.close()
+        from civicbus.context import BusContext
+        from civicbus.settings import Settings
+
+        serde = BusContext(Settings()).serde
+        for record in records:
+            event = serde.decode(record.value(), record.topic())
+            department = record.topic().removeprefix("civic.feed.")
+            assert department in event["targets"], (department, event["targets"])
+            assert dict(record.headers())["ce_type"] == event["type"].encode()
+        wait_for(lambda: "delivered: citymgmt" in output(), 30, "the live view")
+    finally:
+        up.send_signal(signal.SIGINT)
+        returncode = up.wait(60)
+    assert returncode == 0, output()[-3000:]
+    assert "stopped    fanout" in output()

@@ -1,0 +1,160 @@
+"""Helpers for integration tests: read topics without consumer groups, run stages as processes."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timezone
+
+from confluent_kafka import Consumer, Message, TopicPartition
+
+from civicbus.context import BusContext
+
+
+def read_topic(
+    ctx: BusContext,
+    topic: str | list[str],
+    until: Callable[[list[Message]], bool] | None = None,
+    timeout_s: float = 30.0,
+    idle_s: float = 1.5,
+) -> list[Message]:
+    """Every record of `topic` (or of several topics) from the start (read_committed, no group, so no join delay).
+
+    Stops when `until(messages)` is true, or after `idle_s` without records once `until` is
+    None; raises AssertionError on timeout while `until` is still false.
+    """
+    consumer = Consumer(
+        {
+            "bootstrap.servers": ctx.bootstrap,
+            "group.id": f"reader-{uuid.uuid4().hex}",
+            "enable.auto.commit": False,
+            "isolation.level": "read_committed",
+        }
+    )
+    topics = [topic] if isinstance(topic, str) else topic
+    metadata = consumer.list_topics(timeout=10).topics
+    consumer.assign([TopicPartition(t, p, 0) for t in topics for p in metadata[t].partitions])
+    messages: list[Message] = []
+    deadline = time.monotonic() + timeout_s
+    last_record = time.monotonic()
+    try:
+        while time.monotonic() < deadline:
+            if until is not None and until(messages):
+                return messages
+            if until is None and time.monotonic() - last_record > idle_s:
+                return messages
+            message = consumer.poll(0.1)
+            if message is None or message.error():
+                continue
+            messages.append(message)
+            last_record = time.monotonic()
+    finally:
+        consumer.close()
+    if until is None:
+        return messages
+    raise AssertionError(f"timed out after {timeout_s}s reading {topic}: {len(messages)} records")
+
+
+def wait_for(condition: Callable[[], bool], timeout_s: float = 30.0, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
+
+
+def headers_of(message: Message) -> dict[str, bytes]:
+    return dict(message.headers() or [])
+
+
+def case_report(**data_overrides) -> dict:
+    """A valid city.case.reported event body, as a department would publish it."""
+    data = {"category": "municipal_facilities", "subcategory": "pothole", "description": "路面坑洼"}
+    data.update(data_overrides)
+    return {
+        "type": "city.case.reported",
+        "location": {"raw_address": "东城区安定门内大街1号", "lat": 39.9475, "lon": 116.4075},
+        "data": data,
+    }
+
+
+def stage_env(ctx: BusContext) -> dict[str, str]:
+    return {
+        **os.environ,
+        "CIVICBUS_BOOTSTRAP": ctx.bootstrap,
+        "CIVICBUS_NAMESPACE": ctx.settings.namespace,
+        "CIVICBUS_CONFIG": str(ctx.settings.config),
+        "CIVICBUS_SESSION_TIMEOUT_MS": str(ctx.settings.session_timeout_ms),
+    }
+
+
+@dataclass
+class StageProcess:
+    name: str
+    process: subprocess.Popen
+    log_path: str
+
+    def log(self) -> str:
+        with open(self.log_path, encoding="utf-8", errors="replace") as f:
+            return f.read()
+
+
+class PipelineProcesses:
+    """`civicbus process <stage>` children for one test namespace."""
+
+    STAGES = ("ingest", "cases", "fanout")
+
+    def __init__(self, ctx: BusContext):
+        self.ctx = ctx
+        self.log_dir = tempfile.mkdtemp(prefix="civicbus-test-")
+        self.stages: dict[str, StageProcess] = {}
+
+    def start(self, stage: str) -> StageProcess:
+        log_path = os.path.join(self.log_dir, f"{stage}.log")
+        log = open(log_path, "ab")
+        process = subprocess.Popen(
+            [sys.executable, "-m", "civicbus.cli", "process", stage],
+            env=stage_env(self.ctx), stdout=log, stderr=subprocess.STDOUT,
+        )
+        log.close()
+        self.stages[stage] = StageProcess(stage, process, log_path)
+        return self.stages[stage]
+
+    def start_all(self) -> None:
+        for stage in self.STAGES:
+            self.start(stage)
+
+    def kill(self, stage: str) -> None:
+        """kill -9: no chance to commit or clean up."""
+        self.stages[stage].process.send_signal(signal.SIGKILL)
+        self.stages[stage].process.wait(10)
+
+    def stop(self, stage: str, timeout_s: float = 30.0) -> int:
+        process = self.stages[stage].process
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+                raise AssertionError(f"stage {stage} did not stop within {timeout_s}s of SIGTERM:\n{self.stages[stage].log()[-3000:]}")
+        return process.returncode
+
+    def stop_all(self) -> dict[str, int]:
+        return {stage: self.stop(stage) for stage in reversed(list(self.stages))}
+
+    def logs(self) -> str:
+        return "\n".join(f"--- {s.name}\n{s.log()[-4000:]}" for s in self.stages.values())
+
+
+def now() -> datetime:
+    return datetime.now(timezone.utc)
