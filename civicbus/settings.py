@@ -32,3 +32,10 @@ class Settings(BaseSettings):
         "half of it before the first assignment, so local runs keep it short.",
     )
     state_dir: Path = Field(default=REPO_ROOT / ".civicbus", description="Spools and local state.")
+    lag_poll_interval_s: float = Field(default=5.0, gt=0, description="How often the lag exporter reads offsets.")
+    lag_window: int = Field(
+        default=10, ge=2, description="Polls in the sliding window a group's status is judged over (Burrow)."
+    )
+    lag_lookup_points: int = Field(
+        default=60, ge=2, description="Offset->time points kept per partition to estimate time lag."
+    )
