@@ -59,7 +59,10 @@ class LookupTable:
         return _on_line(first, newest, offset)
 
     def lag_seconds(self, committed: int, now: float) -> float:
-        """Time lag of a committed offset: never negative, NaN while the table has too few points."""
+        """Time lag of a committed offset: 0 when caught up, never negative, NaN while unknown."""
+        newest = self.newest()
+        if newest is not None and committed >= newest.offset:
+            return 0.0
         estimated = self.time_of(committed)
         if estimated is None:
             return math.nan

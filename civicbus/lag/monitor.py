@@ -80,7 +80,7 @@ class LagMonitor:
                 lag = max(0, latest - committed)
                 samples = self._samples.setdefault((group.group, topic, partition), deque(maxlen=self.window))
                 samples.append(Sample(snapshot.time, committed, lag))
-                lag_seconds = 0.0 if lag == 0 else self._tables[(topic, partition)].lag_seconds(committed, snapshot.time)
+                lag_seconds = self._tables[(topic, partition)].lag_seconds(committed, snapshot.time)
                 status = partition_status(samples, self.window, group.active, snapshot.earliest.get((topic, partition), 0))
                 partitions.append(PartitionLag(topic, partition, committed, latest, float(lag), lag_seconds, status))
             groups.append(GroupLag(group.group, group.state, worst(p.status for p in partitions), tuple(partitions)))
