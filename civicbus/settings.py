@@ -32,7 +32,7 @@ class Settings(BaseSettings):
         "half of it before the first assignment, so local runs keep it short.",
     )
     state_dir: Path = Field(default=REPO_ROOT / ".civicbus", description="Spools and local state.")
-    lag_poll_interval_s: float = Field(default=5.0, gt=0, description="How often the lag exporter reads offsets.")
+    lag_poll_interval_s: float = Field(default=2.0, gt=0, description="How often the lag exporter reads offsets.")
     lag_window: int = Field(
         default=10, ge=2, description="Polls in the sliding window a group's status is judged over (Burrow)."
     )
