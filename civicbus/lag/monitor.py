@@ -36,9 +36,13 @@ class GroupLag:
     def _known(self, attribute: str) -> list[float]:
         return [getattr(p, attribute) for p in self.partitions if not math.isnan(getattr(p, attribute))]
 
+    def _max(self, attribute: str) -> float:
+        """NaN when no partition's figure is known yet (as kafka-lag-exporter); 0 for no partitions."""
+        return max(self._known(attribute), default=math.nan if self.partitions else 0.0)
+
     @property
     def max_lag(self) -> float:
-        return max(self._known("lag"), default=0.0)
+        return self._max("lag")
 
     @property
     def sum_lag(self) -> float:
@@ -46,7 +50,7 @@ class GroupLag:
 
     @property
     def max_lag_seconds(self) -> float:
-        return max(self._known("lag_seconds"), default=0.0)
+        return self._max("lag_seconds")
 
     def topic_sum_lag(self) -> dict[str, float]:
         sums: dict[str, float] = {}
