@@ -24,12 +24,12 @@ def redraw_over(lines: int) -> str:
     return f"\x1b[{lines}F\x1b[J" if lines else ""
 
 
-def serve_metrics(port: int, metrics_dir: str, *extra_collectors) -> CollectorRegistry:
+def serve_metrics(port: int, metrics_dir: str, *extra_collectors, host: str = "127.0.0.1") -> CollectorRegistry:
     registry = CollectorRegistry()
     MultiProcessCollector(registry, path=metrics_dir)
     for collector in extra_collectors:
         registry.register(collector)
-    start_http_server(port, addr="127.0.0.1", registry=registry)
+    start_http_server(port, addr=host, registry=registry)
     return registry
 
 

@@ -102,8 +102,8 @@ class Stack:
 
             exporter = build_exporter(self.settings, bootstrap).start()
             cleanup.callback(exporter.stop)
-            serve_metrics(self.metrics_port, metrics_dir, exporter)
-            print(f"metrics    http://127.0.0.1:{self.metrics_port}/metrics  (civicbus_* and consumer lag)")
+            serve_metrics(self.metrics_port, metrics_dir, exporter, host=self.settings.metrics_host)
+            print(f"metrics    http://{self.settings.metrics_host}:{self.metrics_port}/metrics  (civicbus_* and consumer lag)")
             print("Ctrl-C stops everything.\n")
             view = LiveView(metrics_dir, exporter)
             cleanup.callback(self._stop_children)

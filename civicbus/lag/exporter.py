@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from civicbus.kafka import security_config
 from civicbus.lag.monitor import GroupLag, LagMonitor
 from civicbus.lag.offsets import GROUP_STATES, KafkaUnavailable, OffsetsReader
 from civicbus.lag.status import Status
@@ -129,4 +130,5 @@ def build_exporter(settings: Settings, bootstrap: str, window: int | None = None
     """The exporter for this bus: only the groups of the settings' namespace (all in production)."""
     pattern = "^" + re.escape(settings.namespace) if settings.namespace else ""
     monitor = LagMonitor(window or settings.lag_window, settings.lag_lookup_points)
-    return LagExporter(OffsetsReader(bootstrap, pattern), monitor, settings.lag_poll_interval_s)
+    reader = OffsetsReader(bootstrap, pattern, **security_config(settings))
+    return LagExporter(reader, monitor, settings.lag_poll_interval_s)
