@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
 
-.PHONY: install run test test-fast bench clean
+.PHONY: install run test test-fast bench clean prometheus
 
 install: $(STAMP)
 
@@ -20,8 +20,16 @@ $(STAMP): pyproject.toml
 run: install
 	$(BIN)/civicbus up --simulate 20
 
-test: install
+test: install prometheus
 	$(BIN)/python -m pytest -p no:cacheprovider -q
+
+# promtool and the Prometheus server (Debian package `prometheus`): the alerting-rule unit tests
+# and the lag test against a real Prometheus need them. CI is a fresh Debian machine as root.
+prometheus:
+	@command -v promtool >/dev/null && command -v prometheus >/dev/null || { \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends prometheus; }
 
 bench: install
 	$(BIN)/python -m benchmarks

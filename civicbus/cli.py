@@ -9,6 +9,7 @@ from __future__ import annotations
 import signal
 import sys
 import threading
+import time
 from importlib.metadata import entry_points
 
 import typer
@@ -97,6 +98,45 @@ def up(
         Stack(bus_context().settings, broker_port, http_port, metrics_port, simulate).run()
     except BrokerError as e:
         fail(str(e))
+
+
+@app.command()
+def lag(
+    samples: int = typer.Option(3, min=1, help="Polls to take before printing; the status is judged over them."),
+    interval: float = typer.Option(1.0, min=0.1, help="Seconds between polls."),
+    watch: bool = typer.Option(False, help="Keep polling and reprint the table every --interval until Ctrl-C."),
+    serve: int = typer.Option(0, help="Serve the lag metrics for Prometheus on this port instead of printing."),
+) -> None:
+    """Consumer-group lag per partition with each group's status (OK/WARNING/ERROR/STALLED/STOPPED)."""
+    from civicbus.lag.exporter import build_exporter
+    from civicbus.lag.table import format_table
+
+    ctx = bus_context()
+    exporter = build_exporter(ctx.settings, ctx.bootstrap, window=None if watch or serve else samples)
+    if serve:
+        from prometheus_client import REGISTRY, start_http_server
+
+        configure_logging()
+        REGISTRY.register(exporter.start())
+        start_http_server(serve)
+        typer.echo(f"lag exporter on http://0.0.0.0:{serve}/metrics, polling every {ctx.settings.lag_poll_interval_s}s")
+        stop = threading.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: stop.set())
+        stop.wait()
+        exporter.stop()
+        return
+    for n in range(samples):
+        report = exporter.poll()
+        if n < samples - 1:
+            time.sleep(interval)
+    while watch:
+        typer.echo(f"\x1b[2J\x1b[H{time.strftime('%H:%M:%S')}\n{format_table(report)}")
+        time.sleep(interval)
+        report = exporter.poll()
+    if not report.up:
+        fail(format_table(report))
+    typer.echo(format_table(report))
 
 
 def _register_plugins() -> None:

@@ -14,10 +14,29 @@ from civicbus.settings import Settings
 from civicbus.topology import TopicSpec
 
 
+def security_config(settings: Settings | None = None) -> dict:
+    """librdkafka settings to authenticate to a secured cluster (SASL/SCRAM in docker-compose.yml).
+
+    Empty unless CIVICBUS_KAFKA_SECURITY_PROTOCOL is set: the embedded broker has no security.
+    """
+    settings = settings or Settings()
+    if not settings.kafka_security_protocol:
+        return {}
+    config = {"security.protocol": settings.kafka_security_protocol}
+    if settings.kafka_security_protocol.startswith("SASL"):
+        config.update({
+            "sasl.mechanism": settings.kafka_sasl_mechanism,
+            "sasl.username": settings.kafka_sasl_username or "",
+            "sasl.password": settings.kafka_sasl_password or "",
+        })
+    return config
+
+
 def producer_config(bootstrap: str, **extra) -> dict:
     """Idempotent, acks=all: the broker never holds a record twice from one producer session."""
     return {
         "bootstrap.servers": bootstrap,
+        **security_config(),
         "enable.idempotence": True,
         "acks": "all",
         "linger.ms": 5,
@@ -28,6 +47,7 @@ def producer_config(bootstrap: str, **extra) -> dict:
 def consumer_config(settings: Settings, bootstrap: str, group_id: str, **extra) -> dict:
     return {
         "bootstrap.servers": bootstrap,
+        **security_config(settings),
         "group.id": group_id,
         "enable.auto.commit": False,
         "auto.offset.reset": "earliest",
@@ -55,7 +75,7 @@ class TopicsReport:
 
 def apply_topics(bootstrap: str, specs: list[TopicSpec], timeout_s: float = 15.0) -> TopicsReport:
     """Create missing topics; report (never alter) existing ones that differ. Idempotent."""
-    admin = AdminClient({"bootstrap.servers": bootstrap})
+    admin = AdminClient({"bootstrap.servers": bootstrap, **security_config()})
     existing = admin.list_topics(timeout=timeout_s).topics
     missing = [s for s in specs if s.name not in existing]
     created: list[str] = []

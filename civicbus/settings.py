@@ -32,3 +32,19 @@ class Settings(BaseSettings):
         "half of it before the first assignment, so local runs keep it short.",
     )
     state_dir: Path = Field(default=REPO_ROOT / ".civicbus", description="Spools and local state.")
+    kafka_security_protocol: str | None = Field(
+        default=None, description="librdkafka security.protocol for a secured cluster, e.g. SASL_PLAINTEXT or SASL_SSL."
+    )
+    kafka_sasl_mechanism: str = Field(default="SCRAM-SHA-512", description="SASL mechanism when a SASL protocol is set.")
+    kafka_sasl_username: str | None = None
+    kafka_sasl_password: str | None = None
+    metrics_host: str = Field(
+        default="127.0.0.1", description="Interface `civicbus up` serves metrics on; 0.0.0.0 in a container."
+    )
+    lag_poll_interval_s: float = Field(default=2.0, gt=0, description="How often the lag exporter reads offsets.")
+    lag_window: int = Field(
+        default=10, ge=2, description="Polls in the sliding window a group's status is judged over (Burrow)."
+    )
+    lag_lookup_points: int = Field(
+        default=60, ge=2, description="Offset->time points kept per partition to estimate time lag."
+    )

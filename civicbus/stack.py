@@ -3,7 +3,7 @@
 Every long-running part (stages, gateway, simulator) runs as `civicbus <command>` in a child
 process: a crash of one is contained, restarted with backoff, and both cores get used. The
 children write metrics to one PROMETHEUS_MULTIPROC_DIR, which this process serves on
---metrics-port and summarises in the live view.
+--metrics-port together with the lag exporter's, and summarises in the live view.
 """
 
 from __future__ import annotations
@@ -97,12 +97,15 @@ class Stack:
             for child in self.children:
                 child.start(env, work_dir)
                 print(f"{child.name:<10} pid {child.process.pid}{'  ' + child.listens if child.listens else ''}  log {child.log_path}")
+            from civicbus.lag.exporter import build_exporter
             from civicbus.live import LiveView, serve_metrics
 
-            serve_metrics(self.metrics_port, metrics_dir)
-            print(f"metrics    http://127.0.0.1:{self.metrics_port}/metrics")
+            exporter = build_exporter(self.settings, bootstrap).start()
+            cleanup.callback(exporter.stop)
+            serve_metrics(self.metrics_port, metrics_dir, exporter, host=self.settings.metrics_host)
+            print(f"metrics    http://{self.settings.metrics_host}:{self.metrics_port}/metrics  (civicbus_* and consumer lag)")
             print("Ctrl-C stops everything.\n")
-            view = LiveView(metrics_dir)
+            view = LiveView(metrics_dir, exporter)
             cleanup.callback(self._stop_children)
             while not stop.wait(1.0):
                 self._supervise(env, work_dir)

@@ -1,9 +1,11 @@
 """`civicbus up --simulate`: the whole embedded stack from one command, stopped with Ctrl-C."""
 
 import os
+import re
 import signal
 import subprocess
 import sys
+import urllib.request
 import uuid
 
 from confluent_kafka import Consumer, TopicPartition
@@ -47,7 +49,12 @@ def test_up_runs_the_stack_with_simulator_and_stops_cleanly_on_ctrl_c(tmp_path):
             department = record.topic().removeprefix("civic.feed.")
             assert department in event["targets"], (department, event["targets"])
             assert dict(record.headers())["ce_type"] == event["type"].encode()
-        wait_for(lambda: "delivered: citymgmt" in output(), 30, "the live view")
+        # the live view: events/s per department, and lag per consumer group from the exporter
+        wait_for(lambda: re.search(r"^citymgmt +[0-9.]+ +[0-9.]+$", output(), re.M), 30, "the live view's rates")
+        wait_for(lambda: re.search(r"^civicbus-fanout +(OK|WARNING) ", output(), re.M), 30, "the live view's lag")
+        metrics = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10).read().decode()
+        assert re.search(r'kafka_consumergroup_group_lag\{[^}]*group="civicbus-fanout"', metrics), metrics[-2000:]
+        assert "civicbus_lag_exporter_up 1.0" in metrics and "civicbus_published_total{" in metrics
     finally:
         up.send_signal(signal.SIGINT)
         returncode = up.wait(60)
