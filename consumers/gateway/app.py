@@ -41,9 +41,9 @@ def _field_errors(exc: RequestValidationError) -> list[dict[str, str]]:
         if error["type"] == "json_invalid":
             errors.append({"field": "(body)", "message": f"malformed JSON: {error.get('ctx', {}).get('error', 'cannot be parsed')}"})
             continue
-        loc = [str(part) for part in error["loc"]]
-        path = loc[1:] if loc and loc[0] in SCOPES and len(loc) > 1 else loc
-        errors.append({"field": ".".join(path) or "(request)", "message": error["msg"]})
+        loc = [str(part) for part in error["loc"]] or ["request"]
+        path = loc[1:] if loc[0] in SCOPES else loc
+        errors.append({"field": ".".join(path) or f"({loc[0]})", "message": error["msg"]})
     return errors
 
 

@@ -8,14 +8,14 @@ from datetime import datetime, timezone
 
 import pytest
 from hypothesis import given, settings
-from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 from civicbus.cli import app as cli
 from civicbus.config import load_city
-from civicbus.policy import RANK, DepartmentRules, Policy, PolicyDocument, PolicyError, decide, load_policy, mask_text, masked_event
-from civicbus.schemas import CLASSIFICATIONS, EventCatalog
+from civicbus.policy import Policy, PolicyDocument, PolicyError, decide, load_policy, mask_text, masked_event
+from civicbus.schemas import EventCatalog
 from civicbus.settings import REPO_ROOT
+from tests.policy_strategies import Areas, events, expected_receivers, policy_documents
 
 CATALOG = EventCatalog(REPO_ROOT / "schemas")
 CITY = load_city(REPO_ROOT / "config")
@@ -164,96 +164,16 @@ def test_publishes_in_departments_yaml_is_refused_with_a_pointer(config_dir):
 
 # ---- the property: every feed is exactly what the policy says ---------------------------------
 
-DISTRICTS = ("d1", "d2")
-STREETS = ("d1.s1", "d1.s2", "d2.s1")
-TYPES = sorted(CATALOG.types)
-
-
-def _category_symbols(type_name):
-    data = next(f for f in CATALOG[type_name].wire_schema["fields"] if f["name"] == "data")["type"]
-    category = next((f for f in data["fields"] if f["name"] == "category"), None)
-    return category["type"]["symbols"] if category else []
-
-
-@st.composite
-def department_rules(draw, department: str):
-    kind, _, name = department.partition(".")
-    any_area = st.one_of(st.just("city"), st.builds(lambda d: {"district": d}, st.sampled_from(DISTRICTS)),
-                         st.builds(lambda s: {"street": s}, st.sampled_from(STREETS)))
-    area = {"district": {"district": name}, "street": {"street": name}}.get(kind) or draw(any_area)
-    grants = []
-    for type_name in draw(st.lists(st.sampled_from(TYPES), unique=True, max_size=3)):
-        symbols = _category_symbols(type_name)
-        categories = draw(st.lists(st.sampled_from(symbols), unique=True, max_size=2)) if symbols else []
-        grants.append({"type": type_name, "categories": categories})
-    personal = {}
-    for type_name in draw(st.lists(st.sampled_from(TYPES), unique=True, max_size=2)):
-        fields = list(CATALOG[type_name].personal_fields) + ["*"]
-        personal[type_name] = draw(st.lists(st.sampled_from(fields), unique=True, min_size=1))
-    return {"clearance": draw(st.sampled_from(CLASSIFICATIONS)), "jurisdiction": area, "receives": grants, "personal": personal}
-
-
 DEPARTMENTS = ("a", "b", "c", "district.d1", "district.d2", "street.d1.s1", "street.d1.s2", "street.d2.s1")
-
-
-@st.composite
-def policies(draw) -> Policy:
-    chosen = draw(st.lists(st.sampled_from(DEPARTMENTS), unique=True, min_size=1))
-    document = PolicyDocument.model_validate({"departments": {d: draw(department_rules(d)) for d in chosen}})
-    return Policy(document, CATALOG)
-
-
-@st.composite
-def events(draw) -> dict:
-    type_name = draw(st.sampled_from(TYPES))
-    event_type = CATALOG[type_name]
-    data_schema = next(f for f in event_type.wire_schema["fields"] if f["name"] == "data")["type"]
-    data = {}
-    for field in data_schema["fields"]:
-        kind = field["type"]
-        if isinstance(kind, dict) and kind["type"] == "enum":
-            data[field["name"]] = draw(st.sampled_from(kind["symbols"]))
-        elif field["name"] in event_type.personal_fields:
-            data[field["name"]] = draw(st.one_of(st.none(), st.just("13812345678"), st.text(min_size=1, max_size=8)))
-        elif "default" in field:
-            data[field["name"]] = field["default"]
-        else:
-            data[field["name"]] = "x"
-    street = draw(st.one_of(st.none(), st.sampled_from(STREETS)))
-    location = None if street is None and draw(st.booleans()) else {
-        "street": street, "district": street.split(".")[0] if street else draw(st.one_of(st.none(), st.sampled_from(DISTRICTS)))}
-    return CATALOG.validate({
-        "id": str(uuid.uuid4()), "type": type_name, "source": "a", "time": datetime(2026, 1, 1, tzinfo=timezone.utc),
-        "classification": draw(st.sampled_from(CLASSIFICATIONS)), "location": location, "data": data,
-        "targets": draw(st.lists(st.sampled_from(DEPARTMENTS), unique=True, max_size=3)),
-    })
-
-
-def expected_receivers(policy: Policy, event: dict) -> dict[str, set[str]]:
-    """The policy's promise, stated as sets: department -> personal fields it must see masked."""
-    out = {}
-    location = event["location"] or {}
-    for department, rules in policy.document.departments.items():
-        dispatched = department in event["targets"]
-        granted = [g for g in rules.receives if g.type == event["type"] and (not g.categories or event["data"].get("category") in g.categories)]
-        if not (dispatched or granted) or RANK[event["classification"]] > RANK[rules.clearance]:
-            continue
-        area = rules.jurisdiction
-        if area != "city":
-            placed = location.get("street") if area.street else location.get("district")
-            if (placed is None and not dispatched) or (placed is not None and placed != (area.street or area.district)):
-                continue
-        personal = CATALOG[event["type"]].personal_fields
-        allowed = set(rules.personal.get(event["type"], ()))
-        out[department] = {f for f in personal if event["data"].get(f) is not None and event["data"].get(f) != "" and "*" not in allowed and f not in allowed}
-    return out
+AREAS = Areas(districts=("d1", "d2"), streets=("d1.s1", "d1.s2", "d2.s1"))
 
 
 @settings(max_examples=400, deadline=None)
-@given(policies(), events())
-def test_every_feed_is_exactly_what_the_policy_says(policy, event):
+@given(policy_documents(DEPARTMENTS, AREAS), events(DEPARTMENTS, AREAS))
+def test_every_feed_is_exactly_what_the_policy_says(document, event):
+    policy = Policy(PolicyDocument.model_validate(document), CATALOG)
     deliveries = policy.deliveries(event)
-    assert {d.department: set(d.masked) for d in deliveries} == expected_receivers(policy, event)
+    assert {d.department: set(d.masked) for d in deliveries} == expected_receivers(policy.document, event)
     event_type = CATALOG[event["type"]]
     for delivery in deliveries:
         copy = masked_event(event, event_type, delivery.masked)
