@@ -47,6 +47,10 @@ def gateway(
     configure_logging()
     app = create_app(bus_context())
     typer.echo(f"gateway listening on http://{host}:{port} (OpenAPI at /openapi.json)")
+    # uvicorn stops gracefully on SIGTERM/SIGINT, then re-raises the signal to the handler that
+    # was there before: make that a no-op, so a clean stop exits 0 like every other part.
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: None)
     uvicorn.run(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=5)
 
 

@@ -24,7 +24,8 @@ def test_up_runs_the_stack_with_simulator_and_stops_cleanly_on_ctrl_c(tmp_path):
     output = lambda: (tmp_path / "up.log").read_text(errors="replace")
     try:
         wait_for(lambda: "Ctrl-C stops everything" in output(), 60, "the stack to start")
-        assert f"127.0.0.1:{broker_port}" in output()
+        assert f"127.0.0.1:{broker_port}" in output() and f"http://127.0.0.1:{http_port}" in output()
+        wait_for(lambda: _gateway_answers(http_port), 60, "the gateway's /healthz")
         consumer = Consumer({"bootstrap.servers": f"127.0.0.1:{broker_port}", "group.id": uuid.uuid4().hex})
         topics = [t for t in consumer.list_topics(timeout=10).topics if t.startswith("civic.feed.")]
         consumer.assign([TopicPartition(t, 0, 0) for t in topics])
@@ -53,3 +54,12 @@ def test_up_runs_the_stack_with_simulator_and_stops_cleanly_on_ctrl_c(tmp_path):
         returncode = up.wait(60)
     assert returncode == 0, output()[-3000:]
     assert "stopped    fanout" in output()
+
+
+def _gateway_answers(port: int) -> bool:
+    import httpx
+
+    try:
+        return httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2).json() == {"status": "ok"}
+    except httpx.HTTPError:
+        return False
