@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import KeysView
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -175,8 +176,8 @@ class Policy:
         self.catalog = catalog
 
     @property
-    def departments(self) -> list[str]:
-        return list(self.document.departments)
+    def departments(self) -> KeysView[str]:
+        return self.document.departments.keys()
 
     def rules(self, department: str) -> DepartmentRules:
         try:

@@ -236,20 +236,23 @@ def feeds_router(access: FeedAccess, department_of_caller: Callable[..., str]) -
         body = '{"events":[' + ",".join(to_json(i.event) for i in page.items) + '],"cursor":' + json.dumps(page.cursor) + "}"
         return Response(body, media_type="application/json")
 
-    @router.get(
-        "/v1/feeds/{agency}/stream",
-        response_class=EventSourceResponse,
-        summary="The department's feed as Server-Sent Events (id: the cursor after each event)",
-        responses={401: {}, 403: {}, 422: {}},
-    )
-    async def feed_stream(
+    async def first_page(
         department: str = Depends(own_feed),
         cursor: str | None = Query(None, description="Position to continue from; a reconnecting EventSource sends Last-Event-ID instead."),
         since: datetime | None = Query(None, description="Replay from this time (RFC 3339)."),
         last_event_id: str | None = Header(None),
-    ) -> AsyncIterator[ServerSentEvent]:
-        position = cursor or last_event_id
-        page = await access.page(department, position, since, STREAM_PAGE, 0.0)  # errors become a 4xx before streaming
+    ) -> tuple[str, FeedPage]:
+        """Read before the stream starts, so a bad cursor is a 4xx, not a broken stream."""
+        return department, await access.page(department, cursor or last_event_id, since, STREAM_PAGE, 0.0)
+
+    @router.get(
+        "/v1/feeds/{agency}/stream",
+        response_class=EventSourceResponse,
+        summary="The department's feed as Server-Sent Events (id: the cursor after each event)",
+        responses={401: {}, 403: {}, 422: {}, 503: {}},
+    )
+    async def feed_stream(start: tuple[str, FeedPage] = Depends(first_page)) -> AsyncIterator[ServerSentEvent]:
+        department, page = start
         while True:
             for item in page.items:
                 yield ServerSentEvent(raw_data=to_json(item.event), event=item.event["type"], id=item.cursor)

@@ -133,6 +133,12 @@ def test_bad_feed_queries_name_the_parameter(bus, gateway, query, field):
     assert response.status_code == 422 and [e["field"] for e in response.json()["detail"]] == [field], response.text
 
 
+@pytest.mark.parametrize("query, field", [("cursor=abc", "cursor"), ("cursor=0:1&since=2026-01-01T00:00:00Z", "since")])
+def test_a_bad_stream_request_is_refused_before_streaming(bus, gateway, query, field):
+    with gateway.stream("GET", f"/v1/feeds/citymgmt/stream?{query}", headers=bearer(bus, "citymgmt")) as response:
+        assert response.status_code == 422 and field in response.read().decode()
+
+
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
     lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=10), children, max_size=4),
