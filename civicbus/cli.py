@@ -14,16 +14,23 @@ from importlib.metadata import entry_points
 
 import typer
 
+from civicbus import acl
 from civicbus.broker import BrokerError, EmbeddedBroker
 from civicbus.cli_support import bus_context, configure_logging
 from civicbus.kafka import apply_topics
+from civicbus.policy import PolicyError, load_policy
 from civicbus.registry import check_schemas, lock_schemas
+from civicbus.tokens import TokenStore
 
 app = typer.Typer(help="civicbus: the city's inter-agency event bus.", no_args_is_help=True, add_completion=False)
 topics_app = typer.Typer(help="Kafka topics of the bus.", no_args_is_help=True)
 schemas_app = typer.Typer(help="Avro schemas and the schema lock.", no_args_is_help=True)
+policy_app = typer.Typer(help="The delivery policy (config/policy.yaml).", no_args_is_help=True)
+acl_app = typer.Typer(help="Kafka ACLs for production.", no_args_is_help=True)
 app.add_typer(topics_app, name="topics")
 app.add_typer(schemas_app, name="schemas")
+app.add_typer(policy_app, name="policy")
+app.add_typer(acl_app, name="acl")
 
 
 def fail(message: str, code: int = 1) -> None:
@@ -81,6 +88,60 @@ def schemas_lock() -> None:
     for line in added:
         typer.echo(f"locked {line}")
     typer.echo(f"{len(added)} schema versions added")
+
+
+@policy_app.command("check")
+def policy_check() -> None:
+    """Fail, naming file and line, on unknown departments or types and contradicting rules."""
+    ctx = bus_context()
+    try:
+        policy = load_policy(ctx.settings.config / "policy.yaml", ctx.city, ctx.catalog)
+    except PolicyError as e:
+        for problem in e.problems:
+            typer.secho(problem, fg=typer.colors.RED, err=True)
+        raise typer.Exit(1)
+    typer.echo(f"policy ok: {len(policy.departments)} departments, {len(ctx.catalog.types)} event types")
+
+
+@app.command()
+def token(
+    agency: str = typer.Argument(..., help="Department id."),
+    revoke: bool = typer.Option(False, "--revoke", help="Invalidate the department's token (the next one differs)."),
+) -> None:
+    """Print a valid HTTP gateway token for AGENCY, creating it if needed (only its hash is stored)."""
+    ctx = bus_context()
+    if agency not in ctx.city.department_ids():
+        fail(f"unknown department {agency!r}; known: {', '.join(ctx.city.department_ids())}", 2)
+    store = TokenStore(ctx.settings.state_dir)
+    if revoke:
+        typer.echo(f"revoked the token of {agency}" if store.revoke(agency) else f"{agency} had no token")
+        return
+    typer.echo(store.issue(agency))
+
+
+@acl_app.command("plan")
+def acl_plan() -> None:
+    """Print the ACL bindings every principal needs, and nothing more."""
+    for binding in acl.plan(bus_context().topology):
+        typer.echo(str(binding))
+
+
+@acl_app.command("apply")
+def acl_apply() -> None:
+    """Create the planned ACL bindings on a real Kafka (CIVICBUS_BOOTSTRAP)."""
+    ctx = bus_context()
+    no_acls = "the embedded broker (Tansu) has no ACLs: nothing applied. On it, the fan-out and the gateway enforce the policy; `civicbus acl plan` shows what a real Kafka would get."
+    if not ctx.settings.bootstrap or acl.is_embedded(ctx.bootstrap):
+        fail(no_acls)
+    from confluent_kafka.admin import AdminClient
+
+    bindings = acl.plan(ctx.topology)
+    failures = acl.apply(AdminClient({"bootstrap.servers": ctx.bootstrap}), bindings)
+    for failure in failures:
+        typer.secho(failure, fg=typer.colors.RED, err=True)
+    if failures:
+        raise typer.Exit(1)
+    typer.echo(f"{len(bindings)} ACL bindings applied")
 
 
 @app.command()

@@ -17,7 +17,13 @@ class Department(BaseModel):
     id: str = Field(pattern=r"^[a-z0-9]+(\.[a-z0-9_]+){0,2}$")
     name_zh: str
     name_en: str
-    publishes: tuple[str, ...] = ()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _publishes_lives_in_the_policy(cls, value):
+        if isinstance(value, dict) and "publishes" in value:
+            raise ValueError("`publishes` moved to config/policy.yaml (one place for who may publish what)")
+        return value
 
 
 class DispatchRule(BaseModel):
@@ -54,6 +60,26 @@ class CityConfig(BaseModel):
             if d.id == department_id:
                 return d
         raise KeyError(f"unknown department {department_id!r}")
+
+
+class WatchedFile:
+    """Tells whether a file changed since the last call (inode, mtime, size): config that
+    long-running processes reload without a restart. Atomic replacement is seen too."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self._stamp: tuple[int, int, int] | None = None
+
+    def changed(self) -> bool:
+        try:
+            st = self.path.stat()
+            stamp = (st.st_ino, st.st_mtime_ns, st.st_size)
+        except FileNotFoundError:
+            stamp = (0, 0, 0)
+        if stamp == self._stamp:
+            return False
+        self._stamp = stamp
+        return True
 
 
 def _read_yaml(path: Path) -> dict:

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from functools import cached_property
 
 from civicbus.config import CityConfig, load_city
+from civicbus.policy import PolicySource
 from civicbus.registry import make_registry_client
 from civicbus.schemas import EventCatalog
 from civicbus.serde import EventSerde
@@ -30,6 +31,11 @@ class BusContext:
     @cached_property
     def city(self) -> CityConfig:
         return load_city(self.settings.config)
+
+    @cached_property
+    def policy(self) -> PolicySource:
+        """config/policy.yaml, reloaded when it changes; `.get()` is the policy in force."""
+        return PolicySource(self.settings.config / "policy.yaml", self.city, self.catalog)
 
     @cached_property
     def catalog(self) -> EventCatalog:

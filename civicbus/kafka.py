@@ -5,9 +5,11 @@ Client settings that every component shares live here, so a stage never hand-wri
 
 from __future__ import annotations
 
+import asyncio
+import threading
 from dataclasses import dataclass
 
-from confluent_kafka import Consumer, Producer
+from confluent_kafka import Consumer, KafkaError, KafkaException, Producer
 from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic
 
 from civicbus.settings import Settings
@@ -64,6 +66,45 @@ def make_producer(bootstrap: str, **extra) -> Producer:
 
 def make_consumer(settings: Settings, bootstrap: str, group_id: str, **extra) -> Consumer:
     return Consumer(consumer_config(settings, bootstrap, group_id, **extra))
+
+
+class AsyncProducer:
+    """A producer for asyncio code (the HTTP gateway): `await send(...)` returns once the broker
+    acknowledged the record, and raises KafkaException if it refused it or did not answer in time.
+    A background thread serves librdkafka's delivery callbacks."""
+
+    def __init__(self, bootstrap: str, timeout_s: float = 30.0):
+        self._producer = make_producer(bootstrap, **{"message.timeout.ms": int(timeout_s * 1000), "linger.ms": 1})
+        self._stop = threading.Event()
+        self._poller = threading.Thread(target=self._serve_callbacks, name="async-producer", daemon=True)
+        self._poller.start()
+
+    def _serve_callbacks(self) -> None:
+        while not self._stop.is_set():
+            self._producer.poll(0.1)
+
+    async def send(self, topic: str, value: bytes, key: bytes | None = None, headers: list | None = None) -> None:
+        loop = asyncio.get_running_loop()
+        acked: asyncio.Future = loop.create_future()
+
+        def settle(err: KafkaError | None) -> None:
+            if acked.done():
+                return
+            if err is None:
+                acked.set_result(None)
+            else:
+                acked.set_exception(KafkaException(err))
+
+        try:
+            self._producer.produce(topic, value, key, headers=headers, on_delivery=lambda err, _msg: loop.call_soon_threadsafe(settle, err))
+        except BufferError as e:  # the local queue is full: the broker has been away for a while
+            raise KafkaException(KafkaError(KafkaError._QUEUE_FULL, str(e))) from None
+        await acked
+
+    def close(self, timeout_s: float = 10.0) -> None:
+        self._stop.set()
+        self._poller.join()
+        self._producer.flush(timeout_s)
 
 
 @dataclass(frozen=True)

@@ -113,6 +113,7 @@ class Stack:
 
     def _children(self) -> list[Child]:
         children = [Child(stage, civicbus_command("process", stage)) for stage in ("ingest", "cases", "fanout")]
+        children.append(Child("gateway", civicbus_command("gateway", "--port", str(self.http_port)), listens=f"http://127.0.0.1:{self.http_port}"))
         if self.simulate_rate > 0:
             children.append(Child("simulator", civicbus_command("simulate", "--rate", str(self.simulate_rate), "--duration", "0")))
         return children
@@ -132,7 +133,7 @@ class Stack:
                 child.start(env, work_dir)
 
     def _stop_children(self) -> None:
-        print("\nstopping: simulator first, then the stages in pipeline order")
-        for child in sorted(self.children, key=lambda c: c.name != "simulator"):
+        print("\nstopping: simulator and gateway first (they publish), then the stages in pipeline order")
+        for child in sorted(self.children, key=lambda c: c.name not in ("simulator", "gateway")):
             child.stop()
             print(f"stopped    {child.name}")

@@ -42,6 +42,10 @@ class Topology:
     def group(self, group: str) -> str:
         return f"{self.namespace}{group}"
 
+    def department_group_prefix(self, department: str) -> str:
+        """Consumer groups a department may use (its ACLs allow exactly this prefix)."""
+        return self.group(f"dept.{department}.")
+
     def inbound(self, department: str) -> str:
         return self.name(IN_PREFIX + department)
 

@@ -8,7 +8,7 @@ import uuid
 
 import typer
 
-from civicbus.cli_support import bus_context
+from civicbus.cli_support import bus_context, configure_logging
 from civicbus.serde import to_json
 from consumers.subscriber import FeedEvent, FeedSubscriber
 
@@ -35,5 +35,25 @@ def tail(
         subscriber.run(show, stop)
 
 
+def gateway(
+    port: int = typer.Option(8080, help="Port to listen on."),
+    host: str = typer.Option("127.0.0.1", help="Address to listen on."),
+) -> None:
+    """Run the HTTP gateway (publish, feeds, SSE, catalog) until SIGTERM or Ctrl-C."""
+    import uvicorn
+
+    from consumers.gateway.app import create_app
+
+    configure_logging()
+    app = create_app(bus_context())
+    typer.echo(f"gateway listening on http://{host}:{port} (OpenAPI at /openapi.json)")
+    # uvicorn stops gracefully on SIGTERM/SIGINT, then re-raises the signal to the handler that
+    # was there before: make that a no-op, so a clean stop exits 0 like every other part.
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: None)
+    uvicorn.run(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=5)
+
+
 def register(app: typer.Typer) -> None:
     app.command()(tail)
+    app.command()(gateway)

@@ -4,6 +4,10 @@
         feed.run(handle_event, stop)    # commits each event's offset only after handle_event returns
 
 At-least-once: if the handler raises or the process dies, the event is delivered again.
+
+Replay (a department joining late, or recovering): `start=` a datetime reads the feed from the
+records delivered at or after that time, `start=` an offset from that offset; either applies
+to the first assignment only, then the group's committed offsets take over again.
 """
 
 from __future__ import annotations
@@ -11,12 +15,31 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
-from confluent_kafka import KafkaError, KafkaException, Message, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
+from civicbus.audit import read_masked_header
 from civicbus.context import BusContext
 from civicbus.kafka import make_consumer
+
+
+def offsets_at_time(consumer: Consumer, topic: str, partitions: list[int], since_ms: int) -> dict[int, int]:
+    """Per partition, the first offset delivered at or after `since_ms` (the end if none).
+
+    The embedded broker ignores the timestamp and answers offset 0, so readers also skip records
+    older than `since_ms` themselves (see `delivered_before`); on Kafka that skips nothing.
+    """
+    found = consumer.offsets_for_times([TopicPartition(topic, p, since_ms) for p in partitions], timeout=10)
+    return {
+        tp.partition: tp.offset if tp.offset >= 0 else consumer.get_watermark_offsets(TopicPartition(topic, tp.partition), timeout=10, cached=False)[1]
+        for tp in found
+    }
+
+
+def delivered_before(message: Message, since_ms: int | None) -> bool:
+    return since_ms is not None and message.timestamp()[1] < since_ms
 
 
 @dataclass(frozen=True)
@@ -34,16 +57,42 @@ class FeedEvent:
     def type(self) -> str:
         return self.event["type"]
 
+    @property
+    def masked(self) -> tuple[str, ...]:
+        """Personal fields of `data` masked for this department (see civicbus.policy)."""
+        return read_masked_header(list(self.headers.items()))
+
 
 class FeedSubscriber:
-    def __init__(self, ctx: BusContext, department: str, group_id: str | None = None, poll_timeout_s: float = 0.5):
+    def __init__(
+        self,
+        ctx: BusContext,
+        department: str,
+        group_id: str | None = None,
+        poll_timeout_s: float = 0.5,
+        start: datetime | int | None = None,
+    ):
         ctx.city.department(department)  # KeyError for an unknown department
         self.ctx = ctx
         self.department = department
         self.topic = ctx.topology.feed(department)
         self.poll_timeout_s = poll_timeout_s
-        self._consumer = make_consumer(ctx.settings, ctx.bootstrap, group_id or ctx.topology.group(f"dept.{department}"))
-        self._consumer.subscribe([self.topic])
+        self._start = start
+        self._since_ms = int(start.timestamp() * 1000) if isinstance(start, datetime) else None
+        group = group_id or ctx.topology.department_group_prefix(department) + "subscriber"
+        self._consumer = make_consumer(ctx.settings, ctx.bootstrap, group)
+        self._consumer.subscribe([self.topic], on_assign=self._on_assign)
+
+    def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        """Replay: position the first assignment at the requested time or offset."""
+        if self._start is None:
+            return
+        if self._since_ms is not None:
+            offsets = offsets_at_time(consumer, self.topic, [tp.partition for tp in partitions], self._since_ms)
+        else:
+            offsets = {tp.partition: self._start for tp in partitions}
+        self._start = None
+        consumer.assign([TopicPartition(self.topic, p, o) for p, o in offsets.items()])
 
     def _decode(self, message: Message) -> FeedEvent:
         return FeedEvent(
@@ -61,6 +110,8 @@ class FeedSubscriber:
             if message.error().code() == KafkaError._PARTITION_EOF:
                 return None
             raise KafkaException(message.error())
+        if delivered_before(message, self._since_ms):
+            return None
         return self._decode(message), message
 
     def commit(self, message: Message) -> None:

@@ -1,5 +1,11 @@
 """Fan-out: civic.dist.events -> civic.feed.<department> for every department that receives it.
 
+Who receives what is the policy's decision (civicbus.policy: dispatched or granted, within
+clearance and jurisdiction), re-read when config/policy.yaml changes, so an edit applies to the
+next event. Personal fields a department holds no grant for are masked in its copy (the record
+then carries the `civic_masked` header), and every delivery is recorded in civic.audit in the
+same transaction as the feed record.
+
 Exactly once into the feeds. The stage runs in Kafka transactions, and it also drops events it
 has already delivered, by id: the case stage is at-least-once (faust) and may emit an event
 twice after a restart, and the embedded broker exposes records of aborted transactions (see
@@ -16,9 +22,11 @@ from collections.abc import Iterable
 
 from confluent_kafka import Consumer, Message, Producer, TopicPartition
 
+from civicbus.audit import AuditRecord, masked_header
 from civicbus.context import BusContext
-from civicbus.metrics import DELIVERED, DUPLICATES_DROPPED, END_TO_END_LATENCY
-from civicbus.topology import DIST_EVENTS, STATE_FANOUT_SEEN
+from civicbus.metrics import AUDITED, DELIVERED, DUPLICATES_DROPPED, END_TO_END_LATENCY, MASKED
+from civicbus.policy import Delivery, masked_event
+from civicbus.topology import AUDIT, DIST_EVENTS, STATE_FANOUT_SEEN
 from processors.ingest import PUBLISHED_AT_HEADER
 from processors.runner import Output, Stage
 
@@ -59,6 +67,7 @@ class FanoutStage(Stage):
         self.ctx = ctx
         self.topology = ctx.topology
         self.seen_topic = self.topology.name(STATE_FANOUT_SEEN)
+        self.audit_topic = self.topology.name(AUDIT)
         self.seen = SeenIds()
         self._delivered_in_batch: list[bytes] = []
 
@@ -104,12 +113,26 @@ class FanoutStage(Stage):
         event = self.ctx.serde.decode(message.value(), message.topic())
         published_ms = header(message, PUBLISHED_AT_HEADER)
         outputs = []
-        for department in event["targets"]:
-            outputs.append(Output(self.topology.feed(department), message.value(), event_id, message.headers()))
+        for delivery in self.ctx.policy.get().deliveries(event):
+            department = delivery.department
+            outputs.append(self._feed_record(message, event, delivery))
+            audit = AuditRecord.now(event["id"], event["type"], department, delivery.masked, "fanout")
+            outputs.append(Output(self.audit_topic, audit.encode(), event_id))
             DELIVERED.labels(department, event["type"]).inc()
+            AUDITED.labels("fanout").inc()
             if published_ms:
                 END_TO_END_LATENCY.labels(department).observe(max(0.0, time.time() - int(published_ms) / 1000))
         return outputs
+
+    def _feed_record(self, message: Message, event: dict, delivery: Delivery) -> Output:
+        """The original bytes when nothing is masked; else the masked copy, re-encoded."""
+        feed = self.topology.feed(delivery.department)
+        if not delivery.masked:
+            return Output(feed, message.value(), message.key(), message.headers())
+        event_type = self.ctx.catalog[event["type"]]
+        value, _ = self.ctx.serde.encode(masked_event(event, event_type, delivery.masked), feed)
+        MASKED.labels(delivery.department, event["type"]).inc(len(delivery.masked))
+        return Output(feed, value, message.key(), (message.headers() or []) + [masked_header(delivery.masked)])
 
     def before_commit(self, producer: Producer) -> None:
         if not self._delivered_in_batch:

@@ -28,11 +28,11 @@ def check_publisher(ctx: BusContext, department: str, event: dict[str, Any]) -> 
     """The envelope's source must be the department owning the topic, and the type one it may publish."""
     if event["source"] != department:
         return Reason.SOURCE_MISMATCH, f"source {event['source']!r} published on the topic of {department!r}"
-    try:
-        allowed = ctx.city.department(department).publishes
-    except KeyError:
+    policy = ctx.policy.get()
+    if department not in policy.departments:
         return Reason.SOURCE_MISMATCH, f"{department!r} is not a department of this city"
-    if event["type"] not in allowed:
+    if not policy.may_publish(department, event["type"]):
+        allowed = policy.rules(department).publishes
         return Reason.TYPE_NOT_PERMITTED, f"{department} may not publish {event['type']} (may: {', '.join(allowed)})"
     return None
 

@@ -24,6 +24,20 @@ class PublishError(RuntimeError):
     """The broker did not acknowledge an event in time or refused it."""
 
 
+def complete_event(ctx: BusContext, department: str, event: dict[str, Any]) -> dict[str, Any]:
+    """Fill in what the publisher knows (id, time, source, default classification) and validate.
+    Shared by this SDK and the HTTP ingest route."""
+    event = dict(event)
+    if event.get("source", department) != department:
+        raise EventValidationError([{"field": "source", "message": f"is {event['source']!r}, but this publisher is {department!r}"}])
+    event["source"] = department
+    event.setdefault("id", str(uuid.uuid4()))
+    event.setdefault("time", datetime.now(timezone.utc))
+    if event.get("type") in ctx.catalog:
+        event.setdefault("classification", ctx.catalog[event["type"]].classification)
+    return ctx.catalog.validate(event)
+
+
 class Publisher:
     def __init__(self, ctx: BusContext, department: str, timeout_s: float = 30.0):
         ctx.city.department(department)  # KeyError for an unknown department
@@ -35,17 +49,7 @@ class Publisher:
 
     def complete(self, event: dict[str, Any]) -> dict[str, Any]:
         """Fill in what the SDK knows (id, time, source, default classification) and validate."""
-        event = dict(event)
-        if event.get("source", self.department) != self.department:
-            raise EventValidationError(
-                [{"field": "source", "message": f"is {event['source']!r}, but this publisher is {self.department!r}"}]
-            )
-        event["source"] = self.department
-        event.setdefault("id", str(uuid.uuid4()))
-        event.setdefault("time", datetime.now(timezone.utc))
-        if event.get("type") in self.ctx.catalog:
-            event.setdefault("classification", self.ctx.catalog[event["type"]].classification)
-        return self.ctx.catalog.validate(event)
+        return complete_event(self.ctx, self.department, event)
 
     def publish(self, event: dict[str, Any]) -> str:
         """Validate, send, and return the event id once the broker has acknowledged it."""

@@ -26,7 +26,8 @@ def test_up_runs_the_stack_with_simulator_and_stops_cleanly_on_ctrl_c(tmp_path):
     output = lambda: (tmp_path / "up.log").read_text(errors="replace")
     try:
         wait_for(lambda: "Ctrl-C stops everything" in output(), 60, "the stack to start")
-        assert f"127.0.0.1:{broker_port}" in output()
+        assert f"127.0.0.1:{broker_port}" in output() and f"http://127.0.0.1:{http_port}" in output()
+        wait_for(lambda: _gateway_answers(http_port), 60, "the gateway's /healthz")
         consumer = Consumer({"bootstrap.servers": f"127.0.0.1:{broker_port}", "group.id": uuid.uuid4().hex})
         topics = [t for t in consumer.list_topics(timeout=10).topics if t.startswith("civic.feed.")]
         consumer.assign([TopicPartition(t, 0, 0) for t in topics])
@@ -43,11 +44,12 @@ def test_up_runs_the_stack_with_simulator_and_stops_cleanly_on_ctrl_c(tmp_path):
         from civicbus.context import BusContext
         from civicbus.settings import Settings
 
-        serde = BusContext(Settings()).serde
+        ctx = BusContext(Settings())
         for record in records:
-            event = serde.decode(record.value(), record.topic())
+            event = ctx.serde.decode(record.value(), record.topic())
             department = record.topic().removeprefix("civic.feed.")
-            assert department in event["targets"], (department, event["targets"])
+            receivers = [d.department for d in ctx.policy.get().deliveries(event)]  # dispatched or granted
+            assert department in receivers, (department, event["targets"], receivers)
             assert dict(record.headers())["ce_type"] == event["type"].encode()
         # the live view: events/s per department, and lag per consumer group from the exporter
         wait_for(lambda: re.search(r"^citymgmt +[0-9.]+ +[0-9.]+$", output(), re.M), 30, "the live view's rates")
@@ -60,3 +62,12 @@ def test_up_runs_the_stack_with_simulator_and_stops_cleanly_on_ctrl_c(tmp_path):
         returncode = up.wait(60)
     assert returncode == 0, output()[-3000:]
     assert "stopped    fanout" in output()
+
+
+def _gateway_answers(port: int) -> bool:
+    import httpx
+
+    try:
+        return httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2).json() == {"status": "ok"}
+    except httpx.HTTPError:
+        return False

@@ -1,0 +1,31 @@
+"""Bearer tokens -> department. 401 without a valid token; the caller's department, otherwise."""
+
+from __future__ import annotations
+
+from fastapi import Depends, HTTPException
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from civicbus.context import BusContext
+from civicbus.tokens import TokenStore
+
+_bearer = HTTPBearer(auto_error=False, description="A department's token from `civicbus token AGENCY`.")
+
+
+class Authenticate:
+    """FastAPI dependency: the department the presented token belongs to.
+
+    The token file is re-read when it changes, so a revoked token is refused at once; a token of
+    a department no longer in the policy is refused too.
+    """
+
+    def __init__(self, ctx: BusContext, tokens: TokenStore):
+        self.ctx = ctx
+        self.tokens = tokens
+
+    def __call__(self, credentials: HTTPAuthorizationCredentials | None = Depends(_bearer)) -> str:
+        if credentials is None:
+            raise HTTPException(401, "an Authorization: Bearer <token> header is required", headers={"WWW-Authenticate": "Bearer"})
+        department = self.tokens.department_of(credentials.credentials)
+        if department is None or department not in self.ctx.policy.get().departments:
+            raise HTTPException(401, "the token is not valid (unknown, revoked, or of a department no longer configured)", headers={"WWW-Authenticate": "Bearer"})
+        return department

@@ -1,0 +1,85 @@
+"""HTTP ingest: POST /v1/events, the HTTP twin of the publishing SDK.
+
+A router the gateway app mounts (consumers/gateway/app.py). It lives with the producers because
+it publishes: the same `complete_event` as the SDK fills and validates the event, and it goes
+to civic.in.<department> like any SDK publish, so ingest checks it again downstream. The
+department is always the token's; a body naming another source is refused (403).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from confluent_kafka import KafkaException
+from fastapi import APIRouter, Body, Depends, HTTPException
+from pydantic import BaseModel
+
+from civicbus.context import BusContext
+from civicbus.kafka import AsyncProducer
+from civicbus.schemas import EventValidationError
+from producers.sdk import complete_event
+
+
+class Accepted(BaseModel):
+    id: str
+
+
+class FieldError(BaseModel):
+    field: str
+    message: str
+
+
+class ValidationProblem(BaseModel):
+    detail: list[FieldError]
+
+
+class Problem(BaseModel):
+    detail: str
+
+
+EXAMPLE = {
+    "type": "city.case.reported",
+    "location": {"raw_address": "东城区安定门内大街1号", "lat": 39.9475, "lon": 116.4075},
+    "data": {"category": "municipal_facilities", "subcategory": "pothole", "description": "路面坑洼"},
+}
+
+
+def ingest_router(ctx: BusContext, department_of_caller: Callable[..., str], producer: Callable[[], AsyncProducer]) -> APIRouter:
+    router = APIRouter(tags=["ingest"])
+
+    @router.post(
+        "/v1/events",
+        status_code=202,
+        response_model=Accepted,
+        summary="Publish one event as the token's department",
+        responses={
+            401: {"model": Problem}, 403: {"model": Problem}, 413: {"model": Problem},
+            422: {"model": ValidationProblem}, 503: {"model": Problem},
+        },
+    )
+    async def publish_event(
+        event: dict[str, Any] = Body(..., examples=[EXAMPLE], description="Envelope fields; `data` per the event type. id, time, source and classification may be left out."),
+        department: str = Depends(department_of_caller),
+    ) -> Accepted:
+        """202 once the broker has acknowledged the event on civic.in.<department>."""
+        if event.get("source", department) != department:
+            raise HTTPException(403, f"source {event['source']!r} is not the department of this token ({department})")
+        type_name = event.get("type")
+        if not isinstance(type_name, str):
+            raise HTTPException(422, [{"field": "type", "message": "an event type name is required, e.g. city.case.reported"}])
+        if type_name in ctx.catalog and not ctx.policy.get().may_publish(department, type_name):
+            raise HTTPException(403, f"{department} may not publish {type_name}")
+        try:
+            completed = complete_event(ctx, department, event)
+        except EventValidationError as e:
+            raise HTTPException(422, e.errors) from None
+        topic = ctx.topology.inbound(department)
+        value, headers = ctx.serde.encode(completed, topic)
+        try:
+            await producer().send(topic, value, completed["id"].encode(), headers)
+        except KafkaException as e:
+            raise HTTPException(503, f"the broker did not acknowledge the event: {e.args[0].str()}") from None
+        return Accepted(id=completed["id"])
+
+    return router

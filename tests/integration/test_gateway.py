@@ -1,0 +1,262 @@
+"""The HTTP gateway on a real broker, through FastAPI's TestClient."""
+
+from __future__ import annotations
+
+import json
+import threading
+import uuid
+from urllib.parse import quote
+from datetime import datetime, timedelta, timezone
+
+import pytest
+from fastapi.testclient import TestClient
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from confluent_kafka.admin import AdminClient
+from typer.testing import CliRunner
+
+from civicbus.audit import AuditRecord, masked_header
+from civicbus.broker import EmbeddedBroker
+from civicbus.cli import app as cli
+from civicbus.kafka import make_producer
+from civicbus.tokens import TokenStore
+from civicbus.topology import AUDIT
+from consumers.gateway.app import MAX_BODY_BYTES, create_app
+from consumers.subscriber import FeedSubscriber
+from tests.support import case_report, headers_of, read_topic
+
+
+@pytest.fixture
+def gateway(bus, tmp_path):
+    bus.settings.state_dir = tmp_path
+    with TestClient(create_app(bus)) as client:
+        yield client
+
+
+def bearer(bus, department: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {TokenStore(bus.settings.state_dir).issue(department)}"}
+
+
+def feed_event(bus, **overrides) -> dict:
+    event = {**case_report(reporter_name="***", reporter_phone=None), "id": str(uuid.uuid4()), "source": "citymgmt",
+             "time": datetime.now(timezone.utc), "classification": "INTERNAL", "targets": ["citymgmt"]}
+    return bus.catalog.validate({**event, **overrides})
+
+
+def seed_feed(bus, department: str, count: int, timestamp_ms: int | None = None, masked: tuple[str, ...] = ()) -> list[str]:
+    """Write events into a feed as the fan-out would; returns their ids."""
+    producer = make_producer(bus.bootstrap)
+    topic = bus.topology.feed(department)
+    ids = []
+    for _ in range(count):
+        event = feed_event(bus, targets=[department])
+        value, headers = bus.serde.encode(event, topic)
+        extra = [masked_header(masked)] if masked else []
+        producer.produce(topic, value, event["id"].encode(), headers=headers + extra, timestamp=timestamp_ms or 0)
+        ids.append(event["id"])
+    producer.flush(10)
+    return ids
+
+
+def test_every_cross_department_path_is_refused_and_leaks_nothing(bus, gateway):
+    seeded = {d: seed_feed(bus, d, 1)[0] for d in ("citymgmt", "police", "hotline12345")}
+    citymgmt = bearer(bus, "citymgmt")
+    revoked = bearer(bus, "ecoenv")
+    TokenStore(bus.settings.state_dir).revoke("ecoenv")
+    attempts = {
+        "no token": gateway.get("/v1/feeds/police/events"),
+        "not a bearer": gateway.get("/v1/feeds/police/events", headers={"Authorization": "Basic cG9saWNlOnB3"}),
+        "wrong token": gateway.get("/v1/feeds/police/events", headers={"Authorization": "Bearer cbt_guessed"}),
+        "removed token": gateway.get("/v1/feeds/ecoenv/events", headers=revoked),
+        "another feed": gateway.get("/v1/feeds/police/events", headers=citymgmt),
+        "another stream": gateway.get("/v1/feeds/police/stream", headers=citymgmt),
+        "unknown feed": gateway.get("/v1/feeds/ministry/events", headers=citymgmt),
+        "forged source": gateway.post("/v1/events", json={**case_report(), "source": "police"}, headers=citymgmt),
+        "type not granted": gateway.post("/v1/events", json={"type": "hotline.request.received", "data": {}}, headers=citymgmt),
+        "publish without token": gateway.post("/v1/events", json=case_report()),
+        "catalog without token": gateway.get("/v1/catalog"),
+        "asyncapi without token": gateway.get("/v1/asyncapi.json"),
+    }
+    statuses = {name: response.status_code for name, response in attempts.items()}
+    assert statuses == {
+        "no token": 401, "not a bearer": 401, "wrong token": 401, "removed token": 401, "another feed": 403,
+        "another stream": 403, "unknown feed": 403, "forged source": 403, "type not granted": 403,
+        "publish without token": 401, "catalog without token": 401, "asyncapi without token": 401,
+    }
+    for name, response in attempts.items():
+        assert not any(event_id in response.text for event_id in seeded.values()), name
+        assert response.json()["detail"], name  # says why
+    assert attempts["no token"].headers["www-authenticate"] == "Bearer"
+    inbound = [bus.topology.inbound(d) for d in ("citymgmt", "police")]
+    assert read_topic(bus, inbound + [bus.topology.name(AUDIT)], idle_s=1.0) == []  # nothing published, nothing delivered
+
+
+def test_publish_answers_202_after_the_broker_acknowledged(bus, gateway):
+    response = gateway.post("/v1/events", json=case_report(), headers=bearer(bus, "citymgmt"))
+    assert response.status_code == 202
+    event_id = response.json()["id"]
+    [record] = read_topic(bus, bus.topology.inbound("citymgmt"), until=lambda m: len(m) >= 1)
+    event = bus.serde.decode(record.value(), record.topic())
+    assert event["id"] == event_id and event["source"] == "citymgmt" and event["classification"] == "INTERNAL"
+    assert headers_of(record)["ce_source"] == b"citymgmt"
+
+
+@pytest.mark.parametrize(
+    "body, content_type, status, field",
+    [
+        (b"{not json", "application/json", 422, "(body)"),
+        (b"[1, 2]", "application/json", 422, "(body)"),
+        (json.dumps({**case_report(), "data": {"category": 7}}).encode(), "application/json", 422, "data.category"),
+        (json.dumps({**case_report(), "time": "yesterday"}).encode(), "application/json", 422, "time"),
+        (json.dumps({**case_report(), "type": "city.case.invented"}).encode(), "application/json", 422, "type"),
+        (json.dumps({**case_report(), "type": 5}).encode(), "application/json", 422, "type"),
+        (json.dumps({**case_report(), "location": {"lat": 95, "lon": 0}}).encode(), "application/json", 422, "location"),
+        (b'{"type": "' + b"x" * (MAX_BODY_BYTES + 10) + b'"}', "application/json", 413, None),
+        (b"type=city.case.reported", "application/x-www-form-urlencoded", 422, None),
+    ],
+)
+def test_bad_requests_get_clear_4xx(bus, gateway, body, content_type, status, field):
+    response = gateway.post("/v1/events", content=body, headers={**bearer(bus, "citymgmt"), "content-type": content_type})
+    assert response.status_code == status, response.text
+    if field is not None:
+        assert field in [e["field"] for e in response.json()["detail"]], response.json()
+
+
+@pytest.mark.parametrize(
+    "query, field",
+    [("limit=0", "limit"), ("limit=100000", "limit"), ("wait=-1", "wait"), ("wait=abc", "wait"), ("cursor=abc", "cursor"),
+     ("cursor=0:-5", "cursor"), ("cursor=7:0", "cursor"), ("cursor=0:1&since=2026-01-01T00:00:00Z", "since"), ("since=noon", "since")],
+)
+def test_bad_feed_queries_name_the_parameter(bus, gateway, query, field):
+    response = gateway.get(f"/v1/feeds/citymgmt/events?{query}", headers=bearer(bus, "citymgmt"))
+    assert response.status_code == 422 and [e["field"] for e in response.json()["detail"]] == [field], response.text
+
+
+@pytest.mark.parametrize("query, field", [("cursor=abc", "cursor"), ("cursor=0:1&since=2026-01-01T00:00:00Z", "since")])
+def test_a_bad_stream_request_is_refused_before_streaming(bus, gateway, query, field):
+    with gateway.stream("GET", f"/v1/feeds/citymgmt/stream?{query}", headers=bearer(bus, "citymgmt")) as response:
+        assert response.status_code == 422 and field in response.read().decode()
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=10), children, max_size=4),
+    max_leaves=20,
+)
+event_like = st.fixed_dictionaries(
+    {"type": st.sampled_from(["city.case.reported", "hotline.request.received", "x"]) | json_values},
+    optional={"data": json_values | st.fixed_dictionaries({}, optional={"category": json_values, "subcategory": json_values, "description": json_values}),
+              "location": json_values, "time": json_values, "id": json_values, "source": json_values, "classification": json_values},
+)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(body=st.one_of(json_values.map(json.dumps), event_like.map(json.dumps), st.binary(max_size=200)), query=st.text(max_size=30))
+def test_no_request_gets_a_500(bus, gateway, body, query):
+    headers = {**bearer(bus, "citymgmt"), "content-type": "application/json"}
+    assert gateway.post("/v1/events", content=body, headers=headers).status_code < 500
+    assert gateway.get("/v1/feeds/citymgmt/events", params={"cursor": query, "limit": 1}, headers=headers).status_code < 500
+    assert gateway.get(f"/v1/feeds/{quote(query, safe='')}/events", headers=headers).status_code < 500
+
+
+def test_feed_pages_by_cursor_long_polls_and_every_read_is_audited(bus, gateway):
+    auth = bearer(bus, "citymgmt")
+    ids = seed_feed(bus, "citymgmt", 5, masked=("reporter_name",))
+    pages, cursor = [], None
+    while True:
+        response = gateway.get("/v1/feeds/citymgmt/events", params={"limit": 2, **({"cursor": cursor} if cursor else {})}, headers=auth)
+        assert response.status_code == 200
+        page = response.json()
+        cursor = page["cursor"]
+        if not page["events"]:
+            break
+        pages.append([e["id"] for e in page["events"]])
+    assert [i for p in pages for i in p] == ids and max(len(p) for p in pages) == 2 and cursor == "0:5"
+    assert response.json()["events"] == []
+
+    later = {}
+    waiting = threading.Thread(target=lambda: later.setdefault("r", gateway.get("/v1/feeds/citymgmt/events", params={"cursor": cursor, "wait": 30}, headers=auth)))
+    waiting.start()
+    [new_id] = seed_feed(bus, "citymgmt", 1)
+    waiting.join(60)
+    assert [e["id"] for e in later["r"].json()["events"]] == [new_id] and later["r"].json()["cursor"] == "0:6"
+
+    records = [AuditRecord.decode(m.value()) for m in read_topic(bus, bus.topology.name(AUDIT), until=lambda m: len(m) >= 6)]
+    assert [r.event_id for r in records] == ids + [new_id]
+    assert {(r.department, r.path) for r in records} == {("citymgmt", "gateway")}
+    assert [r.masked_fields for r in records] == [("reporter_name",)] * 5 + [()]
+
+
+def test_replay_from_a_time_or_an_offset_through_gateway_and_sdk(bus, gateway):
+    now = datetime.now(timezone.utc)
+    old = seed_feed(bus, "citymgmt", 2, timestamp_ms=int((now - timedelta(hours=2)).timestamp() * 1000))
+    recent = seed_feed(bus, "citymgmt", 2, timestamp_ms=int(now.timestamp() * 1000))
+    auth = bearer(bus, "citymgmt")
+    since = (now - timedelta(hours=1)).isoformat()
+    by_time = gateway.get("/v1/feeds/citymgmt/events", params={"since": since}, headers=auth).json()
+    assert [e["id"] for e in by_time["events"]] == recent and by_time["cursor"] == "0:4"
+    by_offset = gateway.get("/v1/feeds/citymgmt/events", params={"cursor": "0:1"}, headers=auth).json()
+    assert [e["id"] for e in by_offset["events"]] == old[1:] + recent
+
+    def first(start, count):
+        got = []
+        with FeedSubscriber(bus, "citymgmt", group_id=bus.topology.group(f"dept.citymgmt.{uuid.uuid4().hex[:6]}"), start=start) as feed:
+            for item in feed:
+                got.append(item.id)
+                if len(got) == count:
+                    return got
+
+    assert first(now - timedelta(hours=1), 2) == recent
+    assert first(1, 3) == old[1:] + recent
+
+
+def test_catalog_and_asyncapi_follow_schemas_and_policy(bus, gateway):
+    auth = bearer(bus, "police")
+    types = {t["type"]: t for t in gateway.get("/v1/catalog", headers=auth).json()["event_types"]}
+    assert set(types) == set(bus.catalog.types)
+    hotline = types["hotline.request.received"]
+    assert hotline["classification"] == "RESTRICTED" and hotline["personal_fields"] == ["caller_name", "caller_phone"]
+    assert hotline["publishers"] == ["hotline12345"] and set(hotline["receivers"]["by_grant"]) == {"police", "petition"}
+    assert "street.dongcheng.andingmen" not in hotline["receivers"]["when_dispatched"]  # INTERNAL clearance
+    document = gateway.get("/v1/asyncapi.json", headers=auth).json()
+    assert document["asyncapi"] == "3.0.0"
+
+    def resolve(ref: str):
+        node = document
+        for part in ref.removeprefix("#/").split("/"):
+            node = node[part]
+        return resolve(node["$ref"]) if "$ref" in node else node
+
+    refs = []
+
+    def collect(node):
+        if isinstance(node, dict):
+            refs.extend(v for k, v in node.items() if k == "$ref")
+            for value in node.values():
+                collect(value)
+        elif isinstance(node, list):
+            for value in node:
+                collect(value)
+
+    collect(document)
+    assert refs and all(resolve(ref) for ref in refs)
+    publish = document["operations"]["publish.hotline12345"]
+    assert publish["action"] == "send" and resolve(publish["channel"]["$ref"])["address"] == bus.topology.inbound("hotline12345")
+    assert {resolve(m["$ref"])["name"] for m in publish["messages"]} == {"hotline.request.received", "case.status.updated"}
+    assert resolve(document["operations"]["receive.police"]["channel"]["$ref"])["address"] == bus.topology.feed("police")
+
+
+def test_health_metrics_and_openapi_need_no_token(bus, gateway):
+    assert gateway.get("/healthz").json() == {"status": "ok"}
+    gateway.get("/v1/catalog")
+    assert 'civicbus_gateway_requests_total{route="/v1/catalog",status="401"}' in gateway.get("/metrics").text
+    paths = gateway.get("/openapi.json").json()["paths"]
+    assert {"/v1/events", "/v1/feeds/{agency}/events", "/v1/feeds/{agency}/stream", "/v1/catalog", "/v1/asyncapi.json"} <= set(paths)
+
+
+def test_acl_apply_refuses_the_embedded_broker_before_sending_anything():
+    with EmbeddedBroker() as broker:  # whichever broker the session uses, this one is Tansu
+        result = CliRunner().invoke(cli, ["acl", "apply"], env={"CIVICBUS_BOOTSTRAP": broker.bootstrap})
+        assert result.exit_code == 1 and "has no ACLs: nothing applied" in result.output
+        assert AdminClient({"bootstrap.servers": broker.bootstrap}).list_topics(timeout=5).brokers  # still answering

@@ -1,0 +1,114 @@
+"""Hypothesis strategies for random policies and events, and the policy's promise as sets.
+
+Used by the pure property test (tests/unit/test_policy.py) and by the run through the real
+fan-out on the broker (tests/integration/test_fanout_policy.py).
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timezone
+
+from hypothesis import strategies as st
+
+from civicbus.policy import RANK, PolicyDocument
+from civicbus.schemas import CLASSIFICATIONS, EventCatalog
+from civicbus.settings import REPO_ROOT
+
+CATALOG = EventCatalog(REPO_ROOT / "schemas")
+TYPES = sorted(CATALOG.types)
+
+
+@dataclass(frozen=True)
+class Areas:
+    districts: tuple[str, ...]
+    streets: tuple[str, ...]  # district.street
+
+
+def data_fields(type_name: str) -> list[dict]:
+    return next(f for f in CATALOG[type_name].wire_schema["fields"] if f["name"] == "data")["type"]["fields"]
+
+
+def category_symbols(type_name: str) -> list[str]:
+    category = next((f for f in data_fields(type_name) if f["name"] == "category"), None)
+    return list(category["type"]["symbols"]) if category else []
+
+
+@st.composite
+def department_rules(draw, department: str, areas: Areas, consistent: bool) -> dict:
+    """consistent: only grants `policy check` accepts (none above the department's clearance)."""
+    kind, _, name = department.partition(".")
+    any_area = st.one_of(
+        st.just("city"),
+        st.builds(lambda d: {"district": d}, st.sampled_from(areas.districts)),
+        st.builds(lambda s: {"street": s}, st.sampled_from(areas.streets)),
+    )
+    area = {"district": {"district": name}, "street": {"street": name}}.get(kind) or draw(any_area)
+    clearance = draw(st.sampled_from(CLASSIFICATIONS))
+    grantable = [t for t in TYPES if not consistent or RANK[CATALOG[t].classification] <= RANK[clearance]]
+    grants = []
+    for type_name in draw(st.lists(st.sampled_from(grantable), unique=True, max_size=3)) if grantable else []:
+        symbols = category_symbols(type_name)
+        categories = draw(st.lists(st.sampled_from(symbols), unique=True, max_size=2)) if symbols else []
+        grants.append({"type": type_name, "categories": categories})
+    personal = {}
+    for type_name in draw(st.lists(st.sampled_from(grantable), unique=True, max_size=2)) if grantable else []:
+        fields = [*CATALOG[type_name].personal_fields, "*"]
+        personal[type_name] = draw(st.lists(st.sampled_from(fields), unique=True, min_size=1))
+    return {"clearance": clearance, "jurisdiction": area, "receives": grants, "personal": personal}
+
+
+@st.composite
+def policy_documents(draw, departments: tuple[str, ...], areas: Areas, every_department: bool = False, consistent: bool = False) -> dict:
+    chosen = departments if every_department else draw(st.lists(st.sampled_from(departments), unique=True, min_size=1))
+    return {"departments": {d: draw(department_rules(d, areas, consistent)) for d in chosen}}
+
+
+@st.composite
+def events(draw, departments: tuple[str, ...], areas: Areas, source: str = "citymgmt") -> dict:
+    """A valid event of any catalog type, as the pipeline hands it to the fan-out."""
+    type_name = draw(st.sampled_from(TYPES))
+    event_type = CATALOG[type_name]
+    data = {}
+    for field in data_fields(type_name):
+        kind = field["type"]
+        if isinstance(kind, dict) and kind["type"] == "enum":
+            data[field["name"]] = draw(st.sampled_from(kind["symbols"]))
+        elif field["name"] in event_type.personal_fields:
+            data[field["name"]] = draw(st.one_of(st.none(), st.just("13812345678"), st.text(min_size=1, max_size=8)))
+        elif "default" in field:
+            data[field["name"]] = field["default"]
+        else:
+            data[field["name"]] = "x"
+    street = draw(st.one_of(st.none(), st.sampled_from(areas.streets)))
+    district = street.split(".")[0] if street else draw(st.one_of(st.none(), st.sampled_from(areas.districts)))
+    location = None if street is None and draw(st.booleans()) else {"street": street, "district": district}
+    return CATALOG.validate({
+        "id": str(uuid.uuid4()), "type": type_name, "source": source, "time": datetime(2026, 1, 1, tzinfo=timezone.utc),
+        "classification": draw(st.sampled_from(CLASSIFICATIONS)), "location": location, "data": data,
+        "targets": draw(st.lists(st.sampled_from(departments), unique=True, max_size=3)),
+    })
+
+
+def expected_receivers(document: PolicyDocument, event: dict) -> dict[str, set[str]]:
+    """The policy's promise, restated as sets: receiving department -> fields it sees masked."""
+    out = {}
+    location = event["location"] or {}
+    for department, rules in document.departments.items():
+        dispatched = department in event["targets"]
+        category = event["data"].get("category")
+        granted = any(g.type == event["type"] and (not g.categories or category in g.categories) for g in rules.receives)
+        if not (dispatched or granted) or RANK[event["classification"]] > RANK[rules.clearance]:
+            continue
+        area = rules.jurisdiction
+        if area != "city":
+            placed = location.get("street") if area.street else location.get("district")
+            if (placed is None and not dispatched) or (placed is not None and placed != (area.street or area.district)):
+                continue
+        allowed = set(rules.personal.get(event["type"], ()))
+        out[department] = {
+            f for f in CATALOG[event["type"]].personal_fields
+            if event["data"].get(f) not in (None, "") and "*" not in allowed and f not in allowed
+        }
+    return out

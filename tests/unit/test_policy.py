@@ -1,0 +1,185 @@
+"""The delivery policy: the pure decision, masking, and `policy check` naming lines."""
+
+from __future__ import annotations
+
+import shutil
+import uuid
+from datetime import datetime, timezone
+
+import pytest
+from hypothesis import given, settings
+from typer.testing import CliRunner
+
+from civicbus.cli import app as cli
+from civicbus.config import load_city
+from civicbus.policy import Policy, PolicyDocument, PolicyError, decide, load_policy, mask_text, masked_event
+from civicbus.schemas import EventCatalog
+from civicbus.settings import REPO_ROOT
+from tests.policy_strategies import Areas, events, expected_receivers, policy_documents
+
+CATALOG = EventCatalog(REPO_ROOT / "schemas")
+CITY = load_city(REPO_ROOT / "config")
+POLICY = load_policy(REPO_ROOT / "config" / "policy.yaml", CITY, CATALOG)
+
+
+def hotline_call(**overrides) -> dict:
+    event = {
+        "id": str(uuid.uuid4()), "type": "hotline.request.received", "source": "hotline12345",
+        "time": datetime(2026, 1, 1, tzinfo=timezone.utc), "classification": "RESTRICTED", "subject": None,
+        "location": {"raw_address": "x", "lat": None, "lon": None, "address_code": None, "grid": None,
+                     "street": "dongcheng.andingmen", "district": "dongcheng", "resolved": True},
+        "data": {"category": "complaint", "topic": "noise", "content": "太吵", "caller_name": "王伟", "caller_phone": "13812345678"},
+        "correlation_id": None, "targets": ["citymgmt"], "due": None,
+    }
+    event.update(overrides)
+    return CATALOG.validate(event)
+
+
+def test_the_sample_policy_passes_its_own_check():
+    assert set(POLICY.departments) == set(CITY.department_ids())
+    assert POLICY.may_publish("hotline12345", "hotline.request.received")
+    assert not POLICY.may_publish("housing", "city.case.reported")
+
+
+def test_sample_city_deliveries_and_masks():
+    by_department = {d.department: d.masked for d in POLICY.deliveries(hotline_call())}
+    # dispatched to citymgmt (phone granted), granted to petition (complaints; name and phone),
+    # street/district offices are INTERNAL: a RESTRICTED call does not reach them
+    assert by_department == {"citymgmt": ("caller_name",), "petition": ()}
+
+
+def test_masking_is_visible_and_keeps_the_event_valid():
+    event = hotline_call()
+    masked = masked_event(event, CATALOG["hotline.request.received"], ("caller_name", "caller_phone"))
+    assert masked["data"]["caller_name"] == "***" and masked["data"]["caller_phone"] == "138****5678"
+    assert event["data"]["caller_phone"] == "13812345678"  # the original is untouched
+    assert CATALOG.validate(masked) == masked
+
+
+@pytest.mark.parametrize(
+    "value, expected",
+    [("13812345678", "138****5678"), ("138-1234-5678", "138****5678"), ("11010119900307123X", "110***********123X"),
+     ("王伟", "***"), ("Zhang Wei", "***"), ("12345", "***")],
+)
+def test_mask_text(value, expected):
+    assert mask_text(value) == expected
+
+
+def test_unknown_place_reaches_a_street_office_only_when_dispatched():
+    rules = POLICY.rules("street.dongcheng.andingmen")
+    report = CATALOG.validate({**hotline_call(), "type": "city.case.reported", "classification": "INTERNAL", "location": None,
+                               "data": {"category": "landscaping", "subcategory": "fallen_tree", "description": "树倒了"}})
+    event_type = CATALOG["city.case.reported"]
+    assert decide("street.dongcheng.andingmen", rules, {**report, "targets": []}, event_type) is None  # granted, place unknown
+    assert decide("street.dongcheng.andingmen", rules, {**report, "targets": ["street.dongcheng.andingmen"]}, event_type)
+    elsewhere = {**report, "location": {**hotline_call()["location"], "street": "xicheng.xinjiekou", "district": "xicheng"}}
+    assert decide("street.dongcheng.andingmen", rules, {**elsewhere, "targets": ["street.dongcheng.andingmen"]}, event_type) is None
+
+
+# ---- policy check ----------------------------------------------------------------------------
+
+BROKEN = """\
+departments:
+  citymgmt:
+    clearance: INTERNAL
+    jurisdiction: city
+    publishes: [city.case.reported, city.case.invented]
+    receives:
+      - type: hotline.request.received
+      - type: city.case.reported
+        categories: [street_order, potholes]
+    personal:
+      city.case.reported: [reporter_email]
+  ministry:
+    clearance: PUBLIC
+    jurisdiction: city
+  street.dongcheng.andingmen:
+    clearance: INTERNAL
+    jurisdiction: {district: xicheng}
+  police:
+    clearance: TOP_SECRET
+    jurisdiction: city
+  citymgmt:
+    clearance: INTERNAL
+    jurisdiction: city
+"""
+
+
+@pytest.fixture
+def config_dir(tmp_path):
+    for name in ("departments.yaml", "dispatch.yaml", "policy.yaml"):
+        shutil.copy(REPO_ROOT / "config" / name, tmp_path / name)
+    return tmp_path
+
+
+def problems_by_line(config_dir, text: str) -> dict[int, list[str]]:
+    (config_dir / "policy.yaml").write_text(text)
+    with pytest.raises(PolicyError) as info:
+        load_policy(config_dir / "policy.yaml", CITY, CATALOG)
+    by_line: dict[int, list[str]] = {}
+    for problem in info.value.problems:
+        file, line, message = problem.split(":", 2)
+        assert file == str(config_dir / "policy.yaml")
+        by_line.setdefault(int(line), []).append(message.strip())
+    return by_line
+
+
+def test_policy_check_names_the_line_of_every_problem(config_dir):
+    schema_errors = problems_by_line(config_dir, BROKEN)
+    assert schema_errors[21] == ["duplicate key 'citymgmt' (first on line 2)"]
+    assert schema_errors[19][0].startswith("departments.police.clearance: Input should be 'PUBLIC', 'INTERNAL'")
+    without_schema_errors = "\n".join(BROKEN.replace("TOP_SECRET", "CONFIDENTIAL").splitlines()[:20]) + "\n"
+    assert problems_by_line(config_dir, without_schema_errors) == {
+        1: [f"department {d} (departments.yaml) has no entry in the policy" for d in sorted(set(CITY.department_ids()) - {"citymgmt", "police", "street.dongcheng.andingmen"})],
+        5: ["unknown event type 'city.case.invented'"],
+        7: ["grant for hotline.request.received (RESTRICTED) can never apply: clearance is INTERNAL"],
+        9: ["unknown category 'potholes' of city.case.reported (known: city_appearance, street_order, landscaping, municipal_facilities)"],
+        11: ["'reporter_email' is not a personal field of city.case.reported (personal fields: reporter_name, reporter_phone)"],
+        12: ["unknown department 'ministry' (not in departments.yaml)"],
+        17: ["street.dongcheng.andingmen is a street office: its jurisdiction must be street dongcheng.andingmen"],
+    }
+
+
+def test_a_bad_yaml_file_names_its_line(config_dir):
+    assert list(problems_by_line(config_dir, "departments:\n  citymgmt: [\n")) == [3]
+
+
+def test_policy_check_command(config_dir):
+    runner = CliRunner()
+    ok = runner.invoke(cli, ["policy", "check"], env={"CIVICBUS_CONFIG": str(config_dir)})
+    assert ok.exit_code == 0 and "policy ok: 23 departments" in ok.output
+    text = (config_dir / "policy.yaml").read_text().replace("clearance: RESTRICTED", "clearance: SECRET", 1)
+    (config_dir / "policy.yaml").write_text(text)
+    bad = runner.invoke(cli, ["policy", "check"], env={"CIVICBUS_CONFIG": str(config_dir)})
+    line = text.splitlines().index("    clearance: SECRET") + 1
+    assert bad.exit_code == 1 and f"policy.yaml:{line}: departments.hotline12345.clearance: Input should be" in bad.output
+
+
+def test_publishes_in_departments_yaml_is_refused_with_a_pointer(config_dir):
+    text = (config_dir / "departments.yaml").read_text().replace("    name_en: City Management Bureau\n", "    name_en: City Management Bureau\n    publishes: [x]\n")
+    (config_dir / "departments.yaml").write_text(text)
+    with pytest.raises(ValueError, match="moved to config/policy.yaml"):
+        load_city(config_dir)
+
+
+# ---- the property: every feed is exactly what the policy says ---------------------------------
+
+DEPARTMENTS = ("a", "b", "c", "district.d1", "district.d2", "street.d1.s1", "street.d1.s2", "street.d2.s1")
+AREAS = Areas(districts=("d1", "d2"), streets=("d1.s1", "d1.s2", "d2.s1"))
+
+
+@settings(max_examples=400, deadline=None)
+@given(policy_documents(DEPARTMENTS, AREAS), events(DEPARTMENTS, AREAS))
+def test_every_feed_is_exactly_what_the_policy_says(document, event):
+    policy = Policy(PolicyDocument.model_validate(document), CATALOG)
+    deliveries = policy.deliveries(event)
+    assert {d.department: set(d.masked) for d in deliveries} == expected_receivers(policy.document, event)
+    event_type = CATALOG[event["type"]]
+    for delivery in deliveries:
+        copy = masked_event(event, event_type, delivery.masked)
+        assert CATALOG.validate(copy) == copy  # still valid against its schema
+        for name in event_type.personal_fields:
+            if name in delivery.masked:
+                assert copy["data"][name] != event["data"][name] and "*" in copy["data"][name]
+            else:
+                assert copy["data"][name] == event["data"][name]
