@@ -21,6 +21,7 @@ from confluent_kafka.admin import (
     ResourceType,
 )
 
+from civicbus.kafka import make_admin
 from civicbus.topology import AUDIT, DIST_EVENTS, DLQ, FEED_PREFIX, IN_PREFIX, PIPE_CASES, REF_PREFIX, STATE_FANOUT_SEEN, Topology
 
 EMBEDDED_CLUSTER_ID_PREFIX = "tansu"
@@ -103,7 +104,7 @@ def plan(topology: Topology) -> list[Binding]:
 
 
 def is_embedded(bootstrap: str) -> bool:
-    metadata = AdminClient({"bootstrap.servers": bootstrap}).list_topics(timeout=10)
+    metadata = make_admin(bootstrap).list_topics(timeout=10)
     return (metadata.cluster_id or "").startswith(EMBEDDED_CLUSTER_ID_PREFIX)
 
 

@@ -17,7 +17,7 @@ import typer
 from civicbus import acl
 from civicbus.broker import BrokerError, EmbeddedBroker
 from civicbus.cli_support import bus_context, configure_logging
-from civicbus.kafka import apply_topics
+from civicbus.kafka import apply_topics, make_admin
 from civicbus.policy import PolicyError, load_policy
 from civicbus.registry import check_schemas, lock_schemas
 from civicbus.tokens import TokenStore
@@ -133,10 +133,8 @@ def acl_apply() -> None:
     no_acls = "the embedded broker (Tansu) has no ACLs: nothing applied. On it, the fan-out and the gateway enforce the policy; `civicbus acl plan` shows what a real Kafka would get."
     if not ctx.settings.bootstrap or acl.is_embedded(ctx.bootstrap):
         fail(no_acls)
-    from confluent_kafka.admin import AdminClient
-
     bindings = acl.plan(ctx.topology)
-    failures = acl.apply(AdminClient({"bootstrap.servers": ctx.bootstrap}), bindings)
+    failures = acl.apply(make_admin(ctx.bootstrap), bindings)
     for failure in failures:
         typer.secho(failure, fg=typer.colors.RED, err=True)
     if failures:

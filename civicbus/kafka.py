@@ -34,6 +34,10 @@ def security_config(settings: Settings | None = None) -> dict:
     return config
 
 
+def make_admin(bootstrap: str, **extra) -> AdminClient:
+    return AdminClient({"bootstrap.servers": bootstrap, **security_config(), **extra})
+
+
 def producer_config(bootstrap: str, **extra) -> dict:
     """Idempotent, acks=all: the broker never holds a record twice from one producer session."""
     return {
@@ -116,7 +120,7 @@ class TopicsReport:
 
 def apply_topics(bootstrap: str, specs: list[TopicSpec], timeout_s: float = 15.0) -> TopicsReport:
     """Create missing topics; report (never alter) existing ones that differ. Idempotent."""
-    admin = AdminClient({"bootstrap.servers": bootstrap, **security_config()})
+    admin = make_admin(bootstrap)
     existing = admin.list_topics(timeout=timeout_s).topics
     missing = [s for s in specs if s.name not in existing]
     created: list[str] = []

@@ -20,10 +20,11 @@ import time
 from collections import OrderedDict
 from collections.abc import Iterable
 
-from confluent_kafka import Consumer, Message, Producer, TopicPartition
+from confluent_kafka import Message, Producer, TopicPartition
 
 from civicbus.audit import AuditRecord, masked_header
 from civicbus.context import BusContext
+from civicbus.kafka import make_consumer
 from civicbus.metrics import AUDITED, DELIVERED, DUPLICATES_DROPPED, END_TO_END_LATENCY, MASKED
 from civicbus.policy import Delivery, masked_event
 from civicbus.topology import AUDIT, DIST_EVENTS, STATE_FANOUT_SEEN
@@ -76,14 +77,8 @@ class FanoutStage(Stage):
 
     def prepare(self, ctx: BusContext) -> None:
         """Restore the delivered ids from the changelog (read_committed)."""
-        consumer = Consumer(
-            {
-                "bootstrap.servers": ctx.bootstrap,
-                "group.id": self.topology.group("civicbus-fanout-restore"),
-                "enable.auto.commit": False,
-                "isolation.level": "read_committed",
-                "enable.partition.eof": True,
-            }
+        consumer = make_consumer(
+            ctx.settings, ctx.bootstrap, self.topology.group("civicbus-fanout-restore"), **{"enable.partition.eof": True}
         )
         try:
             metadata = consumer.list_topics(self.seen_topic, timeout=10).topics[self.seen_topic]
