@@ -1,8 +1,9 @@
 """Case logic as plain functions over event dicts and a case store: testable without a broker.
 
 A case is a dict in a MutableMapping keyed by case id (a faust Table in the case stage, a dict in
-unit tests); a second mapping indexes report ids to their case. Every change is written back
-with `store[key] = value`, which is what makes a faust table log it to its changelog.
+unit tests). Every change is written back with `cases[id] = case`, which is what makes a faust
+table log it to its changelog. The indexes (report id -> case, and open cases by category and
+place for merging) live in memory only and are rebuilt from the table after a restart.
 
 - Merge: a report joins the open case of the same category whose first report lies within
   `merge.distance_m` and whose latest report lies within `merge.window` (nearest first); else it
@@ -96,11 +97,11 @@ def distance_m(lat1: float, lon1: float, lat2: float, lon2: float) -> float:
 
 
 class CaseBook:
-    def __init__(self, rules: CaseRules, cases: MutableMapping[str, dict], reports: MutableMapping[str, str]):
+    def __init__(self, rules: CaseRules, cases: MutableMapping[str, dict]):
         self.rules = rules
         self.cases = cases
-        self.reports = reports  # report id -> case id
-        self._nearby: dict[tuple[str, int, int], set[str]] | None = None  # built on first use
+        self._reports: dict[str, str] | None = None  # report id -> case id; built on first use
+        self._nearby: dict[tuple[str, int, int], set[str]] | None = None  # open mergeable cases by place
 
     # ---- inputs ------------------------------------------------------------------------
 
@@ -111,7 +112,7 @@ class CaseBook:
         return [self.report(event, event_type)]
 
     def report(self, event: dict[str, Any], event_type: EventType) -> dict[str, Any]:
-        known = self.reports.get(event["id"])
+        known = self.reports().get(event["id"])
         if known is not None:  # a replay: the case already holds it
             return self._as_case_event(event, self.cases[known], self.cases[known]["targets"])
         data = event["data"]
@@ -128,12 +129,12 @@ class CaseBook:
                 case["originators"].append(event["source"])
             case["last_report_ms"] = max(case["last_report_ms"], reported_ms)
         self.cases[case["id"]] = case
-        self.reports[event["id"]] = case["id"]
+        self.reports()[event["id"]] = case["id"]
         return self._as_case_event(event, case, case["targets"])
 
     def update_status(self, event: dict[str, Any]) -> dict[str, Any]:
         reference = event["data"]["case_id"]
-        case_id = reference if reference in self.cases else self.reports.get(reference)
+        case_id = reference if reference in self.cases else self.reports().get(reference)
         if case_id is None:
             raise CaseError(Reason.UNKNOWN_CASE, f"no case {reference!r} is open or remembered")
         case = self.cases[case_id]
@@ -201,7 +202,7 @@ class CaseBook:
             "escalations": {},
         }
         if case["mergeable"]:
-            self._index().setdefault(self._key(case), set()).add(case["id"])
+            self._merge_index().setdefault(self._key(case), set()).add(case["id"])
         return case
 
     def _apply_status(self, case: dict, event: dict[str, Any]) -> None:
@@ -213,15 +214,24 @@ class CaseBook:
         if status == "resolved":
             case["resolved_ms"] = at_ms
             if case["mergeable"]:
-                self._index().get(self._key(case), set()).discard(case["id"])
+                self._merge_index().get(self._key(case), set()).discard(case["id"])
         if status in HANDING_BACK:
             case["responsible"] = list(dict.fromkeys(case["responsible"] + [self.rules.hub]))
             case["targets"] = list(dict.fromkeys(case["targets"] + [self.rules.hub]))
 
     def _forget(self, case: dict) -> None:
+        reports = self.reports()
         for report_id in case["reports"]:
-            self.reports.pop(report_id, None)
+            reports.pop(report_id, None)
         del self.cases[case["id"]]
+
+    # ---- indexes (after a restart: rebuilt from the restored table) ----------------------
+
+    def reports(self) -> dict[str, str]:
+        """Report id -> case id, for every case held."""
+        if self._reports is None:
+            self._reports = {r: case["id"] for case in self.cases.values() for r in case["reports"]}
+        return self._reports
 
     # ---- merging -----------------------------------------------------------------------
 
@@ -229,8 +239,8 @@ class CaseBook:
         location = case["location"]
         return (case["category"], *_bucket(location["lat"], location["lon"], self.rules.categories.merge.distance_m))
 
-    def _index(self) -> dict[tuple[str, int, int], set[str]]:
-        if self._nearby is None:  # after a restart: rebuilt from the restored table
+    def _merge_index(self) -> dict[tuple[str, int, int], set[str]]:
+        if self._nearby is None:
             self._nearby = {}
             for case in self.cases.values():
                 if case["mergeable"] and case["resolved_ms"] is None:
@@ -248,7 +258,7 @@ class CaseBook:
         lat, lon = location["lat"], location["lon"]
         x, y = _bucket(lat, lon, merge.distance_m)
         best, best_distance = None, merge.distance_m
-        index = self._index()
+        index = self._merge_index()
         for dx in (-1, 0, 1):
             for dy in (-1, 0, 1):
                 for case_id in index.get((category_id, x + dx, y + dy), ()):

@@ -2,7 +2,7 @@
 
 Topology, all of it declared here:
   civic.pipe.cases  --handle_case_events-->  civic.dist.events   (and civic.dlq for refusals)
-  tables: cases (case id -> case), reports (report id -> case id), logged to faust changelogs
+  table:  cases (case id -> case, with its reports and statuses), logged to its faust changelog
   timer:  every `clock` of categories.yaml, a clock record on civic.pipe.cases; the agent
           checks deadlines when it reaches it, so escalations are decided in stream order
           and a replayed clock record decides exactly what it decided the first time.
@@ -75,10 +75,8 @@ def create_app(ctx: BusContext) -> faust.App:
     pipe_topic = app.topic(ctx.topology.name(PIPE_CASES), key_type=bytes, value_type=bytes)
     dist_topic = app.topic(ctx.topology.name(DIST_EVENTS), key_type=bytes, value_type=bytes)
     dlq_topic = app.topic(ctx.topology.name(DLQ), key_type=bytes, value_type=bytes)
-    json_schema = faust.Schema(key_serializer="json", value_serializer="json")
-    cases = app.Table("cases", default=None, partitions=partitions, schema=json_schema)
-    reports = app.Table("reports", default=None, partitions=partitions, schema=json_schema)
-    casebook = CaseBook(CaseRules.from_city(ctx.city, ctx.catalog["case.escalated"]), cases, reports)
+    cases = app.Table("cases", default=None, partitions=partitions, schema=faust.Schema(key_serializer="json", value_serializer="json"))
+    casebook = CaseBook(CaseRules.from_city(ctx.city, ctx.catalog["case.escalated"]), cases)
     metrics = CaseMetrics()
     dist_name = dist_topic.get_topic_name()
 

@@ -40,7 +40,7 @@ def status(case_id, status_, source="citymgmt", at=T0):
 
 @pytest.fixture
 def book():
-    return CaseBook(CaseRules.from_city(CITY, CATALOG["case.escalated"]), {}, {})
+    return CaseBook(CaseRules.from_city(CITY, CATALOG["case.escalated"]), {})
 
 
 def handle(book, e):
@@ -157,7 +157,7 @@ def test_replays_after_a_restart_emit_the_same_events_and_change_nothing(book):
     tick_ms = to_ms(T0 + timedelta(days=1))
     first = book.tick(tick_ms).events
     # a restarted worker: the same tables, a fresh CaseBook; it sees inputs it already applied
-    restarted = CaseBook(book.rules, book.cases, book.reports)
+    restarted = CaseBook(book.rules, book.cases)
     before = repr(book.cases)
     replayed = handle(restarted, call_event)  # its `due` is now the resolution deadline: the fan-out drops it by id
     assert (replayed["id"], replayed["correlation_id"], replayed["targets"]) == (call["id"], call["correlation_id"], call["targets"])
@@ -172,4 +172,4 @@ def test_resolved_cases_are_forgotten_after_the_retention(book):
     call = handle(book, event("hotline.request.received"))
     handle(book, status(call["id"], "resolved"))
     book.tick(to_ms(T0 + CITY.categories.retention + timedelta(seconds=1)))
-    assert book.cases == {} and book.reports == {}
+    assert book.cases == {} and book.reports() == {}
