@@ -1,14 +1,23 @@
-"""The city config folder (CIVICBUS_CONFIG): departments and dispatch rules, as typed models.
+"""The city config folder (CIVICBUS_CONFIG) as typed models: one loader for every component.
 
-One loader for every component. Files are YAML so operators can review them like code.
+departments.yaml  departments and the event types each may publish
+dispatch.yaml     the hub (triage desk) and dispatch rules for event types that form no case
+categories.yaml   case categories by family: departments, deadlines, merge settings
+city/             districts.yaml, grid.geojson (grid cells), gazetteer.csv (standard addresses)
+master/           master data that `civicbus reference load` puts on civic.ref.* topics
+
+Files are YAML/CSV/GeoJSON so operators can review them like code.
 """
 
 from __future__ import annotations
 
+import csv
+import json
+from datetime import timedelta
 from pathlib import Path
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
 
 
 class Department(BaseModel):
@@ -27,29 +36,140 @@ class Department(BaseModel):
 
 
 class DispatchRule(BaseModel):
-    model_config = ConfigDict(frozen=True, populate_by_name=True)
+    model_config = ConfigDict(frozen=True)
 
     type: str
-    category: str | None = None
     to: tuple[str, ...]
+    offices: bool = False  # add the street and district offices of the event's location
 
 
 class DispatchTable(BaseModel):
-    fallback: str
+    hub: str
     rules: tuple[DispatchRule, ...] = ()
+
+
+class Deadlines(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    accept: timedelta
+    resolve: timedelta
+
+
+class Category(BaseModel):
+    """A case category with everything inherited from its family already applied."""
+
+    model_config = ConfigDict(frozen=True)
+
+    id: str
+    family: str | None
+    name_zh: str
+    name_en: str
+    departments: tuple[str, ...]
+    deadlines: Deadlines
+    merge: bool = True
+
+
+class _CategoryEntry(BaseModel):
+    name_zh: str
+    name_en: str
+    departments: tuple[str, ...] | None = None
+    accept: timedelta | None = None
+    resolve: timedelta | None = None
+
+
+class _Family(BaseModel):
+    name_zh: str
+    name_en: str
+    departments: tuple[str, ...]
+    accept: timedelta
+    resolve: timedelta
+    merge: bool = True
+    categories: dict[str, _CategoryEntry]
+
+
+class MergeSettings(BaseModel):
+    distance_m: float = Field(gt=0)
+    window: timedelta
+
+
+class CategoryTable(BaseModel):
+    merge: MergeSettings
+    clock: timedelta  # how often the case stage checks deadlines
+    retention: timedelta  # how long resolved cases are remembered
+    unknown: Deadlines
+    families: dict[str, _Family]
+    _categories: dict[str, Category] = PrivateAttr(default_factory=dict)
+    _families: dict[str, Category] = PrivateAttr(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _index(self) -> CategoryTable:
+        for family_id, family in self.families.items():
+            self._families[family_id] = Category(
+                id=family_id, family=family_id, name_zh=family.name_zh, name_en=family.name_en,
+                departments=family.departments, deadlines=Deadlines(accept=family.accept, resolve=family.resolve),
+                merge=family.merge,
+            )
+            for category_id, entry in family.categories.items():
+                if category_id in self._categories:
+                    raise ValueError(f"categories.yaml: category {category_id} is listed in two families")
+                self._categories[category_id] = Category(
+                    id=category_id, family=family_id, name_zh=entry.name_zh, name_en=entry.name_en,
+                    departments=entry.departments or family.departments,
+                    deadlines=Deadlines(accept=entry.accept or family.accept, resolve=entry.resolve or family.resolve),
+                    merge=family.merge,
+                )
+        return self
+
+    def lookup(self, category: str | None, family: str | None = None) -> Category | None:
+        """The category; else its family's defaults (a known family, an unlisted subcategory); else None."""
+        return self._categories.get(category) or self._families.get(family)
+
+    def categories(self) -> list[Category]:
+        return list(self._categories.values())
+
+    def named_departments(self) -> set[str]:
+        return {d for c in [*self._categories.values(), *self._families.values()] for d in c.departments}
+
+
+class District(BaseModel):
+    id: str
+    name_zh: str
+    division: str = Field(pattern=r"^\d{6}$")
+    city: str
+    streets: tuple[str, ...]
+
+
+class CityMap(BaseModel):
+    """Districts and streets; ids are those of the district.<id> and street.<district>.<id> offices."""
+
+    districts: tuple[District, ...]
+
+    def street_ids(self) -> list[str]:
+        return [f"{d.id}.{s}" for d in self.districts for s in d.streets]
+
+
+def street_office(street: str) -> str:
+    return f"street.{street}"
+
+
+def district_office(district: str) -> str:
+    return f"district.{district}"
 
 
 class CityConfig(BaseModel):
     departments: tuple[Department, ...]
     dispatch: DispatchTable
+    categories: CategoryTable
+    map: CityMap
 
     @model_validator(mode="after")
-    def _targets_are_departments(self) -> CityConfig:
+    def _names_are_departments(self) -> CityConfig:
         known = {d.id for d in self.departments}
-        named = {self.dispatch.fallback} | {t for r in self.dispatch.rules for t in r.to}
+        named = {self.dispatch.hub} | {t for r in self.dispatch.rules for t in r.to} | self.categories.named_departments()
+        named |= {street_office(s) for s in self.map.street_ids()} | {district_office(d.id) for d in self.map.districts}
         unknown = sorted(named - known)
         if unknown:
-            raise ValueError(f"dispatch.yaml names unknown departments: {', '.join(unknown)}")
+            raise ValueError(f"the city config names departments missing from departments.yaml: {', '.join(unknown)}")
         return self
 
     def department_ids(self) -> list[str]:
@@ -92,4 +212,33 @@ def load_city(config_dir: Path) -> CityConfig:
     return CityConfig(
         departments=_read_yaml(config_dir / "departments.yaml")["departments"],
         dispatch=_read_yaml(config_dir / "dispatch.yaml"),
+        categories=_read_yaml(config_dir / "categories.yaml"),
+        map=_read_yaml(config_dir / "city" / "districts.yaml"),
     )
+
+
+class GazetteerEntry(BaseModel):
+    """One standard address: 东城区 + 安定门内大街 + 1 -> address code and a point."""
+
+    model_config = ConfigDict(frozen=True)
+
+    address_code: str
+    district: str  # district name as written, e.g. 东城区
+    road: str
+    number: int
+    lat: float
+    lon: float
+
+    @property
+    def text(self) -> str:
+        return f"{self.district}{self.road}{self.number}号"
+
+
+def load_gazetteer(config_dir: Path) -> list[GazetteerEntry]:
+    with (config_dir / "city" / "gazetteer.csv").open(encoding="utf-8", newline="") as f:
+        return [GazetteerEntry.model_validate(row) for row in csv.DictReader(f)]
+
+
+def load_grid(config_dir: Path) -> list[dict]:
+    """The grid cells (网格) as GeoJSON features: properties grid, street, district; Polygon geometry."""
+    return json.loads((config_dir / "city" / "grid.geojson").read_text(encoding="utf-8"))["features"]

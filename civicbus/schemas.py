@@ -4,7 +4,10 @@ Each event type's wire schema is the envelope (schemas/envelope.avsc) with its `
 typed by schemas/events/<type>.avsc. The pydantic model used for validation is generated from
 that same Avro schema, so the two cannot drift apart. Event-type properties (default
 classification, personal fields, whether it forms a case) are declared in the .avsc itself
-with `civicbus.*` attributes.
+with `civicbus.*` attributes: `civicbus.classification`, `civicbus.personal` (on a field),
+`civicbus.forms_case` / `civicbus.updates_case`, `civicbus.case_category` / `civicbus.case_family`
+(the data fields naming a case's category and family) and `civicbus.enrich` (on a field the
+pipeline fills from master data: {"from": dataset, "by": key path, "take": attribute}).
 """
 
 from __future__ import annotations
@@ -39,6 +42,19 @@ def fingerprint(schema: dict | str) -> str:
 
 
 @dataclass(frozen=True)
+class Enrichment:
+    """A data field filled from a master-data dataset (civic.ref.<dataset>) by a key.
+
+    `by` is a field of `data`, or `location.<field>` for the envelope's standardised location.
+    """
+
+    field: str
+    dataset: str
+    by: str
+    take: str
+
+
+@dataclass(frozen=True)
 class EventType:
     name: str  # e.g. city.case.reported
     record_name: str  # fully qualified Avro name of the wire schema; the registry subject
@@ -49,6 +65,9 @@ class EventType:
     wire_schema: dict
     model: type[BaseModel]
     doc: str = ""
+    case_category_field: str | None = None  # data field holding the case category
+    case_family_field: str | None = None  # data field holding its family, if the type has one
+    enrichments: tuple[Enrichment, ...] = ()
 
     @property
     def subject(self) -> str:
@@ -141,6 +160,13 @@ def _build_event_type(envelope: dict, data_schema: dict) -> EventType:
         wire_schema=wire,
         model=model,
         doc=data_schema.get("doc", ""),
+        case_category_field=data_schema.get("civicbus.case_category"),
+        case_family_field=data_schema.get("civicbus.case_family"),
+        enrichments=tuple(
+            Enrichment(f["name"], f["civicbus.enrich"]["from"], f["civicbus.enrich"]["by"], f["civicbus.enrich"]["take"])
+            for f in data_schema["fields"]
+            if "civicbus.enrich" in f
+        ),
     )
 
 

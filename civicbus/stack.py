@@ -93,6 +93,7 @@ class Stack:
             report = apply_topics(bootstrap, topology.specs())
             print(f"topics     {len(report.created)} created, {len(report.unchanged)} already there")
             env = {**os.environ, "CIVICBUS_BOOTSTRAP": bootstrap, "PROMETHEUS_MULTIPROC_DIR": metrics_dir}
+            self._load_reference(env)
             self.children = self._children()
             for child in self.children:
                 child.start(env, work_dir)
@@ -110,6 +111,14 @@ class Stack:
             while not stop.wait(1.0):
                 self._supervise(env, work_dir)
                 view.render()
+
+    @staticmethod
+    def _load_reference(env: dict[str, str]) -> None:
+        """Master data onto civic.ref.* before the stages start, so ingest enriches from the first event."""
+        loaded = subprocess.run(civicbus_command("reference", "load"), env=env, capture_output=True, text=True, timeout=120)
+        if loaded.returncode != 0:
+            raise RuntimeError(f"`civicbus reference load` failed: {loaded.stderr.strip()}")
+        print("reference  " + ", ".join(line.strip() for line in loaded.stdout.splitlines()))
 
     def _children(self) -> list[Child]:
         children = [Child(stage, civicbus_command("process", stage)) for stage in ("ingest", "cases", "fanout")]

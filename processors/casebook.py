@@ -1,29 +1,309 @@
-"""Case logic as plain functions over event dicts: testable without a broker or faust."""
+"""Case logic as plain functions over event dicts and a case store: testable without a broker.
+
+A case is a dict in a MutableMapping keyed by case id (a faust Table in the case stage, a dict in
+unit tests). Every change is written back with `cases[id] = case`, which is what makes a faust
+table log it to its changelog. The indexes (report id -> case, and open cases by category and
+place for merging) live in memory only and are rebuilt from the table after a restart.
+
+- Merge: a report joins the open case of the same category whose first report lies within
+  `merge.distance_m` and whose latest report lies within `merge.window` (nearest first); else it
+  opens a case whose id is its own event id. No report is dropped: each is emitted with the
+  case's correlation_id and targets.
+- Dispatch: the category's departments plus the location's street and district offices.
+- Deadlines: `tick(now)` escalates each case that missed acceptance or resolution, once per
+  deadline, to the responsible departments, the district office and the originators.
+- Feedback: a status update from a department on the case is attached and relayed to everyone on
+  the case (originators first), except its sender.
+
+Replays are idempotent: the case stage is at-least-once, so after a restart it may see inputs
+whose effect its restored state already holds. It then emits the same events again, with the
+same ids (publisher ids, or derived_id for what it creates), and the fan-out drops them.
+"""
 
 from __future__ import annotations
 
+import math
 import uuid
+from collections import Counter
+from collections.abc import MutableMapping
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from typing import Any
 
-from civicbus.config import DispatchTable
-from processors.dispatch import responsible_departments
+from civicbus.config import CategoryTable, CityConfig, district_office
+from civicbus.dlq import Reason
+from civicbus.schemas import EventType
+from processors.dispatch import case_targets, responsible_departments
 
 # Namespace for ids the pipeline derives from its inputs (uuid5): the same input always
 # yields the same output id, which is what lets the fan-out drop re-emitted events.
 DERIVED_ID_NAMESPACE = uuid.UUID("6f1c1d52-2f0e-4b1e-9a57-1c1b6a2f1e00")
+METRES_PER_DEGREE = 111_320.0
+DEADLINES = (("acceptance", "accept_due_ms", "accepted_ms"), ("resolution", "resolve_due_ms", "resolved_ms"))
+ACCEPTING = {"accepted", "in_progress", "resolved"}
+HANDING_BACK = {"rejected", "reassigned"}  # the department says it is not theirs: the hub re-dispatches
 
 
 def derived_id(*parts: str) -> str:
     return str(uuid.uuid5(DERIVED_ID_NAMESPACE, "/".join(parts)))
 
 
-class CaseBook:
-    def __init__(self, dispatch: DispatchTable):
-        self.dispatch = dispatch
+def to_ms(moment: datetime) -> int:
+    return int(moment.timestamp() * 1000)
 
-    def handle(self, event: dict[str, Any]) -> list[dict[str, Any]]:
-        """The events to distribute for one incoming case event."""
-        out = dict(event)  # keeps the publisher's id: the same report, now with an owner
-        out["correlation_id"] = event.get("correlation_id") or event["id"]
-        out["targets"] = responsible_departments(self.dispatch, event)
-        return [out]
+
+def from_ms(ms: int) -> datetime:
+    return datetime.fromtimestamp(ms / 1000, tz=timezone.utc)
+
+
+class CaseError(ValueError):
+    """An input the case stage refuses; it goes to the dead-letter topic with `reason`."""
+
+    def __init__(self, reason: Reason, detail: str):
+        self.reason = reason
+        self.detail = detail
+        super().__init__(f"{reason.value}: {detail}")
+
+
+@dataclass(frozen=True)
+class CaseRules:
+    categories: CategoryTable
+    hub: str
+    escalation_classification: str
+
+    @classmethod
+    def from_city(cls, city: CityConfig, escalation_type: EventType) -> CaseRules:
+        return cls(city.categories, city.dispatch.hub, escalation_type.classification)
+
+
+@dataclass
+class TickResult:
+    events: list[dict[str, Any]] = field(default_factory=list)
+    escalated: list[tuple[str, str]] = field(default_factory=list)  # (department, category), new ones only
+    open: Counter = field(default_factory=Counter)  # (department, category) -> open cases
+    overdue: Counter = field(default_factory=Counter)  # (department, category) -> open cases past a deadline
+
+
+def _bucket(lat: float, lon: float, size_m: float) -> tuple[int, int]:
+    y = lat * METRES_PER_DEGREE / size_m
+    x = lon * METRES_PER_DEGREE * math.cos(math.radians(lat)) / size_m
+    return math.floor(x), math.floor(y)
+
+
+def distance_m(lat1: float, lon1: float, lat2: float, lon2: float) -> float:
+    """Equirectangular distance: exact enough at the scale of a merge radius."""
+    x = math.radians(lon2 - lon1) * math.cos(math.radians((lat1 + lat2) / 2))
+    return math.hypot(x, math.radians(lat2 - lat1)) * 6_371_000
+
+
+class CaseBook:
+    def __init__(self, rules: CaseRules, cases: MutableMapping[str, dict]):
+        self.rules = rules
+        self.cases = cases
+        self._reports: dict[str, str] | None = None  # report id -> case id; built on first use
+        self._nearby: dict[tuple[str, int, int], set[str]] | None = None  # open mergeable cases by place
+
+    # ---- inputs ------------------------------------------------------------------------
+
+    def handle(self, event: dict[str, Any], event_type: EventType) -> list[dict[str, Any]]:
+        """The events to distribute for one case event; raises CaseError for a refused one."""
+        if event_type.updates_case:
+            return [self.update_status(event)]
+        return [self.report(event, event_type)]
+
+    def report(self, event: dict[str, Any], event_type: EventType) -> dict[str, Any]:
+        known = self.reports().get(event["id"])
+        if known is not None:  # a replay: the case already holds it
+            return self._as_case_event(event, self.cases[known], self.cases[known]["targets"])
+        data = event["data"]
+        category_id = data.get(event_type.case_category_field) if event_type.case_category_field else None
+        family = data.get(event_type.case_family_field) if event_type.case_family_field else None
+        reported_ms = to_ms(event["time"])
+        location = event.get("location")
+        case = self._mergeable_case(category_id, location, reported_ms)
+        if case is None:
+            case = self._open(event, category_id or "unknown", family, reported_ms)
+        else:
+            case["reports"].append(event["id"])
+            if event["source"] not in case["originators"]:
+                case["originators"].append(event["source"])
+            case["last_report_ms"] = max(case["last_report_ms"], reported_ms)
+        self.cases[case["id"]] = case
+        self.reports()[event["id"]] = case["id"]
+        return self._as_case_event(event, case, case["targets"])
+
+    def update_status(self, event: dict[str, Any]) -> dict[str, Any]:
+        reference = event["data"]["case_id"]
+        case_id = reference if reference in self.cases else self.reports().get(reference)
+        if case_id is None:
+            raise CaseError(Reason.UNKNOWN_CASE, f"no case {reference!r} is open or remembered")
+        case = self.cases[case_id]
+        sender = event["source"]
+        if sender not in case["targets"] and sender not in case["originators"] and sender != self.rules.hub:
+            raise CaseError(Reason.NOT_RESPONSIBLE, f"{sender} is neither dispatched to nor a reporter of case {case_id}")
+        if all(s["id"] != event["id"] for s in case["statuses"]):
+            self._apply_status(case, event)
+            self.cases[case_id] = case
+        relay_to = [d for d in dict.fromkeys(case["originators"] + case["targets"]) if d != sender]
+        return self._as_case_event(event, case, relay_to)
+
+    def tick(self, now_ms: int) -> TickResult:
+        """Escalate missed deadlines as of `now_ms`, forget long-resolved cases, count open ones.
+
+        `now_ms` comes from the clock record being processed, so a replayed tick decides the same."""
+        result = TickResult()
+        retention_ms = self.rules.categories.retention.total_seconds() * 1000
+        for case_id, case in list(self.cases.items()):
+            if case["resolved_ms"] is not None:
+                if now_ms - case["resolved_ms"] > retention_ms:
+                    self._forget(case)
+                continue
+            overdue = False
+            for deadline, due_key, done_key in DEADLINES:
+                if case[done_key] is not None or now_ms < case[due_key]:
+                    continue
+                overdue = True
+                escalated_at = case["escalations"].get(deadline)
+                if escalated_at is None:
+                    case["escalations"][deadline] = now_ms
+                    self.cases[case_id] = case
+                    result.escalated += [(d, case["category"]) for d in case["responsible"]]
+                if escalated_at is None or escalated_at == now_ms:
+                    result.events.append(self._escalation(case, deadline, now_ms))
+            for department in case["responsible"]:
+                result.open[(department, case["category"])] += 1
+                result.overdue[(department, case["category"])] += overdue
+        return result
+
+    # ---- case state --------------------------------------------------------------------
+
+    def _open(self, event: dict[str, Any], category_id: str, family: str | None, reported_ms: int) -> dict:
+        category = self.rules.categories.lookup(category_id, family)
+        deadlines = category.deadlines if category is not None else self.rules.categories.unknown
+        responsible = responsible_departments(category, self.rules.hub)
+        location = event.get("location")
+        case = {
+            "id": event["id"],
+            "category": category_id,
+            "responsible": responsible,
+            "targets": case_targets(responsible, self.rules.hub, location),
+            "originators": [event["source"]],
+            "reports": [event["id"]],
+            "statuses": [],
+            "last_status": None,
+            "location": location,
+            "mergeable": category is not None and category.merge and location is not None and location.get("lat") is not None,
+            "opened_ms": reported_ms,
+            "last_report_ms": reported_ms,
+            "accept_due_ms": reported_ms + int(deadlines.accept.total_seconds() * 1000),
+            "resolve_due_ms": reported_ms + int(deadlines.resolve.total_seconds() * 1000),
+            "accepted_ms": None,
+            "resolved_ms": None,
+            "escalations": {},
+        }
+        if case["mergeable"]:
+            self._merge_index().setdefault(self._key(case), set()).add(case["id"])
+        return case
+
+    def _apply_status(self, case: dict, event: dict[str, Any]) -> None:
+        status, at_ms = event["data"]["status"], to_ms(event["time"])
+        case["statuses"].append({"id": event["id"], "status": status, "source": event["source"], "time_ms": at_ms})
+        case["last_status"] = status
+        if status in ACCEPTING and case["accepted_ms"] is None:
+            case["accepted_ms"] = at_ms
+        if status == "resolved":
+            case["resolved_ms"] = at_ms
+            if case["mergeable"]:
+                self._merge_index().get(self._key(case), set()).discard(case["id"])
+        if status in HANDING_BACK:
+            case["responsible"] = list(dict.fromkeys(case["responsible"] + [self.rules.hub]))
+            case["targets"] = list(dict.fromkeys(case["targets"] + [self.rules.hub]))
+
+    def _forget(self, case: dict) -> None:
+        reports = self.reports()
+        for report_id in case["reports"]:
+            reports.pop(report_id, None)
+        del self.cases[case["id"]]
+
+    # ---- indexes (after a restart: rebuilt from the restored table) ----------------------
+
+    def reports(self) -> dict[str, str]:
+        """Report id -> case id, for every case held."""
+        if self._reports is None:
+            self._reports = {r: case["id"] for case in self.cases.values() for r in case["reports"]}
+        return self._reports
+
+    # ---- merging -----------------------------------------------------------------------
+
+    def _key(self, case: dict) -> tuple[str, int, int]:
+        location = case["location"]
+        return (case["category"], *_bucket(location["lat"], location["lon"], self.rules.categories.merge.distance_m))
+
+    def _merge_index(self) -> dict[tuple[str, int, int], set[str]]:
+        if self._nearby is None:
+            self._nearby = {}
+            for case in self.cases.values():
+                if case["mergeable"] and case["resolved_ms"] is None:
+                    self._nearby.setdefault(self._key(case), set()).add(case["id"])
+        return self._nearby
+
+    def _mergeable_case(self, category_id: str | None, location: dict | None, reported_ms: int) -> dict | None:
+        if category_id is None or location is None or location.get("lat") is None:
+            return None
+        category = self.rules.categories.lookup(category_id)
+        if category is None or not category.merge:
+            return None
+        merge = self.rules.categories.merge
+        window_ms = merge.window.total_seconds() * 1000
+        lat, lon = location["lat"], location["lon"]
+        x, y = _bucket(lat, lon, merge.distance_m)
+        best, best_distance = None, merge.distance_m
+        index = self._merge_index()
+        for dx in (-1, 0, 1):
+            for dy in (-1, 0, 1):
+                for case_id in index.get((category_id, x + dx, y + dy), ()):
+                    case = self.cases[case_id]
+                    if not case["opened_ms"] - window_ms <= reported_ms <= case["last_report_ms"] + window_ms:
+                        continue
+                    d = distance_m(lat, lon, case["location"]["lat"], case["location"]["lon"])
+                    if d <= best_distance and (best is None or d < best_distance or case_id < best["id"]):
+                        best, best_distance = case, d
+        return best
+
+    # ---- outputs -----------------------------------------------------------------------
+
+    @staticmethod
+    def _next_due(case: dict) -> datetime | None:
+        for _, due_key, done_key in DEADLINES:
+            if case[done_key] is None:
+                return from_ms(case[due_key])
+        return None
+
+    def _as_case_event(self, event: dict[str, Any], case: dict, targets: list[str]) -> dict[str, Any]:
+        return {**event, "correlation_id": case["id"], "targets": list(targets), "due": self._next_due(case)}
+
+    def _escalation(self, case: dict, deadline: str, now_ms: int) -> dict[str, Any]:
+        location = case["location"]
+        offices = [district_office(location["district"])] if location and location.get("resolved") else []
+        due_key = "accept_due_ms" if deadline == "acceptance" else "resolve_due_ms"
+        return {
+            "id": derived_id(case["id"], "escalated", deadline),
+            "type": "case.escalated",
+            "source": self.rules.hub,
+            "time": from_ms(now_ms),
+            "subject": case["id"],
+            "classification": self.rules.escalation_classification,
+            "location": location,
+            "data": {
+                "case_id": case["id"],
+                "category": case["category"],
+                "missed": deadline,
+                "deadline": from_ms(case[due_key]),
+                "responsible": list(case["responsible"]),
+                "reports": list(case["reports"]),
+                "last_status": case["last_status"],
+            },
+            "correlation_id": case["id"],
+            "targets": list(dict.fromkeys(case["responsible"] + offices + case["originators"])),
+            "due": self._next_due(case),
+        }

@@ -1,28 +1,62 @@
 """The case stage on faust-streaming: the stateful part of the pipeline.
 
-Reads civic.pipe.cases (events that open or update a case), decides the case and its
-responsible departments with plain functions from processors.casebook, and writes the result
-to civic.dist.events. Runs at-least-once (faust's exactly_once cannot run on the embedded
-broker); every event it emits has an id derived from its input, so what a restarted worker
-emits twice is dropped by the transactional fan-out.
+Topology, all of it declared here:
+  civic.pipe.cases  --handle_case_events-->  civic.dist.events   (and civic.dlq for refusals)
+  table:  cases (case id -> case, with its reports and statuses), logged to its faust changelog
+  timer:  every `clock` of categories.yaml, a clock record on civic.pipe.cases; the agent
+          checks deadlines when it reaches it, so escalations are decided in stream order
+          and a replayed clock record decides exactly what it decided the first time.
+
+The agents are thin: processors.casebook holds the logic. Runs at-least-once (faust's
+exactly_once cannot run on the embedded broker); every event it emits has the id of its input
+or one derived from it, so what a restarted worker emits twice is dropped by the fan-out.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 
 import faust
 
 from civicbus.context import BusContext
-from civicbus.metrics import ROUTED
-from civicbus.topology import DIST_EVENTS, PIPE_CASES
-from processors.casebook import CaseBook
+from civicbus.dlq import DeadLetter, Reason
+from civicbus.metrics import ESCALATED, OPEN_CASES, OVERDUE_CASES, REJECTED, ROUTED
+from civicbus.serde import DecodeError
+from civicbus.topology import DIST_EVENTS, DLQ, PIPE_CASES
+from processors.casebook import CaseBook, CaseError, CaseRules, TickResult
 
 log = logging.getLogger(__name__)
+
+STAGE = "cases"
+# A record on civic.pipe.cases with this header is a clock tick (value: epoch milliseconds).
+CLOCK_HEADER = "civic_clock_ms"
+
+
+def _forwarded(headers: dict) -> list[tuple[str, bytes]]:
+    """Headers to carry on (e.g. the publish time for end-to-end latency), not the CloudEvents ones."""
+    return [(k, v) for k, v in headers.items() if not k.startswith("ce_") and k != "content-type"]
+
+
+class CaseMetrics:
+    """Open and overdue gauges per (department, category), refreshed at every clock tick."""
+
+    def __init__(self):
+        self._labels: set[tuple[str, str]] = set()
+
+    def record(self, result: TickResult) -> None:
+        for department, category in result.escalated:
+            ESCALATED.labels(department, category).inc()
+        labels = set(result.open) | self._labels
+        for key in labels:
+            OPEN_CASES.labels(*key).set(result.open[key])
+            OVERDUE_CASES.labels(*key).set(result.overdue[key])
+        self._labels = set(result.open)
 
 
 def create_app(ctx: BusContext) -> faust.App:
     session_s = ctx.settings.session_timeout_ms / 1000
+    partitions = ctx.topology.pipeline_partitions
     app = faust.App(
         ctx.topology.group("civicbus-cases"),
         broker=f"kafka://{ctx.bootstrap}",
@@ -32,7 +66,7 @@ def create_app(ctx: BusContext) -> faust.App:
         value_serializer="raw",
         processing_guarantee="at_least_once",
         consumer_auto_offset_reset="earliest",
-        topic_partitions=ctx.topology.pipeline_partitions,
+        topic_partitions=partitions,
         broker_session_timeout=session_s,
         broker_heartbeat_interval=max(0.5, session_s / 6),
         broker_commit_interval=0.5,
@@ -40,16 +74,50 @@ def create_app(ctx: BusContext) -> faust.App:
     )
     pipe_topic = app.topic(ctx.topology.name(PIPE_CASES), key_type=bytes, value_type=bytes)
     dist_topic = app.topic(ctx.topology.name(DIST_EVENTS), key_type=bytes, value_type=bytes)
-    casebook = CaseBook(ctx.city.dispatch)
+    dlq_topic = app.topic(ctx.topology.name(DLQ), key_type=bytes, value_type=bytes)
+    cases = app.Table("cases", default=None, partitions=partitions, schema=faust.Schema(key_serializer="json", value_serializer="json"))
+    casebook = CaseBook(CaseRules.from_city(ctx.city, ctx.catalog["case.escalated"]), cases)
+    metrics = CaseMetrics()
+    dist_name = dist_topic.get_topic_name()
+
+    async def distribute(event: dict, extra_headers: list[tuple[str, bytes]]) -> None:
+        value, headers = ctx.serde.encode(event, dist_name)
+        ROUTED.labels(event["type"]).inc()
+        await dist_topic.send(key=event["id"].encode(), value=value, headers=headers + extra_headers)
+
+    async def dead_letter(record, reason: Reason, detail: str) -> None:
+        REJECTED.labels(STAGE, reason.value).inc()
+        message = record.message
+        letter = DeadLetter(reason, detail, STAGE, message.topic, message.partition, message.offset, record.key, record.value)
+        await dlq_topic.send(key=letter.key, value=letter.value, headers=letter.headers())
 
     @app.agent(pipe_topic)
     async def handle_case_events(stream):
         async for record in stream.events():
-            event = ctx.serde.decode(record.value, record.message.topic)
-            extra_headers = [(k, v) for k, v in (record.headers or {}).items() if not k.startswith("ce_") and k != "content-type"]
-            for out in casebook.handle(event):
-                value, headers = ctx.serde.encode(out, dist_topic.get_topic_name())
-                ROUTED.labels(out["type"]).inc()
-                await dist_topic.send(key=out["id"].encode(), value=value, headers=headers + extra_headers)
+            headers = dict(record.headers or {})
+            if CLOCK_HEADER in headers:
+                result = casebook.tick(int(headers[CLOCK_HEADER]))
+                for event in result.events:
+                    await distribute(event, [])
+                metrics.record(result)
+                continue
+            try:
+                event = ctx.serde.decode(record.value, record.message.topic)
+                outputs = casebook.handle(event, ctx.catalog[event["type"]])
+            except (DecodeError, CaseError) as e:
+                await dead_letter(record, e.reason, e.detail)
+                continue
+            except Exception as e:  # a bug or an unforeseen input must not stop the case stage
+                log.exception("case stage failed on %s@%d", record.message.topic, record.message.offset)
+                await dead_letter(record, Reason.PROCESSING_ERROR, f"{type(e).__name__}: {e}")
+                continue
+            for out in outputs:
+                await distribute(out, _forwarded(headers))
+
+    @app.timer(interval=ctx.city.categories.clock.total_seconds())
+    async def clock():
+        now_ms = str(int(time.time() * 1000)).encode()
+        for partition in range(partitions):
+            await pipe_topic.send(key=b"clock", value=b"", partition=partition, headers=[(CLOCK_HEADER, now_ms)])
 
     return app

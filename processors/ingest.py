@@ -1,8 +1,10 @@
-"""Ingest: every civic.in.<department> -> decode, validate, check the publisher -> route.
+"""Ingest: every civic.in.<department> -> decode, validate, check the publisher, standardise the
+location, enrich from master data -> route.
 
 Events that open or update a case go to the stateful case stage (civic.pipe.cases); all others
 are dispatched here and written straight to civic.dist.events, one hop fewer. Anything that
 cannot be decoded or is not allowed goes to civic.dlq with its reason; the stage keeps running.
+Master data is held in memory (processors.enrich), loaded before the first event and followed.
 """
 
 from __future__ import annotations
@@ -17,8 +19,10 @@ from civicbus.dlq import Reason
 from civicbus.metrics import PUBLISHED, ROUTED
 from civicbus.serde import DecodeError
 from civicbus.topology import DIST_EVENTS, PIPE_CASES
-from processors.dispatch import responsible_departments
+from processors.dispatch import event_targets
+from processors.enrich import ReferenceFollower, ReferenceTables, enrich
 from processors.runner import Output, Stage, dead_letter_output
+from processors.standardise import Standardiser
 
 # Carried from the inbound record to the feed, for the end-to-end latency histogram.
 PUBLISHED_AT_HEADER = "civic_published_ms"
@@ -45,9 +49,21 @@ class IngestStage(Stage):
         self.topology = ctx.topology
         self.pipe_topic = self.topology.name(PIPE_CASES)
         self.dist_topic = self.topology.name(DIST_EVENTS)
+        self.standardiser = Standardiser.from_config(ctx.settings.config)
+        self.reference = ReferenceTables()
+        self._follower: ReferenceFollower | None = None
 
     def subscription(self) -> list[str]:
         return [self.topology.inbound_pattern]
+
+    def prepare(self, ctx: BusContext) -> None:
+        self._follower = ReferenceFollower(ctx, self.reference)
+        self._follower.catch_up()
+        self._follower.start()
+
+    def close(self) -> None:
+        if self._follower is not None:
+            self._follower.stop()
 
     def process(self, message: Message) -> Iterable[Output]:
         try:
@@ -59,12 +75,14 @@ class IngestStage(Stage):
         if refused:
             return [dead_letter_output(self.ctx, self.name, message, *refused)]
         PUBLISHED.labels(department, event["type"]).inc()
-        published_at = (PUBLISHED_AT_HEADER, str(message.timestamp()[1]).encode())
         event_type = self.ctx.catalog[event["type"]]
+        event["location"] = self.standardiser.standardise(event["location"])
+        enrich(event, event_type, self.reference)
+        published_at = (PUBLISHED_AT_HEADER, str(message.timestamp()[1]).encode())
         if event_type.case_stage:
             value, headers = self.ctx.serde.encode(event, self.pipe_topic)
             return [Output(self.pipe_topic, value, event["id"].encode(), headers + [published_at])]
-        event["targets"] = responsible_departments(self.ctx.city.dispatch, event)
+        event["targets"] = event_targets(self.ctx.city.dispatch, event)
         ROUTED.labels(event["type"]).inc()
         value, headers = self.ctx.serde.encode(event, self.dist_topic)
         return [Output(self.dist_topic, value, event["id"].encode(), headers + [published_at])]

@@ -50,6 +50,9 @@ class Stage:
     def before_commit(self, producer: Producer) -> None:
         """Called inside the transaction, after the batch's outputs were produced."""
 
+    def close(self) -> None:
+        """Called once when the loop ends (stop helpers started by prepare)."""
+
 
 def dead_letter_output(ctx: BusContext, stage: str, message: Message, reason: Reason, detail: str) -> Output:
     REJECTED.labels(stage, reason.value).inc()
@@ -86,6 +89,7 @@ class TransactionalRunner:
         finally:
             consumer.close()  # leave the group now, so a successor is assigned at once
             producer.flush(10)
+            self.stage.close()
             log.info("stage %s stopped", self.stage.name)
 
     def _process_batch(self, producer: Producer, consumer, messages: list[Message]) -> None:

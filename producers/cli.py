@@ -10,9 +10,13 @@ from pathlib import Path
 import typer
 
 from civicbus.cli_support import bus_context
+from civicbus.reference import MasterDataError
 from civicbus.schemas import EventValidationError
+from producers.reference import ReferenceLoadError, load_reference
 from producers.sdk import Publisher, PublishError
 from producers.simulator import run_simulator
+
+reference_app = typer.Typer(help="Master data on the civic.ref.* topics.", no_args_is_help=True)
 
 
 def publish(
@@ -62,6 +66,22 @@ def simulate(
     typer.echo(f"published {sent} events")
 
 
+@reference_app.command("load")
+def reference_load() -> None:
+    """Validate config/master/*.csv and write it to the compacted civic.ref.* topics."""
+    try:
+        counts = load_reference(bus_context())
+    except MasterDataError as e:
+        typer.secho(str(e), fg=typer.colors.RED, err=True)
+        raise typer.Exit(2)
+    except ReferenceLoadError as e:
+        typer.secho(str(e), fg=typer.colors.RED, err=True)
+        raise typer.Exit(1)
+    for dataset, count in counts.items():
+        typer.echo(f"{count:>6} {dataset}")
+
+
 def register(app: typer.Typer) -> None:
     app.command()(publish)
     app.command()(simulate)
+    app.add_typer(reference_app, name="reference")

@@ -24,7 +24,10 @@ def test_event_reaches_exactly_the_responsible_departments(bus, pipeline):
     event = bus.serde.decode(record.value(), record.topic())
     assert event["correlation_id"] == event["id"] and "citymgmt" in event["targets"]
     assert feed_ids(bus, "police", until=lambda m: len(m) >= 1) == [street_order]
-    others = [bus.topology.feed(d) for d in bus.city.department_ids() if d not in ("citymgmt", "police")]
+    office = feed_ids(bus, "street.dongcheng.andingmen", until=lambda m: len(m) >= 2)
+    assert sorted(office) == sorted([street_order, landscaping])  # the office owning the location
+    receivers = ("citymgmt", "police", "street.dongcheng.andingmen", "district.dongcheng")
+    others = [bus.topology.feed(d) for d in bus.city.department_ids() if d not in receivers]
     assert [m.topic() for m in read_topic(bus, others)] == []
     assert set(pipeline.stop_all().values()) == {0}, pipeline.logs()
 

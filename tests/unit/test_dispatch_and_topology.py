@@ -1,19 +1,48 @@
-from civicbus.config import load_city
+from civicbus.config import district_office, load_city, load_grid, street_office
 from civicbus.settings import REPO_ROOT
 from civicbus.topology import Topology
-from processors.dispatch import responsible_departments
+from processors.dispatch import case_targets, event_targets
 
 CITY = load_city(REPO_ROOT / "config")
+PLACED = {"resolved": True, "street": "xicheng.shichahai", "district": "xicheng"}
 
 
-def test_rules_match_type_and_category_and_merge_targets():
-    event = {"type": "city.case.reported", "data": {"category": "street_order"}}
-    assert responsible_departments(CITY.dispatch, event) == ["citymgmt", "police"]
+def test_type_rules_add_the_offices_of_the_location():
+    event = {"type": "housing.rental.registered", "location": PLACED}
+    assert event_targets(CITY.dispatch, event) == ["housing", "police", "street.xicheng.shichahai", "district.xicheng"]
 
 
-def test_unmatched_events_go_to_triage():
-    event = {"type": "case.status.updated", "data": {"status": "accepted"}}
-    assert responsible_departments(CITY.dispatch, event) == ["triage"]
+def test_unmatched_events_and_unplaced_locations_go_to_triage():
+    assert event_targets(CITY.dispatch, {"type": "petition.unheard.of", "location": None}) == ["triage"]
+    unplaced = {"type": "housing.rental.registered", "location": {"resolved": False}}
+    assert event_targets(CITY.dispatch, unplaced) == ["housing", "police", "triage"]
+
+
+def test_case_targets_are_responsible_departments_and_location_offices():
+    assert case_targets(["citymgmt"], "triage", PLACED) == ["citymgmt", "street.xicheng.shichahai", "district.xicheng"]
+    assert case_targets(["petition"], "triage", None) == ["petition"]
+
+
+def test_the_sample_city_is_big_enough_and_consistent():
+    districts = CITY.map.districts
+    assert len(districts) >= 3 and len(CITY.map.street_ids()) >= 10
+    cells = load_grid(REPO_ROOT / "config")
+    assert len(cells) >= 100 and all(c["geometry"]["type"] == "Polygon" for c in cells)
+    assert {c["properties"]["street"] for c in cells} == set(CITY.map.street_ids())
+    departments = set(CITY.department_ids())
+    assert {street_office(s) for s in CITY.map.street_ids()} | {district_office(d.id) for d in districts} <= departments
+    for department in CITY.departments:
+        assert department.name_zh and department.name_en
+
+
+def test_every_case_type_names_its_category_field_and_families_cover_the_case_enums():
+    from civicbus.schemas import EventCatalog
+
+    catalog = EventCatalog(REPO_ROOT / "schemas")
+    for event_type in catalog:
+        assert event_type.forms_case == (event_type.case_category_field is not None), event_type.name
+    for kind in ("air_quality", "water_level", "noise", "manhole_cover", "street_vending", "collision"):
+        assert CITY.categories.lookup(kind) is not None, kind
 
 
 def test_contract_topic_names():

@@ -68,6 +68,25 @@ def test_personal_fields_and_classification_come_from_the_schema(catalog):
     assert catalog["case.status.updated"].updates_case and not catalog["case.status.updated"].forms_case
 
 
+def test_the_catalog_declares_classification_personal_fields_and_case_roles(catalog):
+    expected = {
+        "city.case.reported": ("INTERNAL", {"reporter_name", "reporter_phone"}, True),
+        "hotline.request.received": ("RESTRICTED", {"caller_name", "caller_phone"}, True),
+        "sensor.alert.raised": ("INTERNAL", set(), True),
+        "traffic.incident.detected": ("INTERNAL", {"plate_number"}, True),
+        "security.video.alert": ("RESTRICTED", {"person_description"}, True),
+        "housing.rental.registered": ("RESTRICTED", {"tenant_name", "tenant_id_number", "tenant_phone", "landlord_name"}, False),
+        "entity.license.changed": ("PUBLIC", {"legal_representative"}, False),
+        "petition.filed": ("CONFIDENTIAL", {"petitioner_name", "petitioner_id_number", "petitioner_phone"}, True),
+        "case.status.updated": ("INTERNAL", {"handler_name"}, False),
+        "case.escalated": ("INTERNAL", set(), False),
+    }
+    assert set(catalog.types) == set(expected)
+    for name, (classification, personal, forms_case) in expected.items():
+        assert (catalog[name].classification, set(catalog[name].personal_fields), catalog[name].forms_case) == (classification, personal, forms_case), name
+    assert [e.dataset for e in catalog["housing.rental.registered"].enrichments] == ["buildings", "buildings"]
+
+
 def test_wire_format_round_trip_with_stable_ids(catalog):
     serde = EventSerde(catalog, FileSchemaRegistry(SCHEMAS))
     event = catalog.validate(complete(case_report()))
