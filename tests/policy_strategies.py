@@ -32,7 +32,26 @@ def data_fields(type_name: str) -> list[dict]:
 
 def category_symbols(type_name: str) -> list[str]:
     category = next((f for f in data_fields(type_name) if f["name"] == "category"), None)
-    return list(category["type"]["symbols"]) if category else []
+    kind = category["type"] if category else None
+    return list(kind["symbols"]) if isinstance(kind, dict) and kind.get("type") == "enum" else []
+
+
+def plain_value(draw, avro_type):
+    """Some valid value of an Avro type (enums drawn, the rest fixed): the data the policy ignores."""
+    if isinstance(avro_type, list):
+        return None if "null" in avro_type else plain_value(draw, avro_type[0])
+    if isinstance(avro_type, dict):
+        kind = avro_type["type"]
+        if kind == "enum":
+            return draw(st.sampled_from(avro_type["symbols"]))
+        if kind == "record":
+            return {f["name"]: plain_value(draw, f["type"]) for f in avro_type["fields"]}
+        if kind in ("array", "map"):
+            return [] if kind == "array" else {}
+        if avro_type.get("logicalType") == "timestamp-millis":
+            return datetime(2026, 1, 1, tzinfo=timezone.utc)
+        return plain_value(draw, kind)
+    return {"string": "x", "int": 0, "long": 0, "float": 0.0, "double": 0.0, "boolean": False, "bytes": b"", "null": None}[avro_type]
 
 
 @st.composite
@@ -72,15 +91,12 @@ def events(draw, departments: tuple[str, ...], areas: Areas, source: str = "city
     event_type = CATALOG[type_name]
     data = {}
     for field in data_fields(type_name):
-        kind = field["type"]
-        if isinstance(kind, dict) and kind["type"] == "enum":
-            data[field["name"]] = draw(st.sampled_from(kind["symbols"]))
-        elif field["name"] in event_type.personal_fields:
-            data[field["name"]] = draw(st.one_of(st.none(), st.just("13812345678"), st.text(min_size=1, max_size=8)))
-        elif "default" in field:
-            data[field["name"]] = field["default"]
+        if field["name"] in event_type.personal_fields:
+            texts = st.one_of(st.just("13812345678"), st.text(min_size=1, max_size=8))
+            nullable = isinstance(field["type"], list) and "null" in field["type"]
+            data[field["name"]] = draw(st.one_of(st.none(), texts) if nullable else texts)
         else:
-            data[field["name"]] = "x"
+            data[field["name"]] = plain_value(draw, field["type"])
     street = draw(st.one_of(st.none(), st.sampled_from(areas.streets)))
     district = street.split(".")[0] if street else draw(st.one_of(st.none(), st.sampled_from(areas.districts)))
     location = None if street is None and draw(st.booleans()) else {"street": street, "district": district}

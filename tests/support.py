@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -12,10 +13,12 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from pathlib import Path
 
 from confluent_kafka import Consumer, Message, TopicPartition
 
 from civicbus.context import BusContext
+from civicbus.settings import REPO_ROOT
 
 
 def read_topic(
@@ -60,6 +63,13 @@ def read_topic(
     if until is None:
         return messages
     raise AssertionError(f"timed out after {timeout_s}s reading {topic}: {len(messages)} records")
+
+
+def private_config(tmp_path: Path) -> Path:
+    """A copy of the sample city's config folder that a test may change."""
+    config = tmp_path / "config"
+    shutil.copytree(REPO_ROOT / "config", config)
+    return config
 
 
 def wait_for(condition: Callable[[], bool], timeout_s: float = 30.0, what: str = "condition") -> None:

@@ -6,7 +6,6 @@ so it is escalated; the acceptance and the resolution arrive, and the hotline (t
 sees every status.
 """
 
-import shutil
 import uuid
 
 import pytest
@@ -18,7 +17,7 @@ from civicbus.kafka import apply_topics
 from civicbus.topology import DIST_EVENTS, DLQ
 from producers.sdk import Publisher
 from tests.conftest import make_settings
-from tests.support import PipelineProcesses, read_topic
+from tests.support import PipelineProcesses, private_config, read_topic
 
 ACCEPT_S = 6
 
@@ -26,8 +25,7 @@ ACCEPT_S = 6
 @pytest.fixture
 def fast_city(broker_bootstrap, tmp_path):
     """The sample city with a half-second clock and street-order deadlines of seconds."""
-    config = tmp_path / "config"
-    shutil.copytree(make_settings(broker_bootstrap).config, config)
+    config = private_config(tmp_path)
     categories = yaml.safe_load((config / "categories.yaml").read_text(encoding="utf-8"))
     categories["clock"] = "PT0.5S"
     categories["families"]["street_order"].update(accept=f"PT{ACCEPT_S}S", resolve="PT10M")

@@ -2,7 +2,7 @@ import socket
 
 import pytest
 
-from civicbus.broker import BrokerError, EmbeddedBroker, free_port
+from civicbus.broker import BrokerError, EmbeddedBroker
 from civicbus.kafka import apply_topics
 from civicbus.topology import TopicSpec
 from confluent_kafka.admin import AdminClient

@@ -4,7 +4,6 @@ edit applies to the next event without a restart."""
 from __future__ import annotations
 
 import os
-import shutil
 
 import yaml
 from hypothesis import HealthCheck, Phase, given, settings
@@ -19,7 +18,7 @@ from civicbus.settings import REPO_ROOT
 from civicbus.topology import AUDIT, DIST_EVENTS, STATE_FANOUT_SEEN
 from tests.conftest import make_settings
 from tests.policy_strategies import CATALOG, Areas, events, expected_receivers, policy_documents
-from tests.support import PipelineProcesses, read_topic
+from tests.support import PipelineProcesses, private_config, read_topic
 
 DEPARTMENTS = tuple(load_city(REPO_ROOT / "config").department_ids())
 AREAS = Areas(
@@ -54,10 +53,8 @@ def test_feeds_masks_and_audit_follow_each_policy_through_the_real_fanout(broker
     """One fan-out process; hypothesis draws several policies in turn, each written over the
     last while the fan-out runs, and a batch of events after each: every event must land in
     exactly the feeds the policy in force says, masked as it says, and be audited once."""
-    for name in ("departments.yaml", "dispatch.yaml"):
-        shutil.copy(REPO_ROOT / "config" / name, tmp_path / name)
-    write_policy(tmp_path, yaml.safe_load((REPO_ROOT / "config" / "policy.yaml").read_text()))
-    ctx = BusContext(make_settings(broker_bootstrap, config=tmp_path))
+    config = private_config(tmp_path)
+    ctx = BusContext(make_settings(broker_bootstrap, config=config))
     apply_topics(ctx.bootstrap, ctx.topology.specs())
     feeds = [ctx.topology.feed(d) for d in DEPARTMENTS]
     expected: dict[tuple[str, str], frozenset[str]] = {}
@@ -69,7 +66,7 @@ def test_feeds_masks_and_audit_follow_each_policy_through_the_real_fanout(broker
         batch=st.lists(events(DEPARTMENTS, AREAS), min_size=5, max_size=EVENTS_PER_POLICY),
     )
     def apply_policy_then_publish(policy, batch):
-        document = write_policy(tmp_path, policy)  # while the fan-out runs: no restart
+        document = write_policy(config, policy)  # while the fan-out runs: no restart
         publish_to_distribution(ctx, batch)
         originals.update((e["id"], e) for e in batch)
         expected.update(expected_deliveries(document, batch))

@@ -9,7 +9,7 @@ from civicbus.kafka import make_producer
 from civicbus.topology import DIST_EVENTS, PIPE_CASES
 from producers.reference import load_reference
 from producers.sdk import Publisher
-from tests.support import PipelineProcesses, read_topic, stage_env, wait_for
+from tests.support import PipelineProcesses, private_config, read_topic, stage_env, wait_for
 
 
 def decoded(bus, topic, count, timeout_s=60):
@@ -95,10 +95,7 @@ def test_master_data_updates_apply_to_later_events(bus):
 
 
 def test_reference_load_command_refuses_bad_master_data_before_writing(bus, tmp_path):
-    import shutil
-
-    config = tmp_path / "config"
-    shutil.copytree(bus.settings.config, config)
+    config = private_config(tmp_path)
     env = {**stage_env(bus), "CIVICBUS_CONFIG": str(config)}
     ok = subprocess.run([sys.executable, "-m", "civicbus.cli", "reference", "load"], env=env, capture_output=True, text=True, timeout=60)
     assert ok.returncode == 0, ok.stderr

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 import uuid
 from datetime import datetime, timezone
 
@@ -16,6 +15,7 @@ from civicbus.policy import Policy, PolicyDocument, PolicyError, decide, load_po
 from civicbus.schemas import EventCatalog
 from civicbus.settings import REPO_ROOT
 from tests.policy_strategies import Areas, events, expected_receivers, policy_documents
+from tests.support import private_config
 
 CATALOG = EventCatalog(REPO_ROOT / "schemas")
 CITY = load_city(REPO_ROOT / "config")
@@ -107,9 +107,7 @@ departments:
 
 @pytest.fixture
 def config_dir(tmp_path):
-    for name in ("departments.yaml", "dispatch.yaml", "policy.yaml"):
-        shutil.copy(REPO_ROOT / "config" / name, tmp_path / name)
-    return tmp_path
+    return private_config(tmp_path)
 
 
 def problems_by_line(config_dir, text: str) -> dict[int, list[str]]:
