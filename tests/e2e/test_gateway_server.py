@@ -29,7 +29,7 @@ def test_publish_over_http_then_read_the_masked_feed_by_long_poll_and_sse(bus, p
     try:
         wait_for(lambda: _answers(f"{base}/healthz"), 60, "the gateway to answer")
         call = {"type": "hotline.request.received", "location": {"raw_address": "东城区安定门内大街1号"},
-                "data": {"category": "complaint", "topic": "noise", "content": "夜间施工噪音", "caller_name": "王伟", "caller_phone": "13812345678"}}
+                "data": {"category": "complaint", "topic": "exposed_garbage", "content": "小区门口垃圾堆积", "caller_name": "王伟", "caller_phone": "13812345678"}}
         accepted = httpx.post(f"{base}/v1/events", json=call, headers={"Authorization": hotline}, timeout=30)
         assert accepted.status_code == 202, accepted.text
         event_id = accepted.json()["id"]
