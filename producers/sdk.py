@@ -112,6 +112,11 @@ class Publisher:
         """Wait until every accepted event is acknowledged by the broker; False on timeout."""
         return self._spool is None or self._spool.drain(self.timeout_s if timeout_s is None else timeout_s)
 
+    @property
+    def spooled_bytes(self) -> int:
+        """Bytes accepted into the spool and not yet acknowledged by the broker."""
+        return 0 if self._spool is None else self._spool.pending_bytes()
+
     def close(self) -> None:
         """Flush what was sent; give the spool `timeout_s` to drain, the rest waits on disk for next time."""
         self._producer.flush(self.timeout_s)
