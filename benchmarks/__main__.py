@@ -20,5 +20,21 @@ def throughput(events: int = 10_000, repeats: int = 3, seed: int = 6, profile: b
     run(events, repeats, seed, profile)
 
 
+@app.command()
+def latency(seed: int = 6) -> None:
+    """(b) publish -> feed latency p50/p95/p99 at 100, 1,000 and 5,000 events/s."""
+    from benchmarks.latency import run
+
+    run(seed)
+
+
+@app.command()
+def serde(seed: int = 6, repeats: int = 5) -> None:
+    """(c) Avro encode and decode rates."""
+    from benchmarks.serde_rates import run
+
+    run(seed, repeats)
+
+
 if __name__ == "__main__":
     app()
