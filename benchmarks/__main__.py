@@ -36,5 +36,13 @@ def serde(seed: int = 6, repeats: int = 5) -> None:
     run(seed, repeats)
 
 
+@app.command()
+def workers(events: int = 10_000, repeats: int = 2, seed: int = 6) -> None:
+    """(d) two workers per stage against one."""
+    from benchmarks.workers import run
+
+    run(events, repeats, seed)
+
+
 if __name__ == "__main__":
     app()

@@ -165,7 +165,8 @@ class Arrivals:
         metadata = self.consumer.list_topics(timeout=10).topics
         self.consumer.assign([TopicPartition(t, p, 0) for t in topics for p in metadata[t].partitions])
         self.first_seen: dict[bytes, float] = {}
-        self.records: list[tuple[float, int]] = []  # (arrival time, published-at ms) per record
+        # (key, arrival time s, published-at ms, written-at ms: the record's own CreateTime) per record
+        self.records: list[tuple[bytes, float, int, int]] = []
 
     def wait_for(self, keys: set[bytes], timeout_s: float) -> float:
         """Block until every key arrived; return the arrival time of the last one."""
@@ -174,7 +175,8 @@ class Arrivals:
         while missing:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"{len(missing)} of {len(keys)} events did not arrive within {timeout_s:.0f}s")
-            for message in self.consumer.consume(5000, 0.1):
+            first = self.consumer.poll(0.1)  # returns at the first record; consume(n, t) would wait for n
+            for message in [first, *self.consumer.consume(5000, 0)] if first is not None else []:
                 if message.error():
                     continue
                 now = time.time()
@@ -182,7 +184,7 @@ class Arrivals:
                 missing.discard(message.key())
                 published = dict(message.headers() or []).get(PUBLISHED_AT_HEADER)
                 if published:
-                    self.records.append((now, int(published)))
+                    self.records.append((message.key(), now, int(published), message.timestamp()[1]))
         return max(self.first_seen[k] for k in keys)
 
     def close(self) -> None:

@@ -2,7 +2,9 @@
 
 Latency of a feed record = when a consumer of the feed received it - when the publisher
 produced the event (its inbound record timestamp, carried to the feed in the
-civic_published_ms header). Every feed record counts. Target: p99 <= 100 ms at 1,000/s.
+civic_published_ms header). Every feed record counts. `*_until_fanout_wrote_ms` splits it: publish until the fan-out
+produced the feed record (its CreateTime); the rest is the fan-out's commit and the read.
+Target: p99 <= 100 ms at 1,000/s.
 """
 
 from __future__ import annotations
@@ -34,11 +36,22 @@ def publish_at(bootstrap: str, records: list[Record], rate: float) -> None:
     producer.flush(30)
 
 
+def summary(latencies_ms: list[float]) -> dict:
+    return {
+        "feed_records": len(latencies_ms),
+        "p50_ms": round(percentile(latencies_ms, 50), 1),
+        "p95_ms": round(percentile(latencies_ms, 95), 1),
+        "p99_ms": round(percentile(latencies_ms, 99), 1),
+        "max_ms": round(max(latencies_ms), 1),
+    }
+
+
 def run(seed: int = 6) -> Path:
     results = {}
     with bench_bus() as (ctx, work_dir):
         workload = Workload(ctx, seed)
         runs = {rate: workload.inbound_records(workload.mix(int(rate * seconds))) for rate, seconds in RATES.items()}
+        case_keys = {r.key for records in runs.values() for r in records if ctx.catalog[dict(r.headers)["ce_type"].decode()].case_stage}
         stages = StageProcesses(ctx, work_dir)
         for stage in ("ingest", "cases", "fanout"):
             stages.start_stage(stage)
@@ -52,21 +65,24 @@ def run(seed: int = 6) -> Path:
             publisher.start()
             feeds.wait_for({r.key for r in records}, 120 + RATES[rate])
             publisher.join()
-            latencies_ms = [arrived * 1000 - published for arrived, published in feeds.records]
-            results[str(rate)] = {
-                "events": len(records),
-                "feed_records": len(latencies_ms),
-                "p50_ms": round(percentile(latencies_ms, 50), 1),
-                "p95_ms": round(percentile(latencies_ms, 95), 1),
-                "p99_ms": round(percentile(latencies_ms, 99), 1),
-                "max_ms": round(max(latencies_ms), 1),
-            }
+            latencies_ms = {"all": [], "no_case": [], "case": []}
+            to_fanout_ms = {"no_case": [], "case": []}
+            for key, arrived, published, written in feeds.records:
+                path = "case" if key in case_keys else "no_case"
+                latencies_ms["all"].append(arrived * 1000 - published)
+                latencies_ms[path].append(arrived * 1000 - published)
+                to_fanout_ms[path].append(written - published)
+            results[str(rate)] = {"events": len(records)} | {path: summary(values) for path, values in latencies_ms.items()}
+            for path, values in to_fanout_ms.items():
+                results[str(rate)][path]["p50_until_fanout_wrote_ms"] = round(percentile(values, 50), 1)
+                results[str(rate)][path]["p99_until_fanout_wrote_ms"] = round(percentile(values, 99), 1)
             print(f"latency at {rate}/s: {results[str(rate)]}")
         stages.stop()
     return write_result("latency", {
         "seed": seed,
-        "workload": "half event types that form no case, half the simulator's case traffic, interleaved",
+        "workload": "half event types that form no case, half the simulator's case traffic, interleaved; "
+                    "figures for all feed records and split by path (no_case: ingest -> fanout; case: ingest -> cases -> fanout)",
         "rates_events_per_s": results,
         "target": {"p99_ms_at_1000_per_s_at_most": TARGET_P99_MS_AT_1000},
-        "target_met": results["1000"]["p99_ms"] <= TARGET_P99_MS_AT_1000,
+        "target_met": results["1000"]["all"]["p99_ms"] <= TARGET_P99_MS_AT_1000,
     })

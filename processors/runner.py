@@ -93,7 +93,7 @@ class TransactionalRunner:
         batch_size: int = 2000,
         batch_timeout_s: float = 0.05,
         commit_every: int = 5000,
-        commit_interval_s: float = 0.1,
+        commit_interval_s: float = 0.02,
     ):
         self.stage = stage
         self.ctx = ctx

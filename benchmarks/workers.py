@@ -1,0 +1,43 @@
+"""(d) Two workers per stage against one, on topics with two partitions, the realistic mix.
+
+On a 2-core machine six busy processes share two cores, so expect little or nothing: this is
+the figure to re-measure where each worker has its own cores.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from benchmarks.harness import Arrivals, StageProcesses, Workload, bench_bus, produce
+from benchmarks.report import median, write_result
+from benchmarks.throughput import through
+
+PARTITIONS = 2
+
+
+def measure(workers: int, events: int, repeats: int, seed: int) -> list[float]:
+    with bench_bus(partitions=PARTITIONS) as (ctx, work_dir):
+        workload = Workload(ctx, seed)
+        runs = [workload.inbound_records(workload.mix(events)) for _ in range(repeats)]
+        stages = StageProcesses(ctx, work_dir)
+        for instance in range(workers):
+            for stage in ("ingest", "cases", "fanout"):
+                stages.start_stage(stage, str(instance))
+        feeds = Arrivals(ctx.bootstrap, [ctx.topology.feed(d) for d in ctx.city.department_ids()])
+        for _ in range(2):  # the second round runs after every member has joined and been assigned
+            through(ctx, feeds, workload.inbound_records(workload.mix(400)), timeout_s=120)
+            time.sleep(ctx.settings.session_timeout_ms / 1000)
+        rates = [through(ctx, feeds, records) for records in runs]
+        stages.stop()
+    return rates
+
+
+def run(events: int = 10_000, repeats: int = 2, seed: int = 6) -> Path:
+    one, two = measure(1, events, repeats, seed), measure(2, events, repeats, seed)
+    return write_result("workers", {
+        "events_per_run": events, "repeats": repeats, "seed": seed, "partitions": PARTITIONS,
+        "workload": "half event types that form no case, half the simulator's case traffic; ingest, cases and fanout each run N workers",
+        "events_per_s": {"one_worker": median(one), "two_workers": median(two), "speedup": round(median(two) / median(one), 2),
+                         "runs": {"one_worker": one, "two_workers": two}},
+    })
