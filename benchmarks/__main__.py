@@ -1,4 +1,4 @@
-"""`python -m benchmarks [NAME ...]`: run benchmarks, write benchmarks/results/NAME.json."""
+"""`python -m benchmarks NAME [OPTIONS]` (or `all`): run benchmarks, write benchmarks/results/NAME.json."""
 
 from __future__ import annotations
 
@@ -42,6 +42,24 @@ def workers(events: int = 10_000, repeats: int = 2, seed: int = 6) -> None:
     from benchmarks.workers import run
 
     run(events, repeats, seed)
+
+
+@app.command()
+def gateway(seed: int = 6) -> None:
+    """(e) HTTP gateway under 50 concurrent clients (needs the gateway of DESIGN.md)."""
+    from benchmarks.gateway import run
+
+    run(seed)
+
+
+@app.command("all")
+def run_all(seed: int = 6) -> None:
+    """Every benchmark in turn, with its defaults."""
+    serde(seed=seed)
+    throughput(seed=seed, profile=True)
+    latency(seed=seed)
+    workers(seed=seed)
+    gateway(seed=seed)
 
 
 if __name__ == "__main__":

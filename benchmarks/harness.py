@@ -19,7 +19,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Iterable
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -60,12 +60,13 @@ class Record:
     headers: list[tuple[str, bytes]]
 
 
-def prepare_city(work_dir: Path) -> Settings:
-    """Settings over a private copy of schemas/ and config/, with a non-case type if none exists."""
-    base = Settings()
+@contextmanager
+def benchmark_city(work_dir: Path):
+    """Settings over a private copy of schemas/ and config/, with a non-case type if none exists;
+    the stage processes started meanwhile find the copy through the environment."""
     schemas, config = work_dir / "schemas", work_dir / "config"
-    shutil.copytree(base.schemas_dir, schemas)
-    shutil.copytree(base.config, config)
+    shutil.copytree(Settings.model_fields["schemas_dir"].default, schemas)
+    shutil.copytree(Settings.model_fields["config"].default, config)
     if all(t.case_stage for t in EventCatalog(schemas)):
         (schemas / "events" / f"{SENSOR_TYPE}.avsc").write_text(json.dumps(SENSOR_SCHEMA))
         lock_schemas(EventCatalog(schemas))
@@ -77,9 +78,13 @@ def prepare_city(work_dir: Path) -> Settings:
         dispatch = yaml.safe_load((config / "dispatch.yaml").read_text(encoding="utf-8"))
         dispatch["rules"].append({"type": SENSOR_TYPE, "to": [SENSOR_DEPARTMENT]})
         (config / "dispatch.yaml").write_text(yaml.safe_dump(dispatch, allow_unicode=True), encoding="utf-8")
-    os.environ["CIVICBUS_SCHEMAS_DIR"] = str(schemas)  # for the stage processes
-    os.environ["CIVICBUS_CONFIG"] = str(config)
-    return Settings(schemas_dir=schemas, config=config)
+    saved = {name: os.environ.get(name) for name in ("CIVICBUS_SCHEMAS_DIR", "CIVICBUS_CONFIG")}
+    os.environ.update(CIVICBUS_SCHEMAS_DIR=str(schemas), CIVICBUS_CONFIG=str(config))
+    try:
+        yield Settings(schemas_dir=schemas, config=config)
+    finally:
+        for name, value in saved.items():
+            os.environ.pop(name, None) if value is None else os.environ.update({name: value})
 
 
 class Workload:
@@ -226,21 +231,18 @@ class StageProcesses:
 
 @contextmanager
 def bench_bus(partitions: int = 1, namespace: str = "bench."):
-    """An own embedded broker (or CIVICBUS_BOOTSTRAP) and a context over the benchmark city."""
-    work_dir = Path(tempfile.mkdtemp(prefix="civicbus-bench-"))
-    broker = None
-    try:
-        settings = prepare_city(work_dir)
+    """An own embedded broker (or CIVICBUS_BOOTSTRAP), a context over the benchmark city, and
+    the stage processes, stopped on the way out."""
+    with tempfile.TemporaryDirectory(prefix="civicbus-bench-") as work, ExitStack() as cleanup:
+        work_dir = Path(work)
+        settings = cleanup.enter_context(benchmark_city(work_dir))
         bootstrap = os.environ.get("CIVICBUS_BOOTSTRAP")
         if not bootstrap:
-            broker = EmbeddedBroker(log_path=work_dir / "broker.log").start()
-            bootstrap = broker.bootstrap
-        settings = settings.model_copy(update={"bootstrap": bootstrap, "namespace": f"{namespace}{uuid.uuid4().hex[:6]}.", "state_dir": work_dir / "state"})
-        ctx = BusContext(settings)
+            bootstrap = cleanup.enter_context(EmbeddedBroker(log_path=work_dir / "broker.log")).bootstrap
+        namespace = f"{namespace}{uuid.uuid4().hex[:6]}."
+        ctx = BusContext(settings.model_copy(update={"bootstrap": bootstrap, "namespace": namespace, "state_dir": work_dir / "state"}))
         topology = Topology(ctx.topology.departments, ctx.topology.namespace, pipeline_partitions=partitions)
         apply_topics(bootstrap, topology.specs())
-        yield ctx, work_dir
-    finally:
-        if broker is not None:
-            broker.stop()
-        shutil.rmtree(work_dir, ignore_errors=True)
+        stages = StageProcesses(ctx, work_dir)
+        cleanup.callback(stages.stop)  # before the broker stops, also when the benchmark fails
+        yield ctx, stages

@@ -13,7 +13,7 @@ import threading
 import time
 from pathlib import Path
 
-from benchmarks.harness import Arrivals, Record, StageProcesses, Workload, bench_bus, produce
+from benchmarks.harness import Arrivals, Record, Workload, bench_bus, produce
 from benchmarks.report import percentile, write_result
 from civicbus.kafka import make_producer
 
@@ -48,11 +48,10 @@ def summary(latencies_ms: list[float]) -> dict:
 
 def run(seed: int = 6) -> Path:
     results = {}
-    with bench_bus() as (ctx, work_dir):
+    with bench_bus() as (ctx, stages):
         workload = Workload(ctx, seed)
         runs = {rate: workload.inbound_records(workload.mix(int(rate * seconds))) for rate, seconds in RATES.items()}
         case_keys = {r.key for records in runs.values() for r in records if ctx.catalog[dict(r.headers)["ce_type"].decode()].case_stage}
-        stages = StageProcesses(ctx, work_dir)
         for stage in ("ingest", "cases", "fanout"):
             stages.start_stage(stage)
         feeds = Arrivals(ctx.bootstrap, [ctx.topology.feed(d) for d in ctx.city.department_ids()])

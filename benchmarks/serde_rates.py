@@ -11,7 +11,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.harness import Workload, prepare_city
+from benchmarks.harness import Workload, benchmark_city
 from benchmarks.report import write_result
 from civicbus.context import BusContext
 
@@ -30,8 +30,8 @@ def rate(operation, items, repeats: int) -> float:
 
 
 def run(seed: int = 6, repeats: int = 5) -> Path:
-    with tempfile.TemporaryDirectory(prefix="civicbus-bench-") as work_dir:
-        ctx = BusContext(prepare_city(Path(work_dir)).model_copy(update={"bootstrap": "127.0.0.1:1"}))
+    with tempfile.TemporaryDirectory(prefix="civicbus-bench-") as work_dir, benchmark_city(Path(work_dir)) as settings:
+        ctx = BusContext(settings.model_copy(update={"bootstrap": "127.0.0.1:1"}))
         workload = Workload(ctx, seed)
         events = [e for _, e in workload.events(EVENTS, True) + workload.events(EVENTS, False)]
         by_type: dict[str, list[dict]] = {}

@@ -74,13 +74,12 @@ def profile_stages(ctx: BusContext, stages: StageProcesses, workload: Workload, 
 
 
 def run(events: int = 10_000, repeats: int = 3, seed: int = 6, profile: bool = False) -> Path:
-    with bench_bus() as (ctx, work_dir):
+    with bench_bus() as (ctx, stages):
         workload = Workload(ctx, seed)
         batches = {path: [workload.inbound_records(workload.events(events, case)) for _ in range(repeats)] for path, case in PATHS.items()}
         warmup = {path: workload.inbound_records(workload.events(WARMUP, case)) for path, case in PATHS.items()}
         raw = {path: [raw_passthrough(ctx, records, f"{path}{i}") for i, records in enumerate(batches[path])] for path in PATHS}
 
-        stages = StageProcesses(ctx, work_dir)
         for stage in ("ingest", "cases", "fanout"):
             stages.start_stage(stage)
         feeds = Arrivals(ctx.bootstrap, [ctx.topology.feed(d) for d in ctx.city.department_ids()])
