@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
-from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 
 from civicbus.broker import EmbeddedBroker
 from civicbus.context import BusContext
@@ -32,7 +32,7 @@ from civicbus.kafka import apply_topics
 from civicbus.registry import lock_schemas
 from civicbus.schemas import EventCatalog
 from civicbus.settings import Settings
-from civicbus.topology import Topology
+from civicbus.topology import DIST_EVENTS, DLQ, PIPE_CASES, Topology
 from processors.ingest import PUBLISHED_AT_HEADER
 from producers.simulator import CityTraffic
 from producers.sdk import Publisher
@@ -121,10 +121,7 @@ class Workload:
                 department, event = self.traffic.next_event()
                 if self.ctx.catalog[event["type"]].case_stage != case_stage:
                     continue
-            completed = self._complete(department, event)
-            if completed["type"] == "city.case.reported":
-                self.traffic.recent_cases.append((completed["id"], "citymgmt"))
-            out.append((department, completed))
+            out.append((department, self._complete(department, event)))
         return out
 
     def mix(self, count: int) -> list[tuple[str, dict]]:
@@ -196,6 +193,35 @@ class Arrivals:
         self.consumer.close()
 
 
+def locate(ctx: BusContext, keys: set[bytes]) -> dict[str, dict[str, int]]:
+    """How many of `keys` each hop holds, committed and uncommitted: where missing events stopped."""
+    hops = {
+        "inbound": [ctx.topology.inbound(d) for d in ctx.city.department_ids()],
+        "pipe.cases": [ctx.topology.name(PIPE_CASES)],
+        "dist.events": [ctx.topology.name(DIST_EVENTS)],
+        "feeds": [ctx.topology.feed(d) for d in ctx.city.department_ids()],
+        "dlq": [ctx.topology.name(DLQ)],
+    }
+    found: dict[str, dict[str, int]] = {}
+    for hop, topics in hops.items():
+        for isolation in ("read_committed", "read_uncommitted"):
+            consumer = Consumer({"bootstrap.servers": ctx.bootstrap, "group.id": f"locate-{uuid.uuid4().hex}", "enable.auto.commit": False,
+                                 "isolation.level": isolation, "enable.partition.eof": True})
+            metadata = consumer.list_topics(timeout=10).topics
+            partitions = [TopicPartition(t, p, 0) for t in topics for p in metadata[t].partitions]
+            consumer.assign(partitions)
+            seen, ended, deadline = set(), 0, time.monotonic() + 30
+            while ended < len(partitions) and time.monotonic() < deadline:
+                for message in consumer.consume(5000, 0.5):
+                    if message.error():
+                        ended += message.error().code() == KafkaError._PARTITION_EOF
+                    elif message.key() in keys:
+                        seen.add(message.key())
+            consumer.close()
+            found.setdefault(hop, {})[isolation] = len(seen)
+    return found
+
+
 class StageProcesses:
     """`civicbus process` children (or any module) for the benchmark's namespace."""
 
@@ -212,6 +238,9 @@ class StageProcesses:
         with open(self.log_dir / f"{name}.log", "ab") as log:
             self.processes[name] = subprocess.Popen([sys.executable, *argv], env=self.env(), stdout=log, stderr=subprocess.STDOUT)
         return self.processes[name]
+
+    def log_tails(self, chars: int = 1500) -> str:
+        return "\n".join(f"--- {log.stem}\n{log.read_text(errors='replace')[-chars:]}" for log in sorted(self.log_dir.glob("*.log")))
 
     def start_stage(self, stage: str, instance: str = "0") -> None:
         self.start(f"{stage}-{instance}", ["-m", "civicbus.cli", "process", stage, "--instance", instance])

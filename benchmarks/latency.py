@@ -13,7 +13,7 @@ import threading
 import time
 from pathlib import Path
 
-from benchmarks.harness import Arrivals, Record, Workload, bench_bus, produce
+from benchmarks.harness import Arrivals, Record, Workload, bench_bus, locate, produce
 from benchmarks.report import percentile, write_result
 from civicbus.kafka import make_producer
 
@@ -62,7 +62,11 @@ def run(seed: int = 6) -> Path:
             feeds.records.clear()
             publisher = threading.Thread(target=publish_at, args=(ctx.bootstrap, records, rate))
             publisher.start()
-            feeds.wait_for({r.key for r in records}, 120 + RATES[rate])
+            try:
+                feeds.wait_for({r.key for r in records}, 120 + RATES[rate])
+            except TimeoutError as e:
+                missing = {r.key for r in records} - set(feeds.first_seen)
+                raise TimeoutError(f"{e}; where the missing ones are: {locate(ctx, missing)}\n{stages.log_tails()}") from None
             publisher.join()
             latencies_ms = {"all": [], "no_case": [], "case": []}
             to_fanout_ms = {"no_case": [], "case": []}

@@ -15,7 +15,7 @@ from pathlib import Path
 from confluent_kafka import Consumer, Producer, TopicPartition
 
 from benchmarks import profile as profiler
-from benchmarks.harness import Arrivals, Record, StageProcesses, Workload, bench_bus, produce, stamped
+from benchmarks.harness import Arrivals, Record, StageProcesses, Workload, bench_bus, locate, produce, stamped
 from benchmarks.report import RESULTS_DIR, median, write_result
 from civicbus.context import BusContext
 from civicbus.kafka import apply_topics, producer_config
@@ -58,7 +58,12 @@ def through(ctx: BusContext, arrivals: Arrivals, records: list[Record], timeout_
     """Events/s from producing `records` until each has arrived where `arrivals` reads."""
     started = time.time()
     produce(ctx.bootstrap, records)
-    last = arrivals.wait_for({r.key for r in records}, timeout_s)
+    keys = {r.key for r in records}
+    try:
+        last = arrivals.wait_for(keys, timeout_s)
+    except TimeoutError as e:
+        missing = keys - set(arrivals.first_seen)
+        raise TimeoutError(f"{e}; where the missing ones are: {locate(ctx, missing)}") from None
     return len(records) / (last - started)
 
 

@@ -1,9 +1,8 @@
 """The consume-transform-produce loop every confluent-kafka stage runs in, exactly once.
 
-Input records are processed into output records inside one Kafka transaction together with
-the input offsets (send_offsets_to_transaction): a crash before the commit replays them, a
-crash after it replays nothing. A transaction spans as many consumed batches as the load
-warrants (see TransactionalRunner). A stage is an object with a `name`, the
+A batch of input records is processed into output records inside one Kafka transaction
+together with the input offsets (send_offsets_to_transaction): a crash before the commit
+replays the batch, a crash after it replays nothing. A stage is an object with a `name`, the
 topics it reads and a `process(message) -> outputs` function; this loop owns everything Kafka.
 """
 
@@ -58,49 +57,19 @@ def dead_letter_output(ctx: BusContext, stage: str, message: Message, reason: Re
     return Output(ctx.topology.name(DLQ), letter.value, letter.key, letter.headers())
 
 
-class _Transaction:
-    """The open transaction of a runner: when it began and how many input records it holds."""
-
-    def __init__(self, producer: Producer):
-        self.producer = producer
-        self.open = False
-        self.started = 0.0
-        self.records = 0
-
-    def begin(self) -> None:
-        if not self.open:
-            self.producer.begin_transaction()
-            self.open, self.started, self.records = True, time.perf_counter(), 0
-
-    def close(self) -> None:
-        self.open = False
-
-
 class TransactionalRunner:
-    """Runs a Stage in transactions that adapt to the load.
+    """Runs a Stage, one transaction per batch of what the consumer has fetched.
 
-    A transaction is committed as soon as the stage has caught up (nothing more is waiting), so
-    at low rates each record travels on at once; under load it keeps taking what is waiting
-    until it holds `commit_every` records or has been open `commit_interval_s`, so the fixed cost
-    of a commit (four broker round trips) is shared by many records.
+    A batch is whatever is already fetched, up to `batch_size`: the loop waits up to
+    `batch_timeout_s` for the first record only, never for a full batch, so a slow trickle
+    travels on at once and under load batches (and the cost of a commit) grow by themselves.
     """
 
-    def __init__(
-        self,
-        stage: Stage,
-        ctx: BusContext,
-        instance: str = "0",
-        batch_size: int = 2000,
-        batch_timeout_s: float = 0.05,
-        commit_every: int = 5000,
-        commit_interval_s: float = 0.02,
-    ):
+    def __init__(self, stage: Stage, ctx: BusContext, instance: str = "0", batch_size: int = 2000, batch_timeout_s: float = 0.05):
         self.stage = stage
         self.ctx = ctx
         self.batch_size = batch_size
         self.batch_timeout_s = batch_timeout_s
-        self.commit_every = commit_every
-        self.commit_interval_s = commit_interval_s
         self.group_id = ctx.topology.group(f"civicbus-{stage.name}")
         self.transactional_id = f"{self.group_id}.{instance}"
 
@@ -116,71 +85,49 @@ class TransactionalRunner:
         consumer = make_consumer(self.ctx.settings, self.ctx.bootstrap, self.group_id)
         consumer.subscribe(self.stage.subscription())
         log.info("stage %s running as %s", self.stage.name, self.transactional_id)
-        transaction = _Transaction(producer)
         try:
             while not stop.is_set():
-                messages = self._take(consumer, waiting=not transaction.open)
+                messages = self._take(consumer)
                 if messages:
-                    transaction.begin()
-                    try:
-                        self._process(producer, messages)
-                    except KafkaException as e:
-                        self._abort_or_raise(transaction, consumer, e)
-                        continue
-                    transaction.records += len(messages)
-                if transaction.open and (
-                    not messages
-                    or transaction.records >= self.commit_every
-                    or time.perf_counter() - transaction.started >= self.commit_interval_s
-                ):
-                    self._commit(transaction, consumer)
-            if transaction.open:
-                self._commit(transaction, consumer)  # what was processed before SIGTERM
+                    self._process_batch(producer, consumer, messages)
         finally:
             consumer.close()  # leave the group now, so a successor is assigned at once
             producer.flush(10)
             log.info("stage %s stopped", self.stage.name)
 
-    def _take(self, consumer, waiting: bool) -> list[Message]:
-        """Records already fetched, at most a batch; when `waiting`, block up to the batch
-        timeout for the first one (never for a full batch: that would hold up a slow trickle)."""
-        if not waiting:
-            return consumer.consume(self.batch_size, 0)
+    def _take(self, consumer) -> list[Message]:
+        """What is fetched already, at most a batch, after waiting up to the batch timeout for
+        the first record (consume(n, timeout) would hold a trickle back until n arrived)."""
         first = consumer.poll(self.batch_timeout_s)
         if first is None:
             return []
         return [first, *consumer.consume(self.batch_size - 1, 0)]
 
-    def _process(self, producer: Producer, messages: list[Message]) -> None:
-        for message in messages:
-            if message.error():
-                if message.error().code() == KafkaError._PARTITION_EOF:
-                    continue
-                raise KafkaException(message.error())
-            for out in self._safe_process(message):
-                producer.produce(out.topic, out.value, out.key, headers=out.headers)
-            producer.poll(0)
-
-    def _commit(self, transaction: _Transaction, consumer) -> None:
+    def _process_batch(self, producer: Producer, consumer, messages: list[Message]) -> None:
+        started = time.perf_counter()
+        producer.begin_transaction()
         try:
-            self.stage.before_commit(transaction.producer)
+            for message in messages:
+                if message.error():
+                    if message.error().code() == KafkaError._PARTITION_EOF:
+                        continue
+                    raise KafkaException(message.error())
+                for out in self._safe_process(message):
+                    producer.produce(out.topic, out.value, out.key, headers=out.headers)
+                producer.poll(0)
+            self.stage.before_commit(producer)
             positions = [tp for tp in consumer.position(consumer.assignment()) if tp.offset != OFFSET_INVALID]
-            transaction.producer.send_offsets_to_transaction(positions, consumer.consumer_group_metadata())
-            transaction.producer.commit_transaction()
+            producer.send_offsets_to_transaction(positions, consumer.consumer_group_metadata())
+            producer.commit_transaction()
         except KafkaException as e:
-            self._abort_or_raise(transaction, consumer, e)
+            if not e.args[0].txn_requires_abort():
+                raise  # fatal (fenced, broker gone for good): exit and let the supervisor restart us
+            log.warning("stage %s aborting batch: %s", self.stage.name, e)
+            producer.abort_transaction()
+            self._rewind(consumer)
             return
-        STAGE_RECORDS.labels(self.stage.name).inc(transaction.records)
-        STAGE_BATCH_SECONDS.labels(self.stage.name).observe(time.perf_counter() - transaction.started)
-        transaction.close()
-
-    def _abort_or_raise(self, transaction: _Transaction, consumer, e: KafkaException) -> None:
-        if not e.args[0].txn_requires_abort():
-            raise e  # fatal (fenced, broker gone for good): exit and let the supervisor restart us
-        log.warning("stage %s aborting a transaction of %d records: %s", self.stage.name, transaction.records, e)
-        transaction.producer.abort_transaction()
-        transaction.close()
-        self._rewind(consumer)
+        STAGE_RECORDS.labels(self.stage.name).inc(len(messages))
+        STAGE_BATCH_SECONDS.labels(self.stage.name).observe(time.perf_counter() - started)
 
     def _safe_process(self, message: Message) -> Iterable[Output]:
         try:

@@ -39,7 +39,8 @@ class Delivery:
     feed_counts: Counter  # (department, event id) -> records in that department's feed
 
     def problems(self, published_ids: set[str]) -> list[str]:
-        """Each published id dispatched, and in every feed it was dispatched to exactly once."""
+        """Each published id dispatched, in every feed it was dispatched to, and no feed holding an
+        id twice. (Which other feeds may hold it is the policy's business, tested there.)"""
         found = []
         lost = published_ids - set(self.targets)
         if lost:
@@ -51,9 +52,6 @@ class Delivery:
         twice = {k: n for k, n in self.feed_counts.items() if n > 1}
         if twice:
             found.append(f"{len(twice)} (feed, id) delivered more than once, e.g. {sorted(twice.items())[:3]}")
-        unexpected = set(self.feed_counts) - expected
-        if unexpected:
-            found.append(f"{len(unexpected)} (feed, id) deliveries nobody dispatched, e.g. {sorted(unexpected)[:3]}")
         return found
 
 
