@@ -60,6 +60,7 @@ def consumer_config(settings: Settings, bootstrap: str, group_id: str, **extra) 
         "isolation.level": "read_committed",
         "session.timeout.ms": settings.session_timeout_ms,
         "heartbeat.interval.ms": max(500, settings.session_timeout_ms // 6),
+        "fetch.wait.max.ms": settings.fetch_wait_max_ms,
         **extra,
     }
 

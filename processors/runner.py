@@ -61,6 +61,13 @@ def dead_letter_output(ctx: BusContext, stage: str, message: Message, reason: Re
 
 
 class TransactionalRunner:
+    """Runs a Stage, one transaction per batch of what the consumer has fetched.
+
+    A batch is whatever is already fetched, up to `batch_size`: the loop waits up to
+    `batch_timeout_s` for the first record only, never for a full batch, so a slow trickle
+    travels on at once and under load batches (and the cost of a commit) grow by themselves.
+    """
+
     def __init__(self, stage: Stage, ctx: BusContext, instance: str = "0", batch_size: int = 2000, batch_timeout_s: float = 0.05):
         self.stage = stage
         self.ctx = ctx
@@ -83,7 +90,7 @@ class TransactionalRunner:
         log.info("stage %s running as %s", self.stage.name, self.transactional_id)
         try:
             while not stop.is_set():
-                messages = consumer.consume(self.batch_size, self.batch_timeout_s)
+                messages = self._take(consumer)
                 if messages:
                     self._process_batch(producer, consumer, messages)
         finally:
@@ -91,6 +98,14 @@ class TransactionalRunner:
             producer.flush(10)
             self.stage.close()
             log.info("stage %s stopped", self.stage.name)
+
+    def _take(self, consumer) -> list[Message]:
+        """What is fetched already, at most a batch, after waiting up to the batch timeout for
+        the first record (consume(n, timeout) would hold a trickle back until n arrived)."""
+        first = consumer.poll(self.batch_timeout_s)
+        if first is None:
+            return []
+        return [first, *consumer.consume(self.batch_size - 1, 0)]
 
     def _process_batch(self, producer: Producer, consumer, messages: list[Message]) -> None:
         started = time.perf_counter()

@@ -3,14 +3,23 @@
     publisher = Publisher(ctx, "citymgmt")
     event_id = publisher.publish({"type": "city.case.reported", "data": {...}, "location": {...}})
 
+    with Publisher(ctx, "citymgmt", spool=True) as publisher:
+        event_id = publisher.accept({...})   # on local disk now; delivered whenever the broker answers
+
 Every event is validated against its schema before it is sent (EventValidationError names the
-failing fields); `publish` returns once the broker acknowledged it (idempotent producer, acks=all).
+failing fields). Two ways to hand it over, the caller chooses:
+- `publish` waits for the broker's ack (idempotent producer, acks=all) and raises PublishError
+  when it does not come in time: the caller owns the retry.
+- `accept` (with `spool=True`) returns once the event is fsync'd to the department's spool
+  under Settings.state_dir; a background sender delivers the spool in order, across broker
+  outages and restarts of this process (see producers/spool.py).
 """
 
 from __future__ import annotations
 
 import uuid
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Any
 
 from confluent_kafka import KafkaError
@@ -18,6 +27,7 @@ from confluent_kafka import KafkaError
 from civicbus.context import BusContext
 from civicbus.kafka import make_producer
 from civicbus.schemas import EventValidationError
+from producers.spool import DiskSpool, SpoolSender, encode_record
 
 
 class PublishError(RuntimeError):
@@ -38,14 +48,26 @@ def complete_event(ctx: BusContext, department: str, event: dict[str, Any]) -> d
     return ctx.catalog.validate(event)
 
 
+def spool_directory(ctx: BusContext) -> Path:
+    return ctx.settings.state_dir / "spool"
+
+
 class Publisher:
-    def __init__(self, ctx: BusContext, department: str, timeout_s: float = 30.0):
+    def __init__(self, ctx: BusContext, department: str, timeout_s: float = 30.0, spool: bool = False):
+        """`spool=True` opens (and resumes) the department's spool; one process at a time holds it."""
         ctx.city.department(department)  # KeyError for an unknown department
         self.ctx = ctx
         self.department = department
         self.topic = ctx.topology.inbound(department)
         self.timeout_s = timeout_s
         self._producer = make_producer(ctx.bootstrap, **{"message.timeout.ms": int(timeout_s * 1000)})
+        self._spool: SpoolSender | None = None
+        if spool:
+            self._spool = SpoolSender(
+                DiskSpool(spool_directory(ctx), ctx.topology.name(department)),
+                lambda: make_producer(ctx.bootstrap, **{"message.timeout.ms": 0}),  # 0: retry until delivered
+                self.topic,
+            )
 
     def complete(self, event: dict[str, Any]) -> dict[str, Any]:
         """Fill in what the SDK knows (id, time, source, default classification) and validate."""
@@ -77,8 +99,33 @@ class Publisher:
         self._producer.produce(self.topic, value, completed_event["id"].encode(), headers=headers, on_delivery=on_delivery)
         self._producer.poll(0)
 
+    def accept(self, event: dict[str, Any]) -> str:
+        """Validate and spool durably; return the id. Delivery follows in the background."""
+        return self.accept_many([event])[0]
+
+    def accept_many(self, events: list[dict[str, Any]]) -> list[str]:
+        """Validate all first (nothing is spooled if one is invalid), spool with one fsync."""
+        if self._spool is None:
+            raise RuntimeError("accept needs the spool: create the publisher with Publisher(..., spool=True)")
+        completed = [self.complete(e) for e in events]
+        frames = [encode_record(e["id"].encode(), *self.ctx.serde.encode(e, self.topic)) for e in completed]
+        self._spool.append(frames)
+        return [e["id"] for e in completed]
+
+    def drain(self, timeout_s: float | None = None) -> bool:
+        """Wait until every accepted event is acknowledged by the broker; False on timeout."""
+        return self._spool is None or self._spool.drain(self.timeout_s if timeout_s is None else timeout_s)
+
+    @property
+    def spooled_bytes(self) -> int:
+        """Bytes accepted into the spool and not yet acknowledged by the broker."""
+        return 0 if self._spool is None else self._spool.pending_bytes()
+
     def close(self) -> None:
+        """Flush what was sent; give the spool `timeout_s` to drain, the rest waits on disk for next time."""
         self._producer.flush(self.timeout_s)
+        if self._spool is not None:
+            self._spool.close(self.timeout_s)
 
     def __enter__(self) -> Publisher:
         return self

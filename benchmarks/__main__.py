@@ -1,0 +1,66 @@
+"""`python -m benchmarks NAME [OPTIONS]` (or `all`): run benchmarks, write benchmarks/results/NAME.json."""
+
+from __future__ import annotations
+
+import typer
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
+
+
+@app.callback()
+def main() -> None:
+    """Each command runs one benchmark; `all` runs them in turn."""
+
+
+@app.command()
+def throughput(events: int = 10_000, repeats: int = 3, seed: int = 6, profile: bool = typer.Option(False, help="py-spy every stage")) -> None:
+    """(a) pipeline vs raw passthrough, case stage vs bare faust."""
+    from benchmarks.throughput import run
+
+    run(events, repeats, seed, profile)
+
+
+@app.command()
+def latency(seed: int = 6) -> None:
+    """(b) publish -> feed latency p50/p95/p99 at 100, 1,000 and 5,000 events/s."""
+    from benchmarks.latency import run
+
+    run(seed)
+
+
+@app.command()
+def serde(seed: int = 6, repeats: int = 5) -> None:
+    """(c) Avro encode and decode rates."""
+    from benchmarks.serde_rates import run
+
+    run(seed, repeats)
+
+
+@app.command()
+def workers(events: int = 10_000, repeats: int = 2, seed: int = 6) -> None:
+    """(d) two workers per stage against one."""
+    from benchmarks.workers import run
+
+    run(events, repeats, seed)
+
+
+@app.command()
+def gateway(seed: int = 6) -> None:
+    """(e) HTTP gateway under 50 concurrent clients (needs the gateway of DESIGN.md)."""
+    from benchmarks.gateway import run
+
+    run(seed)
+
+
+@app.command("all")
+def run_all(seed: int = 6) -> None:
+    """Every benchmark in turn, with its defaults."""
+    serde(seed=seed)
+    throughput(seed=seed, profile=True)
+    latency(seed=seed)
+    workers(seed=seed)
+    gateway(seed=seed)
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,171 @@
+"""(e) A bounded load test of the HTTP gateway on loopback: 50 concurrent clients for a fixed
+time, half posting events (POST /v1/events), half reading a feed (GET /v1/feeds/{agency}/events);
+requests/s, p50/p99 and errors per endpoint. Target: zero errors.
+
+Written against the contract of DESIGN.md ("HTTP gateway"): `civicbus up` serves it on
+--http-port, `civicbus token AGENCY` prints a department's token. Where the build has no
+gateway yet, the result says so instead of figures.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+from benchmarks.report import percentile, write_result
+from civicbus.broker import free_port
+from civicbus.cli_support import bus_context
+from producers.simulator import CityTraffic
+
+CLIENTS = 50
+DURATION_S = 15.0
+WARMUP_S = 2.0
+PUBLISHERS = ("citymgmt", "hotline12345")
+READER = "citymgmt"
+
+
+def civicbus(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "civicbus.cli", *args], env=env, capture_output=True, text=True, timeout=60)
+
+
+async def wait_healthy(base: str, up: subprocess.Popen, timeout_s: float) -> bool:
+    deadline = time.monotonic() + timeout_s
+    async with httpx.AsyncClient() as client:
+        while time.monotonic() < deadline and up.poll() is None:
+            try:
+                if (await client.get(f"{base}/healthz", timeout=1)).status_code == 200:
+                    return True
+            except httpx.HTTPError:
+                pass
+            await asyncio.sleep(0.5)
+    return False
+
+
+class Tally:
+    def __init__(self):
+        self.latencies_ms: dict[str, list[float]] = {"post_event": [], "get_feed": []}
+        self.errors: dict[str, list[str]] = {"post_event": [], "get_feed": []}
+
+    def summary(self, seconds: float) -> dict:
+        return {
+            name: {
+                "requests": len(values),
+                "requests_per_s": round(len(values) / seconds, 1),
+                "p50_ms": round(percentile(values, 50), 1) if values else None,
+                "p99_ms": round(percentile(values, 99), 1) if values else None,
+                "errors": len(self.errors[name]),
+                "first_errors": self.errors[name][:5],
+            }
+            for name, values in self.latencies_ms.items()
+        }
+
+
+async def poster(client: httpx.AsyncClient, token: str, events: list[dict], tally: Tally, measuring, until: float) -> None:
+    n = 0
+    while time.monotonic() < until:
+        event = events[n % len(events)]
+        n += 1
+        started = time.perf_counter()
+        try:
+            response = await client.post("/v1/events", json=event, headers={"Authorization": f"Bearer {token}"})
+            ok = response.status_code == 202 and "id" in response.json()
+            failure = None if ok else f"{response.status_code}: {response.text[:200]}"
+        except httpx.HTTPError as e:
+            failure = f"{type(e).__name__}: {e}"
+        if measuring():
+            tally.latencies_ms["post_event"].append((time.perf_counter() - started) * 1000)
+            if failure:
+                tally.errors["post_event"].append(failure)
+
+
+async def reader(client: httpx.AsyncClient, token: str, tally: Tally, measuring, until: float) -> None:
+    cursor = None
+    while time.monotonic() < until:
+        params = {"limit": 100, "wait": 0} | ({"cursor": cursor} if cursor else {})
+        started = time.perf_counter()
+        try:
+            response = await client.get(f"/v1/feeds/{READER}/events", params=params, headers={"Authorization": f"Bearer {token}"})
+            body = response.json() if response.status_code == 200 else {}
+            failure = None if "events" in body and "cursor" in body else f"{response.status_code}: {response.text[:200]}"
+            cursor = body.get("cursor", cursor)
+        except (httpx.HTTPError, ValueError) as e:
+            failure = f"{type(e).__name__}: {e}"
+        if measuring():
+            tally.latencies_ms["get_feed"].append((time.perf_counter() - started) * 1000)
+            if failure:
+                tally.errors["get_feed"].append(failure)
+
+
+async def load(base: str, tokens: dict[str, str], events: dict[str, list[dict]]) -> dict:
+    tally = Tally()
+    started = time.monotonic()
+    measuring = lambda: time.monotonic() - started >= WARMUP_S
+    until = started + WARMUP_S + DURATION_S
+    limits = httpx.Limits(max_connections=CLIENTS, max_keepalive_connections=CLIENTS)
+    async with httpx.AsyncClient(base_url=base, limits=limits, timeout=30) as client:
+        tasks = []
+        for i in range(CLIENTS):
+            if i % 2 == 0:
+                department = PUBLISHERS[i // 2 % len(PUBLISHERS)]
+                tasks.append(poster(client, tokens[department], events[department], tally, measuring, until))
+            else:
+                tasks.append(reader(client, tokens[READER], tally, measuring, until))
+        await asyncio.gather(*tasks)
+    return tally.summary(DURATION_S)
+
+
+def sample_events(seed: int) -> dict[str, list[dict]]:
+    """Event bodies as a department posts them: type, location, data (the gateway fills the rest)."""
+    traffic = CityTraffic(bus_context(), seed)
+    events: dict[str, list[dict]] = {d: [] for d in PUBLISHERS}
+    while min(len(v) for v in events.values()) < 200:
+        department, event = traffic.next_event()
+        if event["type"] == "case.status.updated":
+            continue
+        publisher = "hotline12345" if event["type"] == "hotline.request.received" else "citymgmt"
+        events[publisher].append(event)
+    return events
+
+
+def run(seed: int = 6) -> Path:
+    env = {k: v for k, v in os.environ.items() if k not in ("CIVICBUS_BOOTSTRAP", "CIVICBUS_NAMESPACE")}
+    http_port = free_port()
+    base = f"http://127.0.0.1:{http_port}"
+    with tempfile.TemporaryFile() as log:
+        up = subprocess.Popen(
+            [sys.executable, "-m", "civicbus.cli", "up", "--broker-port", str(free_port()), "--http-port", str(http_port),
+             "--metrics-port", str(free_port())],
+            env=env, stdout=log, stderr=subprocess.STDOUT,
+        )
+        try:
+            if not asyncio.run(wait_healthy(base, up, 90)):
+                log.seek(0)
+                return write_result("gateway", {"status": "unavailable", "reason": f"no gateway answered GET {base}/healthz within 90 s "
+                                    "(`civicbus up` of this build serves none yet); it runs once the gateway is merged",
+                                    "up_output_tail": log.read().decode(errors="replace")[-1500:]})
+            tokens = {}
+            for department in {*PUBLISHERS, READER}:
+                result = civicbus("token", department, env=env)
+                if result.returncode != 0:
+                    raise RuntimeError(f"civicbus token {department} failed: {result.stderr[-500:]}")
+                tokens[department] = result.stdout.strip().splitlines()[-1]
+            figures = asyncio.run(load(base, tokens, sample_events(seed)))
+        finally:
+            up.send_signal(signal.SIGINT)
+            try:
+                up.wait(60)
+            except subprocess.TimeoutExpired:
+                up.kill()
+    errors = sum(f["errors"] for f in figures.values())
+    return write_result("gateway", {
+        "status": "measured", "clients": CLIENTS, "duration_s": DURATION_S, "warmup_s": WARMUP_S, "seed": seed,
+        "endpoints": figures, "target": {"errors": 0}, "target_met": errors == 0,
+    })

@@ -1,0 +1,277 @@
+"""What the pipeline benchmarks share: an own embedded broker, a seeded workload, stage processes,
+and a reader that tells when every event of a run has arrived.
+
+Workload: the simulator's realistic city traffic (case-forming types) plus event types that form
+no case. When the catalog has no such type yet (the pipeline adds sensor and traffic types), a
+benchmark-only `bench.sensor.reading` is added to a private copy of schemas/ and config/: it
+takes exactly the path every non-case type takes (ingest dispatches it, one hop fewer).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Iterable
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
+
+from civicbus.broker import EmbeddedBroker
+from civicbus.context import BusContext
+from civicbus.kafka import apply_topics
+from civicbus.registry import lock_schemas
+from civicbus.schemas import EventCatalog
+from civicbus.settings import Settings
+from civicbus.topology import DIST_EVENTS, DLQ, PIPE_CASES, Topology
+from processors.ingest import PUBLISHED_AT_HEADER
+from producers.simulator import CityTraffic
+from producers.sdk import Publisher
+
+SENSOR_TYPE = "bench.sensor.reading"
+SENSOR_DEPARTMENT = "ecoenv"
+SENSOR_SCHEMA = {
+    "type": "record", "name": "BenchSensorReading", "namespace": "civicbus.events",
+    "doc": "Benchmark only: a sensor reading, an event type that forms no case.",
+    "civicbus.event_type": SENSOR_TYPE, "civicbus.classification": "INTERNAL",
+    "fields": [
+        {"name": "sensor_id", "type": "string"},
+        {"name": "kind", "type": {"type": "enum", "name": "BenchSensorKind", "symbols": ["air_quality", "water_level", "noise", "manhole_cover"]}},
+        {"name": "value", "type": "double"},
+        {"name": "unit", "type": "string"},
+    ],
+}
+
+
+@dataclass(frozen=True)
+class Record:
+    topic: str
+    key: bytes
+    value: bytes
+    headers: list[tuple[str, bytes]]
+
+
+@contextmanager
+def benchmark_city(work_dir: Path):
+    """Settings over a private copy of schemas/ and config/, with a non-case type if none exists;
+    the stage processes started meanwhile find the copy through the environment."""
+    schemas, config = work_dir / "schemas", work_dir / "config"
+    shutil.copytree(Settings.model_fields["schemas_dir"].default, schemas)
+    shutil.copytree(Settings.model_fields["config"].default, config)
+    if all(t.case_stage for t in EventCatalog(schemas)):
+        (schemas / "events" / f"{SENSOR_TYPE}.avsc").write_text(json.dumps(SENSOR_SCHEMA))
+        lock_schemas(EventCatalog(schemas))
+        departments = yaml.safe_load((config / "departments.yaml").read_text(encoding="utf-8"))
+        for d in departments["departments"]:
+            if d["id"] == SENSOR_DEPARTMENT:
+                d["publishes"].append(SENSOR_TYPE)
+        (config / "departments.yaml").write_text(yaml.safe_dump(departments, allow_unicode=True), encoding="utf-8")
+        dispatch = yaml.safe_load((config / "dispatch.yaml").read_text(encoding="utf-8"))
+        dispatch["rules"].append({"type": SENSOR_TYPE, "to": [SENSOR_DEPARTMENT]})
+        (config / "dispatch.yaml").write_text(yaml.safe_dump(dispatch, allow_unicode=True), encoding="utf-8")
+    saved = {name: os.environ.get(name) for name in ("CIVICBUS_SCHEMAS_DIR", "CIVICBUS_CONFIG")}
+    os.environ.update(CIVICBUS_SCHEMAS_DIR=str(schemas), CIVICBUS_CONFIG=str(config))
+    try:
+        yield Settings(schemas_dir=schemas, config=config)
+    finally:
+        for name, value in saved.items():
+            os.environ.pop(name, None) if value is None else os.environ.update({name: value})
+
+
+class Workload:
+    """Seeded events, encoded once, split by path: forms no case / goes through the case stage."""
+
+    def __init__(self, ctx: BusContext, seed: int):
+        self.ctx = ctx
+        self.rng = random.Random(seed)
+        self.traffic = CityTraffic(ctx, seed)
+        self.publishers: dict[str, Publisher] = {}
+
+    def _complete(self, department: str, event: dict) -> dict:
+        publisher = self.publishers.get(department) or self.publishers.setdefault(department, Publisher(self.ctx, department))
+        return publisher.complete(event)
+
+    def _sensor_event(self) -> tuple[str, dict]:
+        kind = self.rng.choice(SENSOR_SCHEMA["fields"][1]["type"]["symbols"])
+        return SENSOR_DEPARTMENT, {
+            "type": SENSOR_TYPE,
+            "location": {"raw_address": "东城区安定门内大街1号", "lat": 39.9475 + self.rng.uniform(-0.01, 0.01), "lon": 116.4075},
+            "data": {"sensor_id": f"s-{self.rng.randrange(500)}", "kind": kind, "value": self.rng.uniform(0, 200), "unit": "ug/m3"},
+        }
+
+    def events(self, count: int, case_stage: bool) -> list[tuple[str, dict]]:
+        out: list[tuple[str, dict]] = []
+        tries = 0
+        while len(out) < count:
+            tries += 1
+            if tries > 20 * count + 1000:
+                raise RuntimeError(f"the simulator produces no {'case' if case_stage else 'non-case'} events")
+            if not case_stage and SENSOR_TYPE in self.ctx.catalog:
+                department, event = self._sensor_event()
+            else:
+                department, event = self.traffic.next_event()
+                if self.ctx.catalog[event["type"]].case_stage != case_stage:
+                    continue
+            out.append((department, self._complete(department, event)))
+        return out
+
+    def mix(self, count: int) -> list[tuple[str, dict]]:
+        """Half events that form no case (sensors, traffic), half case traffic, interleaved."""
+        merged = self.events(count // 2, False) + self.events(count - count // 2, True)
+        self.rng.shuffle(merged)
+        return merged
+
+    def inbound_records(self, events: Iterable[tuple[str, dict]]) -> list[Record]:
+        records = []
+        for department, event in events:
+            topic = self.ctx.topology.inbound(department)
+            value, headers = self.ctx.serde.encode(event, topic)
+            records.append(Record(topic, event["id"].encode(), value, headers))
+        return records
+
+
+def produce(bootstrap: str, records: Iterable[Record], topic: str | None = None) -> None:
+    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 20, "acks": "all", "batch.num.messages": 10000})
+    for r in records:
+        while True:
+            try:
+                producer.produce(topic or r.topic, r.value, r.key, headers=r.headers)
+                break
+            except BufferError:
+                producer.poll(0.05)
+        producer.poll(0)
+    if producer.flush(60):
+        raise RuntimeError("the broker did not acknowledge every benchmark record")
+
+
+def stamped(record: Record, topic: str) -> Record:
+    """A record as ingest writes it onward: with the publish time header the case stage carries."""
+    return Record(topic, record.key, record.value, record.headers + [(PUBLISHED_AT_HEADER, str(int(time.time() * 1000)).encode())])
+
+
+class Arrivals:
+    """Reads topics (read_committed, no group) and notes when each wanted key first arrives."""
+
+    def __init__(self, bootstrap: str, topics: list[str]):
+        self.consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"bench-{uuid.uuid4().hex}",
+                                  "enable.auto.commit": False, "isolation.level": "read_committed", "fetch.wait.max.ms": 10})
+        metadata = self.consumer.list_topics(timeout=10).topics
+        self.consumer.assign([TopicPartition(t, p, 0) for t in topics for p in metadata[t].partitions])
+        self.first_seen: dict[bytes, float] = {}
+        # (key, arrival time s, published-at ms, written-at ms: the record's own CreateTime) per record
+        self.records: list[tuple[bytes, float, int, int]] = []
+
+    def wait_for(self, keys: set[bytes], timeout_s: float) -> float:
+        """Block until every key arrived; return the arrival time of the last one."""
+        deadline = time.monotonic() + timeout_s
+        missing = set(keys) - set(self.first_seen)
+        while missing:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{len(missing)} of {len(keys)} events did not arrive within {timeout_s:.0f}s")
+            first = self.consumer.poll(0.1)  # returns at the first record; consume(n, t) would wait for n
+            for message in [first, *self.consumer.consume(5000, 0)] if first is not None else []:
+                if message.error():
+                    continue
+                now = time.time()
+                self.first_seen.setdefault(message.key(), now)
+                missing.discard(message.key())
+                published = dict(message.headers() or []).get(PUBLISHED_AT_HEADER)
+                if published:
+                    self.records.append((message.key(), now, int(published), message.timestamp()[1]))
+        return max(self.first_seen[k] for k in keys)
+
+    def close(self) -> None:
+        self.consumer.close()
+
+
+def locate(ctx: BusContext, keys: set[bytes]) -> dict[str, dict[str, int]]:
+    """How many of `keys` each hop holds, committed and uncommitted: where missing events stopped."""
+    hops = {
+        "inbound": [ctx.topology.inbound(d) for d in ctx.city.department_ids()],
+        "pipe.cases": [ctx.topology.name(PIPE_CASES)],
+        "dist.events": [ctx.topology.name(DIST_EVENTS)],
+        "feeds": [ctx.topology.feed(d) for d in ctx.city.department_ids()],
+        "dlq": [ctx.topology.name(DLQ)],
+    }
+    found: dict[str, dict[str, int]] = {}
+    for hop, topics in hops.items():
+        for isolation in ("read_committed", "read_uncommitted"):
+            consumer = Consumer({"bootstrap.servers": ctx.bootstrap, "group.id": f"locate-{uuid.uuid4().hex}", "enable.auto.commit": False,
+                                 "isolation.level": isolation, "enable.partition.eof": True})
+            metadata = consumer.list_topics(timeout=10).topics
+            partitions = [TopicPartition(t, p, 0) for t in topics for p in metadata[t].partitions]
+            consumer.assign(partitions)
+            seen, ended, deadline = set(), 0, time.monotonic() + 30
+            while ended < len(partitions) and time.monotonic() < deadline:
+                for message in consumer.consume(5000, 0.5):
+                    if message.error():
+                        ended += message.error().code() == KafkaError._PARTITION_EOF
+                    elif message.key() in keys:
+                        seen.add(message.key())
+            consumer.close()
+            found.setdefault(hop, {})[isolation] = len(seen)
+    return found
+
+
+class StageProcesses:
+    """`civicbus process` children (or any module) for the benchmark's namespace."""
+
+    def __init__(self, ctx: BusContext, log_dir: Path):
+        self.ctx = ctx
+        self.log_dir = log_dir
+        self.processes: dict[str, subprocess.Popen] = {}
+
+    def env(self) -> dict[str, str]:
+        return {**os.environ, "CIVICBUS_BOOTSTRAP": self.ctx.bootstrap, "CIVICBUS_NAMESPACE": self.ctx.settings.namespace,
+                "CIVICBUS_LOG_LEVEL": "WARNING"}
+
+    def start(self, name: str, argv: list[str]) -> subprocess.Popen:
+        with open(self.log_dir / f"{name}.log", "ab") as log:
+            self.processes[name] = subprocess.Popen([sys.executable, *argv], env=self.env(), stdout=log, stderr=subprocess.STDOUT)
+        return self.processes[name]
+
+    def log_tails(self, chars: int = 1500) -> str:
+        return "\n".join(f"--- {log.stem}\n{log.read_text(errors='replace')[-chars:]}" for log in sorted(self.log_dir.glob("*.log")))
+
+    def start_stage(self, stage: str, instance: str = "0") -> None:
+        self.start(f"{stage}-{instance}", ["-m", "civicbus.cli", "process", stage, "--instance", instance])
+
+    def stop(self) -> None:
+        for process in self.processes.values():
+            if process.poll() is None:
+                process.terminate()
+        for name, process in self.processes.items():
+            try:
+                process.wait(30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        self.processes = {}
+
+
+@contextmanager
+def bench_bus(partitions: int = 1, namespace: str = "bench."):
+    """An own embedded broker (or CIVICBUS_BOOTSTRAP), a context over the benchmark city, and
+    the stage processes, stopped on the way out."""
+    with tempfile.TemporaryDirectory(prefix="civicbus-bench-") as work, ExitStack() as cleanup:
+        work_dir = Path(work)
+        settings = cleanup.enter_context(benchmark_city(work_dir))
+        bootstrap = os.environ.get("CIVICBUS_BOOTSTRAP")
+        if not bootstrap:
+            bootstrap = cleanup.enter_context(EmbeddedBroker(log_path=work_dir / "broker.log")).bootstrap
+        namespace = f"{namespace}{uuid.uuid4().hex[:6]}."
+        ctx = BusContext(settings.model_copy(update={"bootstrap": bootstrap, "namespace": namespace, "state_dir": work_dir / "state"}))
+        topology = Topology(ctx.topology.departments, ctx.topology.namespace, pipeline_partitions=partitions)
+        apply_topics(bootstrap, topology.specs())
+        stages = StageProcesses(ctx, work_dir)
+        cleanup.callback(stages.stop)  # before the broker stops, also when the benchmark fails
+        yield ctx, stages
