@@ -13,8 +13,9 @@ from civicbus.dlq import Reason, read_headers
 from civicbus.kafka import make_producer
 from civicbus.serde import MAX_EVENT_BYTES
 from civicbus.topology import DLQ
+from producers.sdk import Publisher
 from tests.reliability.workload import Delivery, city_events, count_feeds, read_dispatched, wait_for_feeds
-from tests.support import read_topic
+from tests.support import case_report, read_topic
 
 BAD = 10_000
 VALID = 2_000
@@ -115,7 +116,8 @@ def _avro(parsed_schema, record) -> bytes:
 def test_fuzzed_bad_inputs_are_dead_lettered_while_valid_events_flow_and_no_stage_restarts(bus, pipeline):
     rng = random.Random(6)
     valid = city_events(bus, VALID, seed=7)
-    template = next(e for d, e in valid if d == "citymgmt" and e["type"] == "city.case.reported")
+    with Publisher(bus, "citymgmt") as citymgmt:
+        template = citymgmt.complete(case_report())
     fuzzer = Fuzzer(bus, template, rng)
     pids = {name: stage.process.pid for name, stage in pipeline.stages.items()}
     producer = make_producer(bus.bootstrap, **{"linger.ms": 20})

@@ -35,7 +35,7 @@ def city_events(ctx: BusContext, count: int, seed: int) -> list[tuple[str, dict[
 class Delivery:
     """Where the pipeline put the published events: dist-stream targets and per-feed key counts."""
 
-    targets: dict[str, set[str]]  # event id -> departments it was dispatched to
+    targets: dict[str, set[str]]  # event id -> departments the policy delivers it to
     feed_counts: Counter  # (department, event id) -> records in that department's feed
 
     def problems(self, published_ids: set[str]) -> list[str]:
@@ -56,16 +56,19 @@ class Delivery:
 
 
 def read_dispatched(ctx: BusContext, ids: set[str], timeout_s: float) -> dict[str, set[str]]:
-    """Targets per event id from civic.dist.events, once every id in `ids` is there."""
+    """Receiving departments per event id (dispatch targets and grants, as the policy decides)
+    for every event on civic.dist.events, once every id in `ids` is there."""
     targets: dict[str, set[str]] = {}
     read = 0
+    policy = ctx.policy.get()
 
     def until(messages) -> bool:
         nonlocal read
         for message in messages[read:]:
             event = ctx.serde.decode(message.value(), message.topic())
-            previous = targets.setdefault(event["id"], set(event["targets"]))
-            assert previous == set(event["targets"]), f"{event['id']} dispatched twice, differently"
+            receivers = {delivery.department for delivery in policy.deliveries(event)}
+            previous = targets.setdefault(event["id"], receivers)
+            assert previous == receivers, f"{event['id']} dispatched twice, differently"
         read = len(messages)
         return ids <= targets.keys()
 
@@ -74,7 +77,7 @@ def read_dispatched(ctx: BusContext, ids: set[str], timeout_s: float) -> dict[st
 
 
 def wait_for_feeds(ctx: BusContext, targets: dict[str, set[str]], timeout_s: float) -> None:
-    """Until every (feed, id) dispatched is in the feeds; duplicates are counted later, at rest."""
+    """Until every (feed, id) the policy delivers is in the feeds; duplicates are counted later, at rest."""
     expected = {(ctx.topology.feed(d), i) for i, departments in targets.items() for d in departments}
     seen: set[tuple[str, str]] = set()
     read = 0
