@@ -70,7 +70,9 @@ class FanoutStage(Stage):
         self.seen_topic = self.topology.name(STATE_FANOUT_SEEN)
         self.audit_topic = self.topology.name(AUDIT)
         self.seen = SeenIds()
-        self._delivered_in_batch: list[bytes] = []
+        # Ids delivered by the open transaction: they join `seen` only once it commits, so an
+        # aborted batch is replayed in full rather than dropped as duplicates.
+        self._delivered_in_batch: dict[bytes, None] = {}
 
     def subscription(self) -> list[str]:
         return [self.topology.name(DIST_EVENTS)]
@@ -100,11 +102,10 @@ class FanoutStage(Stage):
 
     def process(self, message: Message) -> Iterable[Output]:
         event_id = message.key()
-        if event_id in self.seen:
+        if event_id in self.seen or event_id in self._delivered_in_batch:
             DUPLICATES_DROPPED.labels(self.name).inc()
             return []
-        self.seen.add(event_id)
-        self._delivered_in_batch.append(event_id)
+        self._delivered_in_batch[event_id] = None
         event = self.ctx.serde.decode(message.value(), message.topic())
         published_ms = header(message, PUBLISHED_AT_HEADER)
         outputs = []
@@ -135,4 +136,11 @@ class FanoutStage(Stage):
         producer.flush()  # the feed records first: see the module docstring
         for event_id in self._delivered_in_batch:
             producer.produce(self.seen_topic, b"", event_id)
-        self._delivered_in_batch = []
+
+    def after_commit(self) -> None:
+        for event_id in self._delivered_in_batch:
+            self.seen.add(event_id)
+        self._delivered_in_batch = {}
+
+    def after_abort(self) -> None:
+        self._delivered_in_batch = {}

@@ -50,6 +50,12 @@ class Stage:
     def before_commit(self, producer: Producer) -> None:
         """Called inside the transaction, after the batch's outputs were produced."""
 
+    def after_commit(self) -> None:
+        """The batch's transaction committed: its effects are durable."""
+
+    def after_abort(self) -> None:
+        """The batch's transaction was aborted: forget what it did; its input will be replayed."""
+
     def close(self) -> None:
         """Called once when the loop ends (stop helpers started by prepare)."""
 
@@ -128,8 +134,10 @@ class TransactionalRunner:
                 raise  # fatal (fenced, broker gone for good): exit and let the supervisor restart us
             log.warning("stage %s aborting batch: %s", self.stage.name, e)
             producer.abort_transaction()
+            self.stage.after_abort()
             self._rewind(consumer)
             return
+        self.stage.after_commit()
         STAGE_RECORDS.labels(self.stage.name).inc(len(messages))
         STAGE_BATCH_SECONDS.labels(self.stage.name).observe(time.perf_counter() - started)
 
