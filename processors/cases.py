@@ -54,24 +54,28 @@ class CaseMetrics:
         self._labels = set(result.open)
 
 
-def create_app(ctx: BusContext) -> faust.App:
+def faust_settings(ctx: BusContext) -> dict:
+    """How civicbus runs faust: raw bytes (our serde decodes), at-least-once, short sessions for
+    the embedded broker. Shared with the bare-faust benchmark so the comparison is fair."""
     session_s = ctx.settings.session_timeout_ms / 1000
+    return {
+        "broker": f"kafka://{ctx.bootstrap}",
+        "store": "memory://",
+        "web_enabled": False,
+        "key_serializer": "raw",
+        "value_serializer": "raw",
+        "processing_guarantee": "at_least_once",
+        "consumer_auto_offset_reset": "earliest",
+        "broker_session_timeout": session_s,
+        "broker_heartbeat_interval": max(0.5, session_s / 6),
+        "broker_commit_interval": 0.5,
+        "producer_acks": -1,
+    }
+
+
+def create_app(ctx: BusContext) -> faust.App:
     partitions = ctx.topology.pipeline_partitions
-    app = faust.App(
-        ctx.topology.group("civicbus-cases"),
-        broker=f"kafka://{ctx.bootstrap}",
-        store="memory://",
-        web_enabled=False,
-        key_serializer="raw",
-        value_serializer="raw",
-        processing_guarantee="at_least_once",
-        consumer_auto_offset_reset="earliest",
-        topic_partitions=partitions,
-        broker_session_timeout=session_s,
-        broker_heartbeat_interval=max(0.5, session_s / 6),
-        broker_commit_interval=0.5,
-        producer_acks=-1,
-    )
+    app = faust.App(ctx.topology.group("civicbus-cases"), topic_partitions=partitions, **faust_settings(ctx))
     pipe_topic = app.topic(ctx.topology.name(PIPE_CASES), key_type=bytes, value_type=bytes)
     dist_topic = app.topic(ctx.topology.name(DIST_EVENTS), key_type=bytes, value_type=bytes)
     dlq_topic = app.topic(ctx.topology.name(DLQ), key_type=bytes, value_type=bytes)
