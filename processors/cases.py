@@ -14,10 +14,15 @@ or one derived from it, so what a restarted worker emits twice is dropped by the
 
 from __future__ import annotations
 
+import asyncio
+import json
 import logging
 import time
+from collections.abc import Iterator, MutableMapping
+from dataclasses import dataclass
 
 import faust
+from confluent_kafka import Consumer, KafkaError, TopicPartition
 
 from civicbus.context import BusContext
 from civicbus.dlq import DeadLetter, Reason
@@ -54,6 +59,123 @@ class CaseMetrics:
         self._labels = set(result.open)
 
 
+class ChangeloggedStore(MutableMapping):
+    """A faust table's store, written through to its changelog and restored from all of it.
+
+    Writes: faust's own (`table[key] = value`) queue changelog records in a producer buffer that
+    its pre-commit flush may leave undrained (it gives up after 0.1 s without progress), so an
+    offset could be committed before the record of the change it caused. Records sent by
+    `publish` go straight to the producer, which faust flushes before every offset commit.
+    Restore: faust's recovery reads up to the reported high watermark, which the embedded broker
+    gives as the base offset of the last record batch + 1 (DESIGN.md), losing the newest cases
+    on restart. `restore` reads the changelog to its real end (end-of-partition) instead.
+    """
+
+    def __init__(self, table: faust.Table):
+        self.table = table
+        self._changed: dict[str, dict | None] = {}
+
+    def __getitem__(self, key: str) -> dict:
+        return self.table.data[key]
+
+    def __setitem__(self, key: str, value: dict) -> None:
+        self.table.data[key] = value
+        self._changed[key] = value
+
+    def __delitem__(self, key: str) -> None:
+        del self.table.data[key]
+        self._changed[key] = None  # a tombstone: recovery deletes the key
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.table.data)
+
+    def __len__(self) -> int:
+        return len(self.table.data)
+
+    def restore(self, bootstrap: str, partitions: list[int], timeout_s: float = 120.0) -> None:
+        """Rebuild the store from the whole changelog: what it says last about a key is the case."""
+        topic = self.table.changelog_topic.get_topic_name()
+        consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"{topic}-restore", "enable.auto.commit": False,
+                             "enable.partition.eof": True})
+        consumer.assign([TopicPartition(topic, p, 0) for p in partitions])
+        remaining, deadline = set(partitions), time.monotonic() + timeout_s
+        self.table.data.clear()
+        try:
+            while remaining and time.monotonic() < deadline:
+                message = consumer.poll(0.5)
+                if message is None:
+                    continue
+                if message.error():
+                    if message.error().code() == KafkaError._PARTITION_EOF:
+                        remaining.discard(message.partition())
+                    continue
+                key, value = json.loads(message.key()), json.loads(message.value()) if message.value() else None
+                if value is None:
+                    self.table.data.pop(key, None)
+                else:
+                    self.table.data[key] = value
+        finally:
+            consumer.close()
+        if remaining:
+            raise TimeoutError(f"{topic} not read to its end within {timeout_s}s")
+        log.info("case stage restored %d cases from %s", len(self.table.data), topic)
+
+    async def publish(self, partition: int) -> None:
+        """Send the changes of the event just processed to the changelog partition of its source."""
+        changed, self._changed = self._changed, {}
+        for key, value in changed.items():
+            await self.table.changelog_topic.send(key=key, value=value, partition=partition)
+
+
+@dataclass(frozen=True)
+class PipeRecord:
+    """One civic.pipe.cases record, whether faust delivered it or GapReader found it."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    headers: dict
+
+
+class GapReader:
+    """Finds records of civic.pipe.cases that faust skipped, by reading the topic directly.
+
+    faust drops records it fetched while its flow control was suspended (start-up, rebalance)
+    and acks them, so their offsets get committed unprocessed (seen in
+    tests/e2e/test_case_restart.py). The agent tracks the last offset it processed per partition,
+    starting from the group's committed offset; when the next record's offset jumps, this reads
+    the range in between. Transaction markers also leave gaps; read_committed hides them.
+    """
+
+    def __init__(self, bootstrap: str, topic: str, group: str):
+        self.topic = topic
+        self._consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": group, "enable.auto.commit": False,
+                                   "isolation.level": "read_committed", "enable.partition.eof": True})
+
+    def next_offsets(self, partitions: list[int]) -> dict[int, int]:
+        """The group's committed offset per partition: the first offset the stage has not processed."""
+        committed = self._consumer.committed([TopicPartition(self.topic, p) for p in partitions], timeout=30)
+        return {tp.partition: max(tp.offset, 0) for tp in committed}
+
+    def read(self, partition: int, start: int, end: int) -> list[PipeRecord]:
+        """Records with start <= offset < end."""
+        self._consumer.assign([TopicPartition(self.topic, partition, start)])
+        found: list[PipeRecord] = []
+        while True:
+            message = self._consumer.poll(5.0)
+            if message is None or (message.error() and message.error().code() == KafkaError._PARTITION_EOF):
+                break
+            if message.error():
+                continue
+            if message.offset() >= end:
+                break
+            found.append(PipeRecord(message.topic(), partition, message.offset(), message.key(), message.value(),
+                                    dict(message.headers() or [])))
+        return found
+
+
 def faust_settings(ctx: BusContext) -> dict:
     """How civicbus runs faust: raw bytes (our serde decodes), at-least-once, short sessions for
     the embedded broker. Shared with the bare-faust benchmark so the comparison is fair."""
@@ -79,7 +201,8 @@ def create_app(ctx: BusContext) -> faust.App:
     pipe_topic = app.topic(ctx.topology.name(PIPE_CASES), key_type=bytes, value_type=bytes)
     dist_topic = app.topic(ctx.topology.name(DIST_EVENTS), key_type=bytes, value_type=bytes)
     dlq_topic = app.topic(ctx.topology.name(DLQ), key_type=bytes, value_type=bytes)
-    cases = app.Table("cases", default=None, partitions=partitions, schema=faust.Schema(key_serializer="json", value_serializer="json"))
+    table = app.Table("cases", default=None, partitions=partitions, schema=faust.Schema(key_serializer="json", value_serializer="json"))
+    cases = ChangeloggedStore(table)
     casebook = CaseBook(CaseRules.from_city(ctx.city, ctx.catalog["case.escalated"]), cases)
     metrics = CaseMetrics()
     dist_name = dist_topic.get_topic_name()
@@ -89,34 +212,60 @@ def create_app(ctx: BusContext) -> faust.App:
         ROUTED.labels(event["type"]).inc()
         await dist_topic.send(key=event["id"].encode(), value=value, headers=headers + extra_headers)
 
-    async def dead_letter(record, reason: Reason, detail: str) -> None:
+    async def dead_letter(record: PipeRecord, reason: Reason, detail: str) -> None:
         REJECTED.labels(STAGE, reason.value).inc()
-        message = record.message
-        letter = DeadLetter(reason, detail, STAGE, message.topic, message.partition, message.offset, record.key, record.value)
+        letter = DeadLetter(reason, detail, STAGE, record.topic, record.partition, record.offset, record.key, record.value)
         await dlq_topic.send(key=letter.key, value=letter.value, headers=letter.headers())
+
+    gaps = GapReader(ctx.bootstrap, pipe_topic.get_topic_name(), app.conf.id)
+    next_offset: dict[int, int] = {}  # per partition: the offset after the last one processed
 
     @app.agent(pipe_topic)
     async def handle_case_events(stream):
-        async for record in stream.events():
-            headers = dict(record.headers or {})
-            if CLOCK_HEADER in headers:
-                result = casebook.tick(int(headers[CLOCK_HEADER]))
-                for event in result.events:
-                    await distribute(event, [])
-                metrics.record(result)
-                continue
-            try:
-                event = ctx.serde.decode(record.value, record.message.topic)
-                outputs = casebook.handle(event, ctx.catalog[event["type"]])
-            except (DecodeError, CaseError) as e:
-                await dead_letter(record, e.reason, e.detail)
-                continue
-            except Exception as e:  # a bug or an unforeseen input must not stop the case stage
-                log.exception("case stage failed on %s@%d", record.message.topic, record.message.offset)
-                await dead_letter(record, Reason.PROCESSING_ERROR, f"{type(e).__name__}: {e}")
-                continue
-            for out in outputs:
-                await distribute(out, _forwarded(headers))
+        # Manual acks: faust acks the current event in a `finally`, so a SIGTERM landing mid-event
+        # would commit an event whose outputs were never sent. Acked only once all are handed over.
+        manual = stream.noack()
+        async for event in manual.events():
+            message = event.message
+            if not next_offset:  # records flow only after faust's recovery; then the changelog exists
+                await asyncio.to_thread(cases.restore, ctx.bootstrap, list(range(partitions)))
+                next_offset.update(await asyncio.to_thread(gaps.next_offsets, list(range(partitions))))
+            expected = next_offset.get(message.partition, 0)
+            if message.offset > expected:
+                skipped = await asyncio.to_thread(gaps.read, message.partition, expected, message.offset)
+                if skipped:
+                    log.warning("faust skipped %d records of %s[%d] at %d..%d: processing them now", len(skipped),
+                                message.topic, message.partition, expected, message.offset - 1)
+                for record in skipped:
+                    await process(record)
+            await process(PipeRecord(message.topic, message.partition, message.offset, event.key, event.value,
+                                     dict(event.headers or {})))
+            next_offset[message.partition] = max(expected, message.offset + 1)
+            await manual.ack(event)
+
+    async def process(record: PipeRecord) -> None:
+        if CLOCK_HEADER in record.headers:
+            result = casebook.tick(int(record.headers[CLOCK_HEADER]))
+            for event in result.events:
+                await distribute(event, [])
+            metrics.record(result)
+        else:
+            await handle_one(record)
+        await cases.publish(record.partition)
+
+    async def handle_one(record: PipeRecord) -> None:
+        try:
+            event = ctx.serde.decode(record.value, record.topic)
+            outputs = casebook.handle(event, ctx.catalog[event["type"]])
+        except (DecodeError, CaseError) as e:
+            await dead_letter(record, e.reason, e.detail)
+            return
+        except Exception as e:  # a bug or an unforeseen input must not stop the case stage
+            log.exception("case stage failed on %s@%d", record.topic, record.offset)
+            await dead_letter(record, Reason.PROCESSING_ERROR, f"{type(e).__name__}: {e}")
+            return
+        for out in outputs:
+            await distribute(out, _forwarded(record.headers))
 
     @app.timer(interval=ctx.city.categories.clock.total_seconds())
     async def clock():
