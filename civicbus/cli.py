@@ -6,9 +6,7 @@ Commands of the role packages (publish, simulate, process, tail, ...) are regist
 
 from __future__ import annotations
 
-import signal
 import sys
-import threading
 import time
 from importlib.metadata import entry_points
 
@@ -16,7 +14,7 @@ import typer
 
 from civicbus import acl
 from civicbus.broker import BrokerError, EmbeddedBroker
-from civicbus.cli_support import bus_context, configure_logging
+from civicbus.cli_support import bus_context, configure_logging, stop_on_signals
 from civicbus.kafka import apply_topics, make_admin
 from civicbus.policy import PolicyError, load_policy
 from civicbus.registry import check_schemas, lock_schemas
@@ -41,9 +39,7 @@ def fail(message: str, code: int = 1) -> None:
 @app.command()
 def broker(port: int = typer.Option(9092, help="Port to listen on (loopback).")) -> None:
     """Run only the embedded broker (Tansu, memory storage) until Ctrl-C or SIGTERM."""
-    stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
+    stop = stop_on_signals()
     try:
         with EmbeddedBroker(port=port) as embedded:
             typer.echo(f"embedded broker listening on {embedded.bootstrap} (memory only; Ctrl-C stops it)")
@@ -179,9 +175,7 @@ def lag(
         REGISTRY.register(exporter.start())
         start_http_server(serve)
         typer.echo(f"lag exporter on http://0.0.0.0:{serve}/metrics, polling every {ctx.settings.lag_poll_interval_s}s")
-        stop = threading.Event()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, lambda *_: stop.set())
+        stop = stop_on_signals()
         stop.wait()
         exporter.stop()
         return

@@ -4,9 +4,19 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
+import threading
 
 from civicbus.context import BusContext
 from civicbus.settings import Settings
+
+
+def stop_on_signals() -> threading.Event:
+    """An event set by SIGTERM or SIGINT: long-running commands finish their work and exit 0."""
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    return stop
 
 
 def bus_context() -> BusContext:

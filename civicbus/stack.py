@@ -14,12 +14,12 @@ import signal
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 
 from civicbus.broker import EmbeddedBroker
+from civicbus.cli_support import stop_on_signals
 from civicbus.kafka import apply_topics
 from civicbus.settings import Settings
 from civicbus.topology import Topology
@@ -72,9 +72,7 @@ class Stack:
     children: list[Child] = field(default_factory=list)
 
     def run(self) -> None:
-        stop = threading.Event()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, lambda *_: stop.set())
+        stop = stop_on_signals()
         with ExitStack() as cleanup:
             work_dir = tempfile.mkdtemp(prefix="civicbus-up-")
             cleanup.callback(shutil.rmtree, work_dir, True)

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import signal
-import threading
 import uuid
 
 import typer
 
-from civicbus.cli_support import bus_context, configure_logging
+from civicbus.cli_support import bus_context, configure_logging, stop_on_signals
 from civicbus.serde import to_json
 from consumers.subscriber import FeedEvent, FeedSubscriber
 
@@ -18,9 +17,7 @@ def tail(
     group: str = typer.Option(None, help="Consumer group (default: a throwaway group that reads from the start)."),
 ) -> None:
     """Follow civic.feed.AGENCY and print each event as one JSON line until Ctrl-C."""
-    stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
+    stop = stop_on_signals()
     ctx = bus_context()
 
     def show(item: FeedEvent) -> None:

@@ -3,26 +3,17 @@
 from __future__ import annotations
 
 import logging
-import signal
-import threading
 from enum import Enum
 
 import typer
 
-from civicbus.cli_support import bus_context, configure_logging
+from civicbus.cli_support import bus_context, configure_logging, stop_on_signals
 
 
 class StageName(str, Enum):
     ingest = "ingest"
     cases = "cases"
     fanout = "fanout"
-
-
-def stop_on_signals() -> threading.Event:
-    stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
-    return stop
 
 
 def process(

@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import json
-import signal
-import threading
 from pathlib import Path
 
 import typer
 
-from civicbus.cli_support import bus_context
+from civicbus.cli_support import bus_context, stop_on_signals
 from civicbus.reference import MasterDataError
 from civicbus.schemas import EventValidationError
 from producers.reference import ReferenceLoadError, load_reference
@@ -59,9 +57,7 @@ def simulate(
     seed: int = typer.Option(None, help="Random seed for a reproducible run."),
 ) -> None:
     """Publish realistic city traffic from several departments."""
-    stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
+    stop = stop_on_signals()
     sent = run_simulator(bus_context(), rate, duration, stop, seed)
     typer.echo(f"published {sent} events")
 
