@@ -21,14 +21,19 @@ import time
 from collections.abc import Iterator, MutableMapping
 from dataclasses import dataclass
 
+import ssl
+
 import faust
-from confluent_kafka import Consumer, KafkaError, TopicPartition
+from confluent_kafka import KafkaError, TopicPartition
+from faust.auth import SASLCredentials, SSLCredentials
 
 from civicbus.context import BusContext
 from civicbus.dlq import DeadLetter, Reason
+from civicbus.kafka import make_consumer
 from civicbus.metrics import ESCALATED, OPEN_CASES, OVERDUE_CASES, REJECTED, ROUTED
 from civicbus.serde import DecodeError
 from civicbus.topology import DIST_EVENTS, DLQ, PIPE_CASES
+from processors import faust_transport
 from processors.casebook import CaseBook, CaseError, CaseRules, TickResult
 
 log = logging.getLogger(__name__)
@@ -92,11 +97,10 @@ class ChangeloggedStore(MutableMapping):
     def __len__(self) -> int:
         return len(self.table.data)
 
-    def restore(self, bootstrap: str, partitions: list[int], timeout_s: float = 120.0) -> None:
+    def restore(self, ctx: BusContext, partitions: list[int], timeout_s: float = 120.0) -> None:
         """Rebuild the store from the whole changelog: what it says last about a key is the case."""
         topic = self.table.changelog_topic.get_topic_name()
-        consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"{topic}-restore", "enable.auto.commit": False,
-                             "enable.partition.eof": True})
+        consumer = make_consumer(ctx.settings, ctx.bootstrap, f"{topic}-restore", **{"enable.partition.eof": True})
         consumer.assign([TopicPartition(topic, p, 0) for p in partitions])
         remaining, deadline = set(partitions), time.monotonic() + timeout_s
         self.table.data.clear()
@@ -149,10 +153,9 @@ class GapReader:
     the range in between. Transaction markers also leave gaps; read_committed hides them.
     """
 
-    def __init__(self, bootstrap: str, topic: str, group: str):
+    def __init__(self, ctx: BusContext, topic: str, group: str):
         self.topic = topic
-        self._consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": group, "enable.auto.commit": False,
-                                   "isolation.level": "read_committed", "enable.partition.eof": True})
+        self._consumer = make_consumer(ctx.settings, ctx.bootstrap, group, **{"enable.partition.eof": True})
 
     def next_offsets(self, partitions: list[int]) -> dict[int, int]:
         """The group's committed offset per partition: the first offset the stage has not processed."""
@@ -176,12 +179,27 @@ class GapReader:
         return found
 
 
+def faust_credentials(ctx: BusContext) -> SASLCredentials | SSLCredentials | None:
+    """The CIVICBUS_KAFKA_SECURITY_* settings (civicbus.kafka.security_config) in faust's terms."""
+    settings = ctx.settings
+    protocol = settings.kafka_security_protocol
+    if not protocol or protocol == "PLAINTEXT":
+        return None
+    context = ssl.create_default_context() if protocol.endswith("SSL") else None
+    if protocol.startswith("SASL"):
+        return SASLCredentials(username=settings.kafka_sasl_username, password=settings.kafka_sasl_password,
+                               mechanism=settings.kafka_sasl_mechanism, ssl_context=context)
+    return SSLCredentials(context)
+
+
 def faust_settings(ctx: BusContext) -> dict:
     """How civicbus runs faust: raw bytes (our serde decodes), at-least-once, short sessions for
-    the embedded broker. Shared with the bare-faust benchmark so the comparison is fair."""
+    the embedded broker, civicbus's fetch wait (processors.faust_transport). Shared with the
+    bare-faust benchmark so the comparison is fair."""
     session_s = ctx.settings.session_timeout_ms / 1000
     return {
-        "broker": f"kafka://{ctx.bootstrap}",
+        "broker": f"{faust_transport.SCHEME}://{ctx.bootstrap}",
+        "broker_credentials": faust_credentials(ctx),
         "store": "memory://",
         "web_enabled": False,
         "key_serializer": "raw",
@@ -217,7 +235,7 @@ def create_app(ctx: BusContext) -> faust.App:
         letter = DeadLetter(reason, detail, STAGE, record.topic, record.partition, record.offset, record.key, record.value)
         await dlq_topic.send(key=letter.key, value=letter.value, headers=letter.headers())
 
-    gaps = GapReader(ctx.bootstrap, pipe_topic.get_topic_name(), app.conf.id)
+    gaps = GapReader(ctx, pipe_topic.get_topic_name(), app.conf.id)
     next_offset: dict[int, int] = {}  # per partition: the offset after the last one processed
 
     @app.agent(pipe_topic)
@@ -228,7 +246,7 @@ def create_app(ctx: BusContext) -> faust.App:
         async for event in manual.events():
             message = event.message
             if not next_offset:  # records flow only after faust's recovery; then the changelog exists
-                await asyncio.to_thread(cases.restore, ctx.bootstrap, list(range(partitions)))
+                await asyncio.to_thread(cases.restore, ctx, list(range(partitions)))
                 next_offset.update(await asyncio.to_thread(gaps.next_offsets, list(range(partitions))))
             expected = next_offset.get(message.partition, 0)
             if message.offset > expected:
