@@ -22,6 +22,7 @@ class Reason(str, Enum):
     TYPE_NOT_PERMITTED = "TYPE_NOT_PERMITTED"  # department may not publish this type
     UNKNOWN_CASE = "UNKNOWN_CASE"  # a status update for a case the bus never opened
     NOT_RESPONSIBLE = "NOT_RESPONSIBLE"  # a status update from a department not on the case
+    UNDELIVERABLE = "UNDELIVERABLE"  # the policy lets no department receive it (a dispatch the clearances refuse)
     PROCESSING_ERROR = "PROCESSING_ERROR"  # a stage failed on this record; the stage keeps running
 
 

@@ -95,8 +95,11 @@ class EventSerde:
         fastavro.schemaless_writer(body, schema, event)
         return body.getvalue(), cloudevent_headers(event)
 
-    def decode(self, value: bytes | None, topic: str) -> dict[str, Any]:
-        """Decode and validate one record value; raise DecodeError with a dead-letter reason."""
+    def decode(self, value: bytes | None, topic: str, validate: bool = True) -> dict[str, Any]:
+        """Decode and validate one record value; raise DecodeError with a dead-letter reason.
+
+        `validate=False` is for civicbus's own internal topics, whose events a stage validated
+        before writing them: it halves the cost of a decode (`python -m benchmarks serde`)."""
         if value is None or len(value) < 5 or value[0] != MAGIC_BYTE:
             raise DecodeError(Reason.NOT_AVRO, "value lacks the Confluent wire-format header (magic byte 0, schema id)")
         if len(value) > MAX_EVENT_BYTES:
@@ -110,6 +113,8 @@ class EventSerde:
             event = fastavro.schemaless_reader(io.BytesIO(value[5:]), schema, None)
         except Exception as e:  # fastavro raises several types on bad bodies
             raise DecodeError(Reason.CORRUPT_PAYLOAD, f"{type(e).__name__}: {e}") from None
+        if not validate:
+            return event
         try:
             return self.catalog.validate(event)
         except EventValidationError as e:

@@ -6,6 +6,9 @@ next event. Personal fields a department holds no grant for are masked in its co
 then carries the `civic_masked` header), and every delivery is recorded in civic.audit in the
 same transaction as the feed record.
 
+An event the policy lets no department receive (dispatched only to departments not cleared
+for it, say) goes to civic.dlq as UNDELIVERABLE rather than vanishing.
+
 Exactly once into the feeds. The stage runs in Kafka transactions, and it also drops events it
 has already delivered, by id: the case stage is at-least-once (faust) and may emit an event
 twice after a restart, and the embedded broker exposes records of aborted transactions (see
@@ -24,12 +27,13 @@ from confluent_kafka import Message, Producer, TopicPartition
 
 from civicbus.audit import AuditRecord, masked_header
 from civicbus.context import BusContext
+from civicbus.dlq import Reason
 from civicbus.kafka import make_consumer
-from civicbus.metrics import AUDITED, DELIVERED, DUPLICATES_DROPPED, END_TO_END_LATENCY, MASKED
-from civicbus.policy import Delivery, masked_event
+from civicbus.metrics import AUDITED, DELIVERED, DUPLICATES_DROPPED, END_TO_END_LATENCY, MASKED, labelled
+from civicbus.policy import Policy, masked_event
 from civicbus.topology import AUDIT, DIST_EVENTS, STATE_FANOUT_SEEN
 from processors.ingest import PUBLISHED_AT_HEADER
-from processors.runner import Output, Stage
+from processors.runner import Output, Stage, dead_letter_output
 
 # Ids remembered for deduplication: far more than can be re-emitted between two commits.
 SEEN_CAPACITY = 1_000_000
@@ -73,6 +77,7 @@ class FanoutStage(Stage):
         # Ids delivered by the open transaction: they join `seen` only once it commits, so an
         # aborted batch is replayed in full rather than dropped as duplicates.
         self._delivered_in_batch: dict[bytes, None] = {}
+        self._policy: Policy = ctx.policy.get()
 
     def subscription(self) -> list[str]:
         return [self.topology.name(DIST_EVENTS)]
@@ -100,35 +105,48 @@ class FanoutStage(Stage):
         finally:
             consumer.close()
 
+    def begin_batch(self) -> None:
+        self._policy = self.ctx.policy.get()  # an edit applies from the next batch on
+
     def process(self, message: Message) -> Iterable[Output]:
         event_id = message.key()
         if event_id in self.seen or event_id in self._delivered_in_batch:
-            DUPLICATES_DROPPED.labels(self.name).inc()
+            labelled(DUPLICATES_DROPPED, self.name).inc()
             return []
         self._delivered_in_batch[event_id] = None
-        event = self.ctx.serde.decode(message.value(), message.topic())
+        # Written by ingest or the case stage, which validated it: decoding is enough.
+        event = self.ctx.serde.decode(message.value(), message.topic(), validate=False)
+        deliveries = self._policy.deliveries(event)
+        if not deliveries:
+            detail = f"dispatched to {', '.join(event.get('targets') or ()) or 'nobody'}; no department may receive a {event['classification']} {event['type']} there"
+            return [dead_letter_output(self.ctx, self.name, message, Reason.UNDELIVERABLE, detail)]
         published_ms = header(message, PUBLISHED_AT_HEADER)
+        latency_s = max(0.0, time.time() - int(published_ms) / 1000) if published_ms else None
+        masked_copies: dict[tuple[str, ...], tuple[bytes, list]] = {}  # one encoding per set of masked fields
         outputs = []
-        for delivery in self.ctx.policy.get().deliveries(event):
+        for delivery in deliveries:
             department = delivery.department
-            outputs.append(self._feed_record(message, event, delivery))
+            feed = self.topology.feed(department)
+            if not delivery.masked:
+                outputs.append(Output(feed, message.value(), event_id, message.headers()))
+            else:
+                if delivery.masked not in masked_copies:
+                    masked_copies[delivery.masked] = self._masked(message, event, delivery.masked)
+                value, headers = masked_copies[delivery.masked]
+                outputs.append(Output(feed, value, event_id, headers))
+                labelled(MASKED, department, event["type"]).inc(len(delivery.masked))
             audit = AuditRecord.now(event["id"], event["type"], department, delivery.masked, "fanout")
             outputs.append(Output(self.audit_topic, audit.encode(), event_id))
-            DELIVERED.labels(department, event["type"]).inc()
-            AUDITED.labels("fanout").inc()
-            if published_ms:
-                END_TO_END_LATENCY.labels(department).observe(max(0.0, time.time() - int(published_ms) / 1000))
+            labelled(DELIVERED, department, event["type"]).inc()
+            if latency_s is not None:
+                labelled(END_TO_END_LATENCY, department).observe(latency_s)
+        labelled(AUDITED, "fanout").inc(len(deliveries))
         return outputs
 
-    def _feed_record(self, message: Message, event: dict, delivery: Delivery) -> Output:
-        """The original bytes when nothing is masked; else the masked copy, re-encoded."""
-        feed = self.topology.feed(delivery.department)
-        if not delivery.masked:
-            return Output(feed, message.value(), message.key(), message.headers())
-        event_type = self.ctx.catalog[event["type"]]
-        value, _ = self.ctx.serde.encode(masked_event(event, event_type, delivery.masked), feed)
-        MASKED.labels(delivery.department, event["type"]).inc(len(delivery.masked))
-        return Output(feed, value, message.key(), (message.headers() or []) + [masked_header(delivery.masked)])
+    def _masked(self, message: Message, event: dict, masked: tuple[str, ...]) -> tuple[bytes, list]:
+        """The event with `masked` fields masked, re-encoded, and its headers naming them."""
+        value, _ = self.ctx.serde.encode(masked_event(event, self.ctx.catalog[event["type"]], masked), message.topic())
+        return value, (message.headers() or []) + [masked_header(masked)]
 
     def before_commit(self, producer: Producer) -> None:
         if not self._delivered_in_batch:

@@ -16,7 +16,8 @@ from confluent_kafka import Message
 
 from civicbus.context import BusContext
 from civicbus.dlq import Reason
-from civicbus.metrics import PUBLISHED, ROUTED
+from civicbus.metrics import PUBLISHED, ROUTED, labelled
+from civicbus.policy import Policy
 from civicbus.serde import DecodeError
 from civicbus.topology import DIST_EVENTS, PIPE_CASES
 from processors.dispatch import event_targets
@@ -28,11 +29,10 @@ from processors.standardise import Standardiser
 PUBLISHED_AT_HEADER = "civic_published_ms"
 
 
-def check_publisher(ctx: BusContext, department: str, event: dict[str, Any]) -> tuple[Reason, str] | None:
+def check_publisher(policy: Policy, department: str, event: dict[str, Any]) -> tuple[Reason, str] | None:
     """The envelope's source must be the department owning the topic, and the type one it may publish."""
     if event["source"] != department:
         return Reason.SOURCE_MISMATCH, f"source {event['source']!r} published on the topic of {department!r}"
-    policy = ctx.policy.get()
     if department not in policy.departments:
         return Reason.SOURCE_MISMATCH, f"{department!r} is not a department of this city"
     if not policy.may_publish(department, event["type"]):
@@ -52,6 +52,7 @@ class IngestStage(Stage):
         self.standardiser = Standardiser.from_config(ctx.settings.config)
         self.reference = ReferenceTables()
         self._follower: ReferenceFollower | None = None
+        self._policy: Policy = ctx.policy.get()
 
     def subscription(self) -> list[str]:
         return [self.topology.inbound_pattern]
@@ -60,6 +61,9 @@ class IngestStage(Stage):
         self._follower = ReferenceFollower(ctx, self.reference)
         self._follower.catch_up()
         self._follower.start()
+
+    def begin_batch(self) -> None:
+        self._policy = self.ctx.policy.get()  # an edit applies from the next batch on
 
     def close(self) -> None:
         if self._follower is not None:
@@ -71,10 +75,10 @@ class IngestStage(Stage):
         except DecodeError as e:
             return [dead_letter_output(self.ctx, self.name, message, e.reason, e.detail)]
         department = self.topology.department_of_inbound(message.topic())
-        refused = check_publisher(self.ctx, department, event)
+        refused = check_publisher(self._policy, department, event)
         if refused:
             return [dead_letter_output(self.ctx, self.name, message, *refused)]
-        PUBLISHED.labels(department, event["type"]).inc()
+        labelled(PUBLISHED, department, event["type"]).inc()
         event_type = self.ctx.catalog[event["type"]]
         event["location"] = self.standardiser.standardise(event["location"])
         enrich(event, event_type, self.reference)
@@ -83,6 +87,6 @@ class IngestStage(Stage):
             value, headers = self.ctx.serde.encode(event, self.pipe_topic)
             return [Output(self.pipe_topic, value, event["id"].encode(), headers + [published_at])]
         event["targets"] = event_targets(self.ctx.city.dispatch, event)
-        ROUTED.labels(event["type"]).inc()
+        labelled(ROUTED, event["type"]).inc()
         value, headers = self.ctx.serde.encode(event, self.dist_topic)
         return [Output(self.dist_topic, value, event["id"].encode(), headers + [published_at])]

@@ -19,7 +19,7 @@ from confluent_kafka import OFFSET_INVALID, KafkaError, KafkaException, Message,
 from civicbus.context import BusContext
 from civicbus.dlq import DeadLetter, Reason
 from civicbus.kafka import make_consumer, producer_config
-from civicbus.metrics import REJECTED, STAGE_BATCH_SECONDS, STAGE_RECORDS
+from civicbus.metrics import REJECTED, STAGE_BATCH_SECONDS, STAGE_RECORDS, labelled
 from civicbus.topology import DLQ
 
 log = logging.getLogger(__name__)
@@ -47,6 +47,9 @@ class Stage:
     def prepare(self, ctx: BusContext) -> None:
         """Called once before consuming (restore state)."""
 
+    def begin_batch(self) -> None:
+        """Called before each batch: per-batch work such as taking the policy in force."""
+
     def before_commit(self, producer: Producer) -> None:
         """Called inside the transaction, after the batch's outputs were produced."""
 
@@ -61,7 +64,7 @@ class Stage:
 
 
 def dead_letter_output(ctx: BusContext, stage: str, message: Message, reason: Reason, detail: str) -> Output:
-    REJECTED.labels(stage, reason.value).inc()
+    labelled(REJECTED, stage, reason.value).inc()
     letter = DeadLetter(reason, detail, stage, message.topic(), message.partition(), message.offset(), message.key(), message.value())
     return Output(ctx.topology.name(DLQ), letter.value, letter.key, letter.headers())
 
@@ -115,6 +118,7 @@ class TransactionalRunner:
 
     def _process_batch(self, producer: Producer, consumer, messages: list[Message]) -> None:
         started = time.perf_counter()
+        self.stage.begin_batch()
         producer.begin_transaction()
         try:
             for message in messages:
@@ -123,8 +127,8 @@ class TransactionalRunner:
                         continue
                     raise KafkaException(message.error())
                 for out in self._safe_process(message):
-                    producer.produce(out.topic, out.value, out.key, headers=out.headers)
-                producer.poll(0)
+                    self._produce(producer, out)
+            producer.poll(0)
             self.stage.before_commit(producer)
             positions = [tp for tp in consumer.position(consumer.assignment()) if tp.offset != OFFSET_INVALID]
             producer.send_offsets_to_transaction(positions, consumer.consumer_group_metadata())
@@ -138,8 +142,19 @@ class TransactionalRunner:
             self._rewind(consumer)
             return
         self.stage.after_commit()
-        STAGE_RECORDS.labels(self.stage.name).inc(len(messages))
-        STAGE_BATCH_SECONDS.labels(self.stage.name).observe(time.perf_counter() - started)
+        labelled(STAGE_RECORDS, self.stage.name).inc(len(messages))
+        labelled(STAGE_BATCH_SECONDS, self.stage.name).observe(time.perf_counter() - started)
+
+    @staticmethod
+    def _produce(producer: Producer, out: Output) -> None:
+        """Produce; delivery reports are served once per batch, and here when librdkafka's
+        queue is full."""
+        while True:
+            try:
+                producer.produce(out.topic, out.value, out.key, headers=out.headers)
+                return
+            except BufferError:
+                producer.poll(0.05)
 
     def _safe_process(self, message: Message) -> Iterable[Output]:
         try:

@@ -15,7 +15,7 @@ from civicbus.context import BusContext
 from civicbus.kafka import apply_topics, make_producer
 from civicbus.policy import PolicyDocument
 from civicbus.settings import REPO_ROOT
-from civicbus.topology import AUDIT, DIST_EVENTS, STATE_FANOUT_SEEN
+from civicbus.topology import AUDIT, DIST_EVENTS, DLQ, STATE_FANOUT_SEEN
 from tests.conftest import make_settings
 from tests.policy_strategies import CATALOG, Areas, events, expected_receivers, policy_documents
 from tests.support import PipelineProcesses, private_config, read_topic
@@ -81,6 +81,7 @@ def test_feeds_masks_and_audit_follow_each_policy_through_the_real_fanout(broker
         apply_policy_then_publish()
         records = read_topic(ctx, feeds, idle_s=2.0)  # everything, and nothing more arrives
         audit = [AuditRecord.decode(m.value()) for m in read_topic(ctx, ctx.topology.name(AUDIT), idle_s=1.0)]
+        dead_letters = read_topic(ctx, ctx.topology.name(DLQ), idle_s=1.0)
     finally:
         assert fanout.stop_all() == {"fanout": 0}, fanout.logs()
 
@@ -101,3 +102,8 @@ def test_feeds_masks_and_audit_follow_each_policy_through_the_real_fanout(broker
     assert len(expected) > 20 and any(expected.values()), "the drawn policies delivered or masked too little to prove much"
     assert len(audit) == len(expected) and {r.path for r in audit} == {"fanout"}
     assert {(r.event_id, r.department): frozenset(r.masked_fields) for r in audit} == expected
+    # an event no department may receive is dead-lettered, never dropped in silence
+    received = {event_id for event_id, _ in expected}
+    assert {m.key().decode(): dict(m.headers())["dlq.reason"] for m in dead_letters} == {
+        event_id: b"UNDELIVERABLE" for event_id in originals if event_id not in received
+    }
