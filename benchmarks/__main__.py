@@ -52,10 +52,19 @@ def gateway(seed: int = 6) -> None:
     run(seed)
 
 
+@app.command()
+def broker(repeats: int = 3) -> None:
+    """(f) the embedded broker's CPU per record, per transaction and per idle fetch."""
+    from benchmarks.broker import run
+
+    run(repeats)
+
+
 @app.command("all")
 def run_all(seed: int = 6) -> None:
     """Every benchmark in turn, with its defaults."""
     serde(seed=seed)
+    broker()
     throughput(seed=seed, profile=True)
     latency(seed=seed)
     workers(seed=seed)

@@ -1,0 +1,99 @@
+"""(f) What the broker's own work costs, in broker CPU: the facts the pipeline's tuning rests on.
+
+- produce: records to one topic or spread over 25 (a fan-out writes to every feed), plain or in
+  transactions of a given size: broker CPU microseconds per record, so the fixed cost of a
+  transaction (per partition it wrote) shows beside the cost of a record;
+- fetch: an idle read_committed consumer of 1 or 25 partitions with the fetch wait civicbus uses
+  (the embedded broker answers a fetch only when its wait has passed): broker CPU it costs.
+Broker CPU is read from /proc for the broker process (the embedded one only).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import psutil
+from confluent_kafka import Consumer, Producer, TopicPartition
+
+from benchmarks.report import median, write_result
+from civicbus.broker import EmbeddedBroker
+from civicbus.kafka import apply_topics, producer_config
+from civicbus.settings import Settings
+from civicbus.topology import TopicSpec
+
+RECORDS = 20_000
+VALUE = b"x" * 400  # about a feed record
+HEADERS = [("ce_specversion", b"1.0"), ("ce_id", b"12faba5e-b230-473c-9c01-e874af3119ba"), ("ce_type", b"housing.rental.registered"),
+           ("ce_source", b"housing"), ("ce_time", b"2026-11-25T13:59:24.897000Z"), ("content-type", b"application/avro")]
+
+
+def cpu_seconds(process: psutil.Process) -> float:
+    times = process.cpu_times()
+    return times.user + times.system
+
+
+def produce_cost(broker: EmbeddedBroker, process: psutil.Process, topics: list[str], per_transaction: int | None, run: str) -> float:
+    """Broker CPU microseconds per record for RECORDS records spread round-robin over `topics`."""
+    config = producer_config(broker.bootstrap, **{"linger.ms": 2})
+    if per_transaction:
+        config["transactional.id"] = f"bench-broker-{run}"
+    producer = Producer(config)
+    if per_transaction:
+        producer.init_transactions()
+        producer.begin_transaction()
+    before = cpu_seconds(process)
+    for n in range(RECORDS):
+        producer.produce(topics[n % len(topics)], VALUE, str(n).encode(), headers=HEADERS)
+        producer.poll(0)
+        if per_transaction and n % per_transaction == per_transaction - 1:
+            producer.commit_transaction()
+            producer.begin_transaction()
+    if per_transaction:
+        producer.commit_transaction()
+    producer.flush(60)
+    return round((cpu_seconds(process) - before) / RECORDS * 1e6, 1)
+
+
+def idle_fetch_cost(broker: EmbeddedBroker, process: psutil.Process, topics: list[str], wait_ms: int, seconds: float = 3.0) -> float:
+    """Broker CPU (cores) spent answering one idle consumer of `topics`."""
+    consumer = Consumer({"bootstrap.servers": broker.bootstrap, "group.id": "bench-broker-idle", "enable.auto.commit": False,
+                         "isolation.level": "read_committed", "fetch.wait.max.ms": wait_ms})
+    consumer.assign([TopicPartition(t, 0, 0) for t in topics])
+    consumer.poll(1.0)  # connected and fetching before the clock starts
+    before, started = cpu_seconds(process), time.monotonic()
+    while time.monotonic() - started < seconds:
+        consumer.poll(0.1)
+    cost = (cpu_seconds(process) - before) / (time.monotonic() - started)
+    consumer.close()
+    return round(cost, 3)
+
+
+def run(repeats: int = 3) -> Path:
+    with EmbeddedBroker() as broker:
+        process = psutil.Process(broker.pid)
+        one, many = ["bench.one"], [f"bench.many.{i}" for i in range(25)]
+        apply_topics(broker.bootstrap, [TopicSpec(t, 1) for t in one + many])
+        cases = {
+            "1 topic, no transaction": (one, None),
+            "25 topics, no transaction": (many, None),
+            "1 topic, 500 records a transaction": (one, 500),
+            "25 topics, 500 records a transaction": (many, 500),
+            "25 topics, 100 records a transaction": (many, 100),
+            "25 topics, 20 records a transaction": (many, 20),
+        }
+        produce = {name: median([produce_cost(broker, process, topics, size, f"{i}{n}") for n in range(repeats)])
+                   for i, (name, (topics, size)) in enumerate(cases.items())}
+        for name, cost in produce.items():
+            print(f"produce, {name}: {cost} us of broker CPU a record")
+        wait_ms = Settings().fetch_wait_max_ms
+        fetch = {f"{len(topics)} partitions, fetch wait {wait}ms": median([idle_fetch_cost(broker, process, topics, wait) for _ in range(repeats)])
+                 for topics in (one, many) for wait in (wait_ms, 100)}
+        for name, cores in fetch.items():
+            print(f"idle consumer, {name}: {cores} broker cores")
+    return write_result("broker", {
+        "records_per_case": RECORDS,
+        "repeats": repeats,
+        "produce_broker_cpu_us_per_record": produce,
+        "idle_read_committed_consumer_broker_cores": fetch,
+    })
