@@ -16,6 +16,8 @@ from pathlib import Path
 
 from confluent_kafka.admin import AdminClient
 
+from civicbus.processes import stop_process
+
 
 class BrokerError(RuntimeError):
     """The embedded broker could not be started or did not answer."""
@@ -112,14 +114,8 @@ class EmbeddedBroker:
 
     def stop(self, timeout_s: float = 10.0) -> None:
         process, self._process = self._process, None
-        if process is None or process.poll() is not None:
-            return
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout_s)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        if process is not None:
+            stop_process(process, timeout_s)
 
     def freeze(self) -> None:
         """SIGSTOP the broker: it stops answering but keeps its memory (fault tests)."""

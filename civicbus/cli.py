@@ -14,7 +14,7 @@ import typer
 
 from civicbus import acl
 from civicbus.broker import BrokerError, EmbeddedBroker
-from civicbus.cli_support import bus_context, configure_logging, stop_on_signals
+from civicbus.cli_support import bus_context, configure_logging, fail, stop_on_signals
 from civicbus.kafka import apply_topics, make_admin
 from civicbus.policy import PolicyError, load_policy
 from civicbus.registry import check_schemas, lock_schemas
@@ -29,11 +29,6 @@ app.add_typer(topics_app, name="topics")
 app.add_typer(schemas_app, name="schemas")
 app.add_typer(policy_app, name="policy")
 app.add_typer(acl_app, name="acl")
-
-
-def fail(message: str, code: int = 1) -> None:
-    typer.secho(message, fg=typer.colors.RED, err=True)
-    raise typer.Exit(code)
 
 
 @app.command()
@@ -93,9 +88,7 @@ def policy_check() -> None:
     try:
         policy = load_policy(ctx.settings.config / "policy.yaml", ctx.city, ctx.catalog)
     except PolicyError as e:
-        for problem in e.problems:
-            typer.secho(problem, fg=typer.colors.RED, err=True)
-        raise typer.Exit(1)
+        fail("\n".join(e.problems))
     typer.echo(f"policy ok: {len(policy.departments)} departments, {len(ctx.catalog.types)} event types")
 
 
@@ -131,10 +124,8 @@ def acl_apply() -> None:
         fail(no_acls)
     bindings = acl.plan(ctx.topology)
     failures = acl.apply(make_admin(ctx.bootstrap), bindings)
-    for failure in failures:
-        typer.secho(failure, fg=typer.colors.RED, err=True)
     if failures:
-        raise typer.Exit(1)
+        fail("\n".join(failures))
     typer.echo(f"{len(bindings)} ACL bindings applied")
 
 

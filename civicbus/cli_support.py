@@ -6,6 +6,9 @@ import logging
 import os
 import signal
 import threading
+from typing import NoReturn
+
+import typer
 
 from civicbus.context import BusContext
 from civicbus.settings import Settings
@@ -17,6 +20,12 @@ def stop_on_signals() -> threading.Event:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     return stop
+
+
+def fail(message: str, code: int = 1) -> NoReturn:
+    """Print `message` in red on stderr and exit with `code`."""
+    typer.secho(message, fg=typer.colors.RED, err=True)
+    raise typer.Exit(code)
 
 
 def bus_context() -> BusContext:

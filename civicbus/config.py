@@ -147,6 +147,12 @@ class CityMap(BaseModel):
     def street_ids(self) -> list[str]:
         return [f"{d.id}.{s}" for d in self.districts for s in d.streets]
 
+    def street_offices(self) -> list[str]:
+        return [street_office(s) for s in self.street_ids()]
+
+    def district_offices(self) -> list[str]:
+        return [district_office(d.id) for d in self.districts]
+
 
 def street_office(street: str) -> str:
     return f"street.{street}"
@@ -166,7 +172,7 @@ class CityConfig(BaseModel):
     def _names_are_departments(self) -> CityConfig:
         known = {d.id for d in self.departments}
         named = {self.dispatch.hub} | {t for r in self.dispatch.rules for t in r.to} | self.categories.named_departments()
-        named |= {street_office(s) for s in self.map.street_ids()} | {district_office(d.id) for d in self.map.districts}
+        named |= {*self.map.street_offices(), *self.map.district_offices()}
         unknown = sorted(named - known)
         if unknown:
             raise ValueError(f"the city config names departments missing from departments.yaml: {', '.join(unknown)}")

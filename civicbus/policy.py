@@ -25,9 +25,9 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
-from civicbus.config import CityConfig, WatchedFile
+from civicbus.config import CategoryTable, CityConfig, WatchedFile
 from civicbus.metrics import POLICY_RELOADS
-from civicbus.schemas import CLASSIFICATIONS, EventCatalog, EventType
+from civicbus.schemas import CLASSIFICATIONS, ESCALATION_TYPE, EventCatalog, EventType
 from civicbus.yamllines import LinedYaml, load_with_lines
 
 log = logging.getLogger(__name__)
@@ -223,16 +223,69 @@ class Problem:
     line: int | None = None  # when the path alone does not tell (a duplicate key)
 
 
-def _category_symbols(event_type: EventType) -> tuple[str, ...] | None:
-    field = data_fields(event_type).get("category")
-    if field is None:
-        return None
-    kind = field["type"]
+def _enum_symbols(event_type: EventType, field_name: str | None) -> tuple[str, ...] | None:
+    """The symbols of an enum field of `data`; None when the field is free text (or absent)."""
+    field = data_fields(event_type).get(field_name)
+    kind = field["type"] if field else None
     return tuple(kind["symbols"]) if isinstance(kind, dict) and kind.get("type") == "enum" else None
 
 
+def _field_values(event_type: EventType, field_name: str | None, any_text: list[str]) -> list[str | None]:
+    """What a data field naming a category or family can hold: its enum symbols, else any text."""
+    if field_name is None:
+        return [None]
+    symbols = _enum_symbols(event_type, field_name)
+    return list(symbols) if symbols is not None else any_text
+
+
+def _case_departments(event_type: EventType, categories: CategoryTable) -> set[str]:
+    """The departments of every category a case of this type can fall in, as CategoryTable.lookup
+    finds it: its category field's category, else its family field's family (else the hub's)."""
+    listed, families = [c.id for c in categories.categories()], list(categories.families)
+    found = [categories.lookup(c) for c in _field_values(event_type, event_type.case_category_field, [*listed, "unlisted"])]
+    if None in found:  # a category categories.yaml does not list: its family's departments
+        found += [categories.lookup(None, f) for f in _field_values(event_type, event_type.case_family_field, families)]
+    return {d for category in found if category is not None for d in category.departments}
+
+
+def dispatch_reach(document: PolicyDocument, city: CityConfig, catalog: EventCatalog) -> dict[str, set[str]]:
+    """Every department dispatch can name in the `targets` of each event type, over all events (pure).
+
+    The same rules as processors/dispatch.py and processors/casebook.py, for any event rather than one:
+    - a type that forms no case: the `to` of its dispatch.yaml rules, and every street and
+      district office when a rule adds the location's offices;
+    - a case-forming type: the departments of every category its category field can name (of its
+      family when categories.yaml does not list it), and every street and district office;
+    - a case update (case.status.updated), relayed to everyone on the case: all of the above for
+      every case-forming type, and the originators (departments that may publish one);
+    - the case stage's escalation: responsible departments, district offices and originators.
+    The hub is in every set: it takes what no rule claims, every event whose place is unknown,
+    cases of unlisted categories, and every case a department hands back.
+    """
+    hub, offices = city.dispatch.hub, {*city.map.street_offices(), *city.map.district_offices()}
+    case_types = [t for t in catalog if t.forms_case]
+    responsible = {hub}.union(*(_case_departments(t, city.categories) for t in case_types))
+    originators = {d for d, rules in document.departments.items() if any(t.name in rules.publishes for t in case_types)}
+    reach: dict[str, set[str]] = {}
+    for event_type in catalog:
+        targets = {hub}
+        if event_type.forms_case:
+            targets |= _case_departments(event_type, city.categories) | offices
+        elif event_type.updates_case:
+            targets |= responsible | offices | originators
+        else:
+            for rule in city.dispatch.rules:
+                if rule.type == event_type.name:
+                    targets |= set(rule.to) | (offices if rule.offices else set())
+        if event_type.name == ESCALATION_TYPE:
+            targets |= responsible | set(city.map.district_offices()) | originators
+        reach[event_type.name] = targets
+    return reach
+
+
 def check_document(document: PolicyDocument, city: CityConfig, catalog: EventCatalog) -> list[Problem]:
-    """Unknown departments and types, and rules that contradict each other or can never apply."""
+    """Unknown departments and types, rules that contradict each other or can never apply, and
+    departments dispatch sends a type they are not cleared for (the fan-out would drop it there)."""
     problems: list[Problem] = []
     known = set(city.department_ids())
     for missing in sorted(known - set(document.departments)):
@@ -254,6 +307,20 @@ def check_document(document: PolicyDocument, city: CityConfig, catalog: EventCat
         for name in event_type.personal_fields:
             if not maskable(fields[name]):
                 problems.append(Problem((), f"{event_type.name}: personal field {name} cannot be masked: make it a string, nullable, or give it a default"))
+    return problems + _dispatched_above_clearance(document, city, catalog)
+
+
+def _dispatched_above_clearance(document: PolicyDocument, city: CityConfig, catalog: EventCatalog) -> list[Problem]:
+    reach = dispatch_reach(document, city, catalog)
+    problems = []
+    for department, rules in document.departments.items():
+        for event_type in catalog:
+            if department in reach[event_type.name] and RANK[event_type.classification] > RANK[rules.clearance]:
+                problems.append(Problem(
+                    ("departments", department, "clearance"),
+                    f"{department} is dispatched {event_type.name} ({event_type.classification}) but cleared only for "
+                    f"{rules.clearance}: it would never receive it",
+                ))
     return problems
 
 
@@ -274,7 +341,7 @@ def _grant_problems(rules: DepartmentRules, grant: ReceiveGrant, catalog: EventC
     problems = []
     if RANK[event_type.classification] > RANK[rules.clearance]:
         problems.append(Problem(here, f"grant for {grant.type} ({event_type.classification}) can never apply: clearance is {rules.clearance}"))
-    symbols = _category_symbols(event_type)
+    symbols = _enum_symbols(event_type, "category")
     for j, category in enumerate(grant.categories):
         if symbols is None:
             problems.append(Problem(here + ("categories", j), f"{grant.type} has no categories"))

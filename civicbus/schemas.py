@@ -26,6 +26,9 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationErr
 
 CLASSIFICATIONS = ("PUBLIC", "INTERNAL", "RESTRICTED", "CONFIDENTIAL")
 
+# The type the case stage emits, as the hub, when a case misses a deadline.
+ESCALATION_TYPE = "case.escalated"
+
 # How far in the future an event's time may lie before it is rejected: clocks drift, years don't.
 MAX_CLOCK_SKEW = timedelta(hours=1)
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -21,6 +20,7 @@ from dataclasses import dataclass, field
 from civicbus.broker import EmbeddedBroker
 from civicbus.cli_support import stop_on_signals
 from civicbus.kafka import apply_topics
+from civicbus.processes import stop_process
 from civicbus.settings import Settings
 from civicbus.topology import Topology
 
@@ -48,14 +48,8 @@ class Child:
         return self.process is not None and self.process.poll() is None
 
     def stop(self, timeout_s: float = 20.0) -> None:
-        if not self.alive():
-            return
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            self.process.wait(timeout_s)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+        if self.process is not None:
+            stop_process(self.process, timeout_s)
 
 
 def civicbus_command(*args: str) -> list[str]:

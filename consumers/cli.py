@@ -7,7 +7,7 @@ import uuid
 
 import typer
 
-from civicbus.cli_support import bus_context, configure_logging, stop_on_signals
+from civicbus.cli_support import bus_context, configure_logging, fail, stop_on_signals
 from civicbus.serde import to_json
 from consumers.subscriber import FeedEvent, FeedSubscriber
 
@@ -26,8 +26,7 @@ def tail(
     try:
         subscriber = FeedSubscriber(ctx, agency, group_id=group or f"civicbus-tail-{uuid.uuid4().hex[:8]}")
     except KeyError as e:
-        typer.secho(str(e), fg=typer.colors.RED, err=True)
-        raise typer.Exit(2)
+        fail(str(e), 2)
     with subscriber:
         subscriber.run(show, stop)
 

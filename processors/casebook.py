@@ -32,7 +32,7 @@ from typing import Any
 
 from civicbus.config import CategoryTable, CityConfig, district_office
 from civicbus.dlq import Reason
-from civicbus.schemas import EventType
+from civicbus.schemas import ESCALATION_TYPE, EventType
 from processors.dispatch import case_targets, responsible_departments
 
 # Namespace for ids the pipeline derives from its inputs (uuid5): the same input always
@@ -288,7 +288,7 @@ class CaseBook:
         due_key = "accept_due_ms" if deadline == "acceptance" else "resolve_due_ms"
         return {
             "id": derived_id(case["id"], "escalated", deadline),
-            "type": "case.escalated",
+            "type": ESCALATION_TYPE,
             "source": self.rules.hub,
             "time": from_ms(now_ms),
             "subject": case["id"],

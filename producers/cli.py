@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from civicbus.cli_support import bus_context, stop_on_signals
+from civicbus.cli_support import bus_context, fail, stop_on_signals
 from civicbus.reference import MasterDataError
 from civicbus.schemas import EventValidationError
 from producers.reference import ReferenceLoadError, load_reference
@@ -30,23 +30,19 @@ def publish(
         try:
             events.append(json.loads(line))
         except json.JSONDecodeError as e:
-            typer.secho(f"{file}:{number}: not JSON: {e}", fg=typer.colors.RED, err=True)
-            raise typer.Exit(2)
+            fail(f"{file}:{number}: not JSON: {e}", 2)
     try:
         with Publisher(ctx, agency) as publisher:
             for number, event in enumerate(events, start=1):
                 try:
                     publisher.complete(event)
                 except EventValidationError as e:
-                    typer.secho(f"{file}: event {number}: {e}", fg=typer.colors.RED, err=True)
-                    raise typer.Exit(2)
+                    fail(f"{file}: event {number}: {e}", 2)
             ids = publisher.publish_many(events)
     except KeyError as e:
-        typer.secho(str(e), fg=typer.colors.RED, err=True)
-        raise typer.Exit(2)
+        fail(str(e), 2)
     except PublishError as e:
-        typer.secho(str(e), fg=typer.colors.RED, err=True)
-        raise typer.Exit(1)
+        fail(str(e))
     for event_id in ids:
         typer.echo(event_id)
 
@@ -68,11 +64,9 @@ def reference_load() -> None:
     try:
         counts = load_reference(bus_context())
     except MasterDataError as e:
-        typer.secho(str(e), fg=typer.colors.RED, err=True)
-        raise typer.Exit(2)
+        fail(str(e), 2)
     except ReferenceLoadError as e:
-        typer.secho(str(e), fg=typer.colors.RED, err=True)
-        raise typer.Exit(1)
+        fail(str(e))
     for dataset, count in counts.items():
         typer.echo(f"{count:>6} {dataset}")
 

@@ -12,12 +12,15 @@ from datetime import datetime, timezone
 
 from hypothesis import strategies as st
 
-from civicbus.policy import RANK, PolicyDocument
+from civicbus.config import load_city
+from civicbus.policy import RANK, PolicyDocument, dispatch_reach
 from civicbus.schemas import CLASSIFICATIONS, EventCatalog
 from civicbus.settings import REPO_ROOT
 
 CATALOG = EventCatalog(REPO_ROOT / "schemas")
 TYPES = sorted(CATALOG.types)
+# Who the sample city's dispatch can send each type to (the drawn policies publish nothing).
+REACH = dispatch_reach(PolicyDocument(departments={}), load_city(REPO_ROOT / "config"), CATALOG)
 
 
 @dataclass(frozen=True)
@@ -56,7 +59,8 @@ def plain_value(draw, avro_type):
 
 @st.composite
 def department_rules(draw, department: str, areas: Areas, consistent: bool) -> dict:
-    """consistent: only grants `policy check` accepts (none above the department's clearance)."""
+    """consistent: only what `policy check` accepts: a clearance covering what the sample city's
+    dispatch can send the department, no grants above it."""
     kind, _, name = department.partition(".")
     any_area = st.one_of(
         st.just("city"),
@@ -64,7 +68,8 @@ def department_rules(draw, department: str, areas: Areas, consistent: bool) -> d
         st.builds(lambda s: {"street": s}, st.sampled_from(areas.streets)),
     )
     area = {"district": {"district": name}, "street": {"street": name}}.get(kind) or draw(any_area)
-    clearance = draw(st.sampled_from(CLASSIFICATIONS))
+    dispatched = [RANK[CATALOG[t].classification] for t, departments in REACH.items() if department in departments]
+    clearance = draw(st.sampled_from(CLASSIFICATIONS[max(dispatched, default=0) if consistent else 0:]))
     grantable = [t for t in TYPES if not consistent or RANK[CATALOG[t].classification] <= RANK[clearance]]
     grants = []
     for type_name in draw(st.lists(st.sampled_from(grantable), unique=True, max_size=3)) if grantable else []:

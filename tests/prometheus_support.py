@@ -10,6 +10,7 @@ import urllib.request
 from pathlib import Path
 
 from civicbus.broker import free_port
+from civicbus.processes import stop_process
 from tests.support import wait_for
 
 REPO = Path(__file__).resolve().parent.parent
@@ -54,12 +55,7 @@ class PrometheusServer:
         return self
 
     def __exit__(self, *exc) -> None:
-        self.process.terminate()
-        try:
-            self.process.wait(30)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+        stop_process(self.process, 30)
 
     def _ready(self) -> bool:
         assert self.process.poll() is None, f"Prometheus exited:\n{self.log_path.read_text()[-3000:]}"

@@ -18,6 +18,7 @@ from pathlib import Path
 from confluent_kafka import Consumer, Message, TopicPartition
 
 from civicbus.context import BusContext
+from civicbus.processes import stop_process
 from civicbus.settings import REPO_ROOT
 
 
@@ -149,14 +150,8 @@ class PipelineProcesses:
 
     def stop(self, stage: str, timeout_s: float = 30.0) -> int:
         process = self.stages[stage].process
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(timeout_s)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-                raise AssertionError(f"stage {stage} did not stop within {timeout_s}s of SIGTERM:\n{self.stages[stage].log()[-3000:]}")
+        if not stop_process(process, timeout_s):
+            raise AssertionError(f"stage {stage} did not stop within {timeout_s}s of SIGTERM:\n{self.stages[stage].log()[-3000:]}")
         return process.returncode
 
     def stop_all(self) -> dict[str, int]:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import itertools
 import uuid
+from collections import defaultdict
 from datetime import datetime, timezone
 
 import pytest
@@ -11,9 +13,11 @@ from typer.testing import CliRunner
 
 from civicbus.cli import app as cli
 from civicbus.config import load_city
-from civicbus.policy import Policy, PolicyDocument, PolicyError, decide, load_policy, mask_text, masked_event
-from civicbus.schemas import EventCatalog
+from civicbus.policy import Policy, PolicyDocument, PolicyError, data_fields, decide, dispatch_reach, load_policy, mask_text, masked_event
+from civicbus.schemas import ESCALATION_TYPE, EventCatalog
 from civicbus.settings import REPO_ROOT
+from processors.casebook import CaseBook, CaseRules
+from processors.dispatch import event_targets
 from tests.policy_strategies import Areas, events, expected_receivers, policy_documents
 from tests.support import private_config
 
@@ -43,8 +47,8 @@ def test_the_sample_policy_passes_its_own_check():
 
 def test_sample_city_deliveries_and_masks():
     by_department = {d.department: d.masked for d in POLICY.deliveries(hotline_call())}
-    # dispatched to citymgmt (phone granted), granted to petition (complaints; name and phone),
-    # street/district offices are INTERNAL: a RESTRICTED call does not reach them
+    # dispatched to citymgmt (phone granted), granted to petition (complaints; name and phone);
+    # the street and district offices hold a grant only for city.case.reported
     assert by_department == {"citymgmt": ("caller_name",), "petition": ()}
 
 
@@ -129,13 +133,75 @@ def test_policy_check_names_the_line_of_every_problem(config_dir):
     without_schema_errors = "\n".join(BROKEN.replace("TOP_SECRET", "CONFIDENTIAL").splitlines()[:20]) + "\n"
     assert problems_by_line(config_dir, without_schema_errors) == {
         1: [f"department {d} (departments.yaml) has no entry in the policy" for d in sorted(set(CITY.department_ids()) - {"citymgmt", "police", "street.dongcheng.andingmen"})],
+        3: [never_receives("citymgmt", t, "INTERNAL") for t in ("hotline.request.received", "petition.filed", "security.video.alert")],
         5: ["unknown event type 'city.case.invented'"],
         7: ["grant for hotline.request.received (RESTRICTED) can never apply: clearance is INTERNAL"],
         9: ["unknown category 'potholes' of city.case.reported (known: city_appearance, street_order, landscaping, municipal_facilities)"],
         11: ["'reporter_email' is not a personal field of city.case.reported (personal fields: reporter_name, reporter_phone)"],
         12: ["unknown department 'ministry' (not in departments.yaml)"],
+        16: [never_receives("street.dongcheng.andingmen", t, "INTERNAL")
+             for t in ("hotline.request.received", "housing.rental.registered", "petition.filed", "security.video.alert")],
         17: ["street.dongcheng.andingmen is a street office: its jurisdiction must be street dongcheng.andingmen"],
     }
+
+
+def never_receives(department: str, type_name: str, clearance: str) -> str:
+    return f"{department} is dispatched {type_name} ({CATALOG[type_name].classification}) but cleared only for {clearance}: it would never receive it"
+
+
+@pytest.mark.parametrize(
+    "department, clearance, types",
+    [
+        ("street.xicheng.shichahai", "RESTRICTED", ["petition.filed"]),  # an office: petitions of its street
+        ("market", "INTERNAL", ["hotline.request.received", "petition.filed"]),  # food safety calls and petitions
+        ("petition", "RESTRICTED", ["petition.filed"]),  # the sample policy's own mistake, fixed in 8a2e42a
+        ("housing", "INTERNAL", ["hotline.request.received", "housing.rental.registered", "petition.filed"]),  # a dispatch.yaml rule
+    ],
+)
+def test_a_department_dispatched_what_it_is_not_cleared_for_is_named_at_its_clearance_line(config_dir, department, clearance, types):
+    lines = (config_dir / "policy.yaml").read_text().splitlines()
+    line = lines.index(f"  {department}:") + 2  # its clearance comes first
+    assert lines[line - 1].startswith("    clearance: ")
+    lines[line - 1] = f"    clearance: {clearance}"
+    assert problems_by_line(config_dir, "\n".join(lines) + "\n") == {line: [never_receives(department, t, clearance) for t in types]}
+
+
+def observed_targets() -> dict[str, set[str]]:
+    """What dispatch and the case stage actually target, over events of every type, category and place."""
+    unplaced = {"raw_address": "火星大道1号", "lat": None, "lon": None, "resolved": False}
+    places = [None, unplaced] + [{"lat": None, "lon": None, "street": s, "district": s.split(".")[0], "resolved": True}
+                                 for s in CITY.map.street_ids()]
+    any_text = [c.id for c in CITY.categories.categories()] + list(CITY.categories.families) + ["unlisted"]
+    book = CaseBook(CaseRules.from_city(CITY, CATALOG[ESCALATION_TYPE]), {})
+    observed: dict[str, set[str]] = defaultdict(set)
+    for event_type in CATALOG:
+        def values(field_name: str | None) -> list[str | None]:
+            kind = data_fields(event_type)[field_name]["type"] if field_name else None
+            return kind["symbols"] if isinstance(kind, dict) and kind["type"] == "enum" else any_text if kind else [None]
+
+        category_field, family_field = event_type.case_category_field, event_type.case_family_field
+        sources = itertools.cycle(POLICY.publishers(event_type.name) or ["citymgmt"])
+        for category, family, place in itertools.product(values(category_field), values(family_field), places):
+            event = {"id": str(uuid.uuid4()), "type": event_type.name, "source": next(sources), "time": datetime(2026, 1, 1, tzinfo=timezone.utc),
+                     "location": place, "data": {category_field: category, family_field: family}}
+            if event_type.forms_case:
+                [event] = book.handle(event, event_type)
+            elif not event_type.updates_case:
+                event["targets"] = event_targets(CITY.dispatch, event)
+            observed[event_type.name] |= set(event.get("targets", ()))
+    for case_id, case in list(book.cases.items()):
+        for sender, status in ((CITY.dispatch.hub, "rejected"), (case["responsible"][0], "accepted")):
+            update = {"id": str(uuid.uuid4()), "type": "case.status.updated", "source": sender,
+                      "time": datetime(2026, 1, 1, tzinfo=timezone.utc), "data": {"case_id": case_id, "status": status}}
+            [relayed] = book.handle(update, CATALOG["case.status.updated"])
+            observed[relayed["type"]] |= set(relayed["targets"])
+    for escalation in book.tick(int(datetime(2027, 1, 1, tzinfo=timezone.utc).timestamp() * 1000)).events:
+        observed[escalation["type"]] |= set(escalation["targets"])
+    return observed
+
+
+def test_dispatch_reach_is_exactly_what_dispatch_and_the_case_stage_target():
+    assert dispatch_reach(POLICY.document, CITY, CATALOG) == observed_targets()
 
 
 def test_a_bad_yaml_file_names_its_line(config_dir):
