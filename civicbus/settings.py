@@ -38,14 +38,6 @@ class Settings(BaseSettings):
         "latency (librdkafka's 500 ms default: ~250 ms a hop, measured). Apache Kafka answers as soon "
         "as data is there; there a short wait only means more fetch requests from idle consumers.",
     )
-    commit_interval_ms: int = Field(
-        default=20,
-        description="How long a transactional stage keeps a transaction open for more input after "
-        "its first record. A commit costs the embedded broker about 1 ms plus 0.25 ms per partition "
-        "written (benchmarks/results/broker_transactions.json), the fan-out writes some 25: committing "
-        "whatever was fetched made hundreds of small transactions a second and saturated the broker. "
-        "Each transactional hop adds up to this much latency.",
-    )
     state_dir: Path = Field(default=REPO_ROOT / ".civicbus", description="Spools and local state.")
     kafka_security_protocol: str | None = Field(
         default=None, description="librdkafka security.protocol for a secured cluster, e.g. SASL_PLAINTEXT or SASL_SSL."

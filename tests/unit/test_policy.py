@@ -154,7 +154,7 @@ def never_receives(department: str, type_name: str, clearance: str) -> str:
     [
         ("street.xicheng.shichahai", "RESTRICTED", ["petition.filed"]),  # an office: petitions of its street
         ("market", "INTERNAL", ["hotline.request.received", "petition.filed"]),  # food safety calls and petitions
-        ("petition", "RESTRICTED", ["petition.filed"]),  # the sample policy's own mistake, fixed in 8a2e42a
+        ("triage", "RESTRICTED", ["petition.filed"]),  # the hub: unplaced and handed-back petitions
         ("housing", "INTERNAL", ["hotline.request.received", "housing.rental.registered", "petition.filed"]),  # a dispatch.yaml rule
     ],
 )
