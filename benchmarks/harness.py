@@ -33,7 +33,7 @@ from civicbus.registry import lock_schemas
 from civicbus.schemas import EventCatalog
 from civicbus.settings import Settings
 from civicbus.topology import DIST_EVENTS, DLQ, PIPE_CASES, Topology
-from processors.delivery import PUBLISHED_AT_HEADER
+from processors.ingest import PUBLISHED_AT_HEADER
 from producers.simulator import CityTraffic
 from producers.sdk import Publisher
 

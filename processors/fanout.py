@@ -1,23 +1,68 @@
 """Fan-out: civic.dist.events -> civic.feed.<department> for every department that receives it.
 
-Delivers what the case stage writes to civic.dist.events (processors.delivery: policy, masking,
-audit, dead letters, exactly once by id); records ingest has delivered already carry
-DELIVERED_HEADER and are passed over. The policy is re-read when config/policy.yaml changes, so
-an edit applies from the next batch on.
+Who receives what is the policy's decision (civicbus.policy: dispatched or granted, within
+clearance and jurisdiction), re-read when config/policy.yaml changes, so an edit applies to the
+next event. Personal fields a department holds no grant for are masked in its copy (the record
+then carries the `civic_masked` header), and every delivery is recorded in civic.audit in the
+same transaction as the feed record.
+
+An event the policy lets no department receive (dispatched only to departments not cleared
+for it, say) goes to civic.dlq as UNDELIVERABLE rather than vanishing.
+
+Exactly once into the feeds. The stage runs in Kafka transactions, and it also drops events it
+has already delivered, by id: the case stage is at-least-once (faust) and may emit an event
+twice after a restart, and the embedded broker exposes records of aborted transactions (see
+DESIGN notes in README). Delivered ids are kept in memory and in civic.state.fanout-seen,
+written in the same transaction *after* the feed records were acknowledged, so the set restored
+after a crash never claims an event the feeds do not hold.
 """
 
 from __future__ import annotations
 
+import time
+from collections import OrderedDict
 from collections.abc import Iterable
 
-from confluent_kafka import Message, Producer
+from confluent_kafka import Message, Producer, TopicPartition
 
+from civicbus.audit import AuditRecord, masked_header
 from civicbus.context import BusContext
-from civicbus.metrics import DUPLICATES_DROPPED, labelled
-from civicbus.policy import Policy
-from civicbus.topology import DIST_EVENTS
-from processors.delivery import DELIVERED_HEADER, DeliveredIds, Deliverer, header
-from processors.runner import Output, Stage
+from civicbus.dlq import Reason
+from civicbus.kafka import make_consumer
+from civicbus.metrics import AUDITED, DELIVERED, DUPLICATES_DROPPED, END_TO_END_LATENCY, MASKED, labelled
+from civicbus.policy import Policy, masked_event
+from civicbus.topology import AUDIT, DIST_EVENTS, STATE_FANOUT_SEEN
+from processors.ingest import PUBLISHED_AT_HEADER
+from processors.runner import Output, Stage, dead_letter_output
+
+# Ids remembered for deduplication: far more than can be re-emitted between two commits.
+SEEN_CAPACITY = 1_000_000
+
+
+def header(message: Message, name: str) -> bytes | None:
+    for key, value in message.headers() or []:
+        if key == name:
+            return value
+    return None
+
+
+class SeenIds:
+    """A bounded, insertion-ordered set of event ids."""
+
+    def __init__(self, capacity: int = SEEN_CAPACITY):
+        self.capacity = capacity
+        self._ids: OrderedDict[bytes, None] = OrderedDict()
+
+    def __contains__(self, event_id: bytes) -> bool:
+        return event_id in self._ids
+
+    def add(self, event_id: bytes) -> None:
+        self._ids[event_id] = None
+        if len(self._ids) > self.capacity:
+            self._ids.popitem(last=False)
+
+    def __len__(self) -> int:
+        return len(self._ids)
 
 
 class FanoutStage(Stage):
@@ -25,35 +70,95 @@ class FanoutStage(Stage):
 
     def __init__(self, ctx: BusContext):
         self.ctx = ctx
-        self.delivered = DeliveredIds(ctx)
-        self.deliverer = Deliverer(ctx, self.name)
+        self.topology = ctx.topology
+        self.seen_topic = self.topology.name(STATE_FANOUT_SEEN)
+        self.audit_topic = self.topology.name(AUDIT)
+        self.seen = SeenIds()
+        # Ids delivered by the open transaction: they join `seen` only once it commits, so an
+        # aborted batch is replayed in full rather than dropped as duplicates.
+        self._delivered_in_batch: dict[bytes, None] = {}
         self._policy: Policy = ctx.policy.get()
 
     def subscription(self) -> list[str]:
-        return [self.ctx.topology.name(DIST_EVENTS)]
+        return [self.topology.name(DIST_EVENTS)]
 
     def prepare(self, ctx: BusContext) -> None:
-        self.delivered.restore()
+        """Restore the delivered ids from the changelog (read_committed)."""
+        consumer = make_consumer(
+            ctx.settings, ctx.bootstrap, self.topology.group("civicbus-fanout-restore"), **{"enable.partition.eof": True}
+        )
+        try:
+            metadata = consumer.list_topics(self.seen_topic, timeout=10).topics[self.seen_topic]
+            partitions = [TopicPartition(self.seen_topic, p, 0) for p in metadata.partitions]
+            consumer.assign(partitions)
+            remaining = {p.partition for p in partitions}
+            idle_since = time.monotonic()
+            while remaining and time.monotonic() - idle_since < 2.0:
+                message = consumer.poll(0.2)
+                if message is None:
+                    continue
+                idle_since = time.monotonic()
+                if message.error():
+                    remaining.discard(message.partition())
+                    continue
+                self.seen.add(message.key())
+        finally:
+            consumer.close()
 
     def begin_batch(self) -> None:
-        self._policy = self.ctx.policy.get()
+        self._policy = self.ctx.policy.get()  # an edit applies from the next batch on
 
     def process(self, message: Message) -> Iterable[Output]:
-        headers = message.headers() or []
-        if header(headers, DELIVERED_HEADER):
-            return []
-        if not self.delivered.claim(message.key()):
+        event_id = message.key()
+        if event_id in self.seen or event_id in self._delivered_in_batch:
             labelled(DUPLICATES_DROPPED, self.name).inc()
             return []
-        # Written by the case stage, which validated it: decoding is enough.
+        self._delivered_in_batch[event_id] = None
+        # Written by ingest or the case stage, which validated it: decoding is enough.
         event = self.ctx.serde.decode(message.value(), message.topic(), validate=False)
-        return self.deliverer.deliver(self._policy, event, message.value(), headers, message)
+        deliveries = self._policy.deliveries(event)
+        if not deliveries:
+            detail = f"dispatched to {', '.join(event.get('targets') or ()) or 'nobody'}; no department may receive a {event['classification']} {event['type']} there"
+            return [dead_letter_output(self.ctx, self.name, message, Reason.UNDELIVERABLE, detail)]
+        published_ms = header(message, PUBLISHED_AT_HEADER)
+        latency_s = max(0.0, time.time() - int(published_ms) / 1000) if published_ms else None
+        masked_copies: dict[tuple[str, ...], tuple[bytes, list]] = {}  # one encoding per set of masked fields
+        outputs = []
+        for delivery in deliveries:
+            department = delivery.department
+            feed = self.topology.feed(department)
+            if not delivery.masked:
+                outputs.append(Output(feed, message.value(), event_id, message.headers()))
+            else:
+                if delivery.masked not in masked_copies:
+                    masked_copies[delivery.masked] = self._masked(message, event, delivery.masked)
+                value, headers = masked_copies[delivery.masked]
+                outputs.append(Output(feed, value, event_id, headers))
+                labelled(MASKED, department, event["type"]).inc(len(delivery.masked))
+            audit = AuditRecord.now(event["id"], event["type"], department, delivery.masked, "fanout")
+            outputs.append(Output(self.audit_topic, audit.encode(), event_id))
+            labelled(DELIVERED, department, event["type"]).inc()
+            if latency_s is not None:
+                labelled(END_TO_END_LATENCY, department).observe(latency_s)
+        labelled(AUDITED, "fanout").inc(len(deliveries))
+        return outputs
+
+    def _masked(self, message: Message, event: dict, masked: tuple[str, ...]) -> tuple[bytes, list]:
+        """The event with `masked` fields masked, re-encoded, and its headers naming them."""
+        value, _ = self.ctx.serde.encode(masked_event(event, self.ctx.catalog[event["type"]], masked), message.topic())
+        return value, (message.headers() or []) + [masked_header(masked)]
 
     def before_commit(self, producer: Producer) -> None:
-        self.delivered.before_commit(producer)
+        if not self._delivered_in_batch:
+            return
+        producer.flush()  # the feed records first: see the module docstring
+        for event_id in self._delivered_in_batch:
+            producer.produce(self.seen_topic, b"", event_id)
 
     def after_commit(self) -> None:
-        self.delivered.after_commit()
+        for event_id in self._delivered_in_batch:
+            self.seen.add(event_id)
+        self._delivered_in_batch = {}
 
     def after_abort(self) -> None:
-        self.delivered.after_abort()
+        self._delivered_in_batch = {}

@@ -2,8 +2,7 @@
 location, enrich from master data -> route.
 
 Events that open or update a case go to the stateful case stage (civic.pipe.cases); all others
-are dispatched here, written to civic.dist.events and delivered to the department feeds in the
-same transaction (processors.delivery), so they skip the fan-out's hop. Anything that
+are dispatched here and written straight to civic.dist.events, one hop fewer. Anything that
 cannot be decoded or is not allowed goes to civic.dlq with its reason; the stage keeps running.
 Master data is held in memory (processors.enrich), loaded before the first event and followed.
 """
@@ -13,19 +12,21 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from confluent_kafka import Message, Producer
+from confluent_kafka import Message
 
 from civicbus.context import BusContext
 from civicbus.dlq import Reason
-from civicbus.metrics import DUPLICATES_DROPPED, PUBLISHED, ROUTED, labelled
+from civicbus.metrics import PUBLISHED, ROUTED, labelled
 from civicbus.policy import Policy
 from civicbus.serde import DecodeError
 from civicbus.topology import DIST_EVENTS, PIPE_CASES
-from processors.delivery import DELIVERED_HEADER, PUBLISHED_AT_HEADER, DeliveredIds, Deliverer
 from processors.dispatch import event_targets
 from processors.enrich import ReferenceFollower, ReferenceTables, enrich
 from processors.runner import Output, Stage, dead_letter_output
 from processors.standardise import Standardiser
+
+# Carried from the inbound record to the feed, for the end-to-end latency histogram.
+PUBLISHED_AT_HEADER = "civic_published_ms"
 
 
 def check_publisher(policy: Policy, department: str, event: dict[str, Any]) -> tuple[Reason, str] | None:
@@ -52,8 +53,6 @@ class IngestStage(Stage):
         self.reference = ReferenceTables()
         self._follower: ReferenceFollower | None = None
         self._policy: Policy = ctx.policy.get()
-        self.delivered = DeliveredIds(ctx)
-        self.deliverer = Deliverer(ctx, self.name)
 
     def subscription(self) -> list[str]:
         return [self.topology.inbound_pattern]
@@ -62,19 +61,9 @@ class IngestStage(Stage):
         self._follower = ReferenceFollower(ctx, self.reference)
         self._follower.catch_up()
         self._follower.start()
-        self.delivered.restore()
 
     def begin_batch(self) -> None:
         self._policy = self.ctx.policy.get()  # an edit applies from the next batch on
-
-    def before_commit(self, producer: Producer) -> None:
-        self.delivered.before_commit(producer)
-
-    def after_commit(self) -> None:
-        self.delivered.after_commit()
-
-    def after_abort(self) -> None:
-        self.delivered.after_abort()
 
     def close(self) -> None:
         if self._follower is not None:
@@ -97,12 +86,7 @@ class IngestStage(Stage):
         if event_type.case_stage:
             value, headers = self.ctx.serde.encode(event, self.pipe_topic)
             return [Output(self.pipe_topic, value, event["id"].encode(), headers + [published_at])]
-        if not self.delivered.claim(event["id"].encode()):  # a publisher's retry
-            labelled(DUPLICATES_DROPPED, self.name).inc()
-            return []
         event["targets"] = event_targets(self.ctx.city.dispatch, event)
         labelled(ROUTED, event["type"]).inc()
         value, headers = self.ctx.serde.encode(event, self.dist_topic)
-        headers.append(published_at)
-        distributed = Output(self.dist_topic, value, event["id"].encode(), [*headers, (DELIVERED_HEADER, b"ingest")])
-        return [distributed, *self.deliverer.deliver(self._policy, event, value, headers, message)]
+        return [Output(self.dist_topic, value, event["id"].encode(), headers + [published_at])]

@@ -52,31 +52,6 @@ def test_ingest_standardises_enriches_and_dispatches_events_that_form_no_case(bu
         assert stages.stop("ingest") == 0, stages.logs()
 
 
-def test_ingest_delivers_what_forms_no_case_itself_once_even_when_a_publisher_retries(bus):
-    """One hop: the feeds hold the rental with no fan-out running; a retried record (the same
-    event again, as after a lost acknowledgement) reaches neither civic.dist.events nor a feed twice."""
-    load_reference(bus)
-    stages = PipelineProcesses(bus)
-    stages.start("ingest")
-    feeds = [bus.topology.feed(d) for d in bus.city.department_ids()]
-    try:
-        with Publisher(bus, "housing") as housing:
-            retried = housing.publish(rental(raw_address="北京市東城區安定門內大街１號"))
-            [original] = read_topic(bus, bus.topology.inbound("housing"), until=lambda m: len(m) >= 1)
-            producer = make_producer(bus.bootstrap)
-            producer.produce(original.topic(), original.value(), original.key(), headers=original.headers())
-            assert producer.flush(10) == 0
-            marker = housing.publish(rental(raw_address="北京市東城區安定門內大街１號"))  # published after the retry
-        delivered = read_topic(bus, feeds, until=lambda m: sum(r.key() == marker.encode() for r in m) == 4, timeout_s=60)
-        distributed = read_topic(bus, bus.topology.name(DIST_EVENTS), idle_s=1.0)
-    finally:
-        assert stages.stop("ingest") == 0, stages.logs()
-    assert sorted(r.topic() for r in delivered if r.key() == retried.encode()) == sorted(
-        bus.topology.feed(d) for d in ("housing", "police", "street.dongcheng.andingmen", "district.dongcheng"))
-    [record] = [r for r in distributed if r.key() == retried.encode()]
-    assert dict(record.headers())["civic_delivered"] == b"ingest"  # so the fan-out passes it over
-
-
 def test_master_data_updates_apply_to_later_events(bus):
     load_reference(bus)
     entity = read_master_csv(bus.settings.config, "entities")[1]
