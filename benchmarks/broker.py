@@ -3,18 +3,22 @@
 - produce: records to one topic or spread over 25 (a fan-out writes to every feed), plain or in
   transactions of a given size: broker CPU microseconds per record, so the fixed cost of a
   transaction (per partition it wrote) shows beside the cost of a record;
-- fetch: an idle read_committed consumer of 1 or 25 partitions with the fetch wait civicbus uses
-  (the embedded broker answers a fetch only when its wait has passed): broker CPU it costs.
+- fetch: a read_committed consumer of 1 or 25 partitions with the fetch wait civicbus uses
+  (the embedded broker answers a fetch only when its wait has passed), idle, and while 2,000
+  records a second arrive on one of its partitions (each fetch is then answered at once, and
+  covers every partition): broker CPU it costs, and fetch requests a second.
 Broker CPU is read from /proc for the broker process (the embedded one only).
 """
 
 from __future__ import annotations
 
+import json
+import threading
 import time
 from pathlib import Path
 
 import psutil
-from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka import OFFSET_END, Consumer, Producer, TopicPartition
 
 from benchmarks.report import median, write_result
 from civicbus.broker import EmbeddedBroker
@@ -59,7 +63,7 @@ def idle_fetch_cost(broker: EmbeddedBroker, process: psutil.Process, topics: lis
     """Broker CPU (cores) spent answering one idle consumer of `topics`."""
     consumer = Consumer({"bootstrap.servers": broker.bootstrap, "group.id": "bench-broker-idle", "enable.auto.commit": False,
                          "isolation.level": "read_committed", "fetch.wait.max.ms": wait_ms})
-    consumer.assign([TopicPartition(t, 0, 0) for t in topics])
+    consumer.assign([TopicPartition(t, 0, OFFSET_END) for t in topics])  # nothing to read: idle
     consumer.poll(1.0)  # connected and fetching before the clock starts
     before, started = cpu_seconds(process), time.monotonic()
     while time.monotonic() - started < seconds:
@@ -67,6 +71,47 @@ def idle_fetch_cost(broker: EmbeddedBroker, process: psutil.Process, topics: lis
     cost = (cpu_seconds(process) - before) / (time.monotonic() - started)
     consumer.close()
     return round(cost, 3)
+
+
+def busy_fetch_cost(broker: EmbeddedBroker, process: psutil.Process, topics: list[str], wait_ms: int, rate: int = 2000,
+                    seconds: float = 3.0) -> dict:
+    """Broker CPU (cores) and fetch requests/s of one consumer of `topics` while `rate` records/s
+    arrive on the first of them."""
+    stats: dict = {}
+    consumer = Consumer({"bootstrap.servers": broker.bootstrap, "group.id": "bench-broker-busy", "enable.auto.commit": False,
+                         "isolation.level": "read_committed", "fetch.wait.max.ms": wait_ms, "statistics.interval.ms": 500,
+                         "stats_cb": lambda s: stats.update(json.loads(s))})
+    consumer.assign([TopicPartition(t, 0, OFFSET_END) for t in topics])
+    consumer.poll(1.0)
+    stop = threading.Event()
+
+    def publish() -> None:
+        producer = Producer(producer_config(broker.bootstrap, **{"linger.ms": 2}))
+        started, sent = time.monotonic(), 0
+        while not stop.is_set():
+            due = int((time.monotonic() - started) * rate)
+            for _ in range(due - sent):
+                producer.produce(topics[0], VALUE, headers=HEADERS)
+            sent = max(sent, due)
+            producer.poll(0.002)
+        producer.flush(30)
+
+    publisher = threading.Thread(target=publish)
+    publisher.start()
+    time.sleep(1.0)
+
+    def fetches() -> int:
+        return sum(b.get("req", {}).get("Fetch", 0) for b in stats.get("brokers", {}).values())
+
+    before, fetched_before, started = cpu_seconds(process), fetches(), time.monotonic()
+    while time.monotonic() - started < seconds:
+        consumer.consume(1000, 0.05)
+    elapsed = time.monotonic() - started
+    figures = {"broker_cores": round((cpu_seconds(process) - before) / elapsed, 3), "fetch_requests_per_s": round((fetches() - fetched_before) / elapsed)}
+    stop.set()
+    publisher.join()
+    consumer.close()
+    return figures
 
 
 def run(repeats: int = 3) -> Path:
@@ -91,9 +136,13 @@ def run(repeats: int = 3) -> Path:
                  for topics in (one, many) for wait in (wait_ms, 100)}
         for name, cores in fetch.items():
             print(f"idle consumer, {name}: {cores} broker cores")
+        busy = {f"{len(topics)} partitions, fetch wait {wait_ms}ms": busy_fetch_cost(broker, process, topics, wait_ms) for topics in (one, many)}
+        for name, figures in busy.items():
+            print(f"consumer with 2,000 records/s arriving, {name}: {figures}")
     return write_result("broker", {
         "records_per_case": RECORDS,
         "repeats": repeats,
         "produce_broker_cpu_us_per_record": produce,
         "idle_read_committed_consumer_broker_cores": fetch,
+        "read_committed_consumer_with_2000_records_per_s_arriving": busy,
     })

@@ -28,8 +28,9 @@ def read_topic(
     until: Callable[[list[Message]], bool] | None = None,
     timeout_s: float = 30.0,
     idle_s: float = 1.5,
+    isolation: str = "read_committed",
 ) -> list[Message]:
-    """Every record of `topic` (or of several topics) from the start (read_committed, no group, so no join delay).
+    """Every record of `topic` (or of several topics) from the start (no group, so no join delay).
 
     Stops when `until(messages)` is true, or after `idle_s` without records once `until` is
     None; raises AssertionError on timeout while `until` is still false.
@@ -39,7 +40,7 @@ def read_topic(
             "bootstrap.servers": ctx.bootstrap,
             "group.id": f"reader-{uuid.uuid4().hex}",
             "enable.auto.commit": False,
-            "isolation.level": "read_committed",
+            "isolation.level": isolation,
         }
     )
     topics = [topic] if isinstance(topic, str) else topic

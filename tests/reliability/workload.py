@@ -88,7 +88,13 @@ def wait_for_feeds(ctx: BusContext, targets: dict[str, set[str]], timeout_s: flo
         read = len(messages)
         return expected <= seen
 
-    read_topic(ctx, feed_topics(ctx), until=until, timeout_s=timeout_s)
+    try:
+        read_topic(ctx, feed_topics(ctx), until=until, timeout_s=timeout_s)
+    except AssertionError:
+        missing = expected - seen
+        uncommitted = {(m.topic(), m.key().decode()) for m in read_topic(ctx, feed_topics(ctx), isolation="read_uncommitted")}
+        raise AssertionError(f"{len(missing)} (feed, id) deliveries missing after {timeout_s}s, {len(missing & uncommitted)} of them "
+                             f"written but not committed, e.g. {sorted(missing)[:3]}") from None
 
 
 def feed_topics(ctx: BusContext) -> list[str]:
