@@ -127,12 +127,12 @@ def run(repeats: int = 3) -> Path:
             "25 topics, 100 records a transaction": (many, 100),
             "25 topics, 20 records a transaction": (many, 20),
         }
-        produce = {name: median([produce_cost(broker, process, topics, size, f"{i}{n}") for n in range(repeats)])
+        produce = {name: median([produce_cost(broker, process, topics, size, f"{i}{n}") for n in range(repeats)], digits=3)
                    for i, (name, (topics, size)) in enumerate(cases.items())}
         for name, cost in produce.items():
             print(f"produce, {name}: {cost} us of broker CPU a record")
         wait_ms = Settings().fetch_wait_max_ms
-        fetch = {f"{len(topics)} partitions, fetch wait {wait}ms": median([idle_fetch_cost(broker, process, topics, wait) for _ in range(repeats)])
+        fetch = {f"{len(topics)} partitions, fetch wait {wait}ms": median([idle_fetch_cost(broker, process, topics, wait) for _ in range(repeats)], digits=3)
                  for topics in (one, many) for wait in (wait_ms, 100)}
         for name, cores in fetch.items():
             print(f"idle consumer, {name}: {cores} broker cores")

@@ -58,8 +58,8 @@ def write_result(name: str, figures: dict[str, Any]) -> Path:
     return path
 
 
-def median(values: list[float]) -> float:
-    return round(statistics.median(values), 1)
+def median(values: list[float], digits: int = 1) -> float:
+    return round(statistics.median(values), digits)
 
 
 def percentile(values: list[float], p: float) -> float:
