@@ -21,6 +21,9 @@ PIPE_CASES = "civic.pipe.cases"
 STATE_FANOUT_SEEN = "civic.state.fanout-seen"
 
 REFERENCE_DATASETS = ("population", "entities", "buildings")
+# The case stage's faust app (its consumer group and topic prefix) and its table.
+CASES_APP = "civicbus-cases"
+CASES_TABLE = "cases"
 
 
 @dataclass(frozen=True)
@@ -60,6 +63,12 @@ class Topology:
         """Regex subscription for every department's inbound topic (librdkafka: leading ^)."""
         return "^" + self.name(IN_PREFIX).replace(".", r"\.") + ".*"
 
+    @property
+    def cases_changelog(self) -> str:
+        """The case table's changelog, named as faust names it. Created here because faust made it
+        with one partition on the embedded broker, whatever the table's partition count."""
+        return f"{self.group(CASES_APP)}-{CASES_TABLE}-changelog"
+
     def department_of_inbound(self, topic: str) -> str:
         return topic[len(self.name(IN_PREFIX)) :]
 
@@ -75,6 +84,7 @@ class Topology:
         specs += [
             TopicSpec(self.name(DIST_EVENTS), n, month),
             TopicSpec(self.name(PIPE_CASES), n, week),
+            TopicSpec(self.cases_changelog, n, compact),
             TopicSpec(self.name(DLQ), 1, month),
             TopicSpec(self.name(AUDIT), 1, {"cleanup.policy": "delete", "retention.ms": str(365 * DAY_MS)}),
             TopicSpec(self.name(STATE_FANOUT_SEEN), n, {"cleanup.policy": "delete", "retention.ms": str(DAY_MS)}),

@@ -32,7 +32,7 @@ from civicbus.dlq import DeadLetter, Reason
 from civicbus.kafka import make_consumer
 from civicbus.metrics import ESCALATED, OPEN_CASES, OVERDUE_CASES, REJECTED, ROUTED
 from civicbus.serde import DecodeError
-from civicbus.topology import DIST_EVENTS, DLQ, PIPE_CASES
+from civicbus.topology import CASES_APP, CASES_TABLE, DIST_EVENTS, DLQ, PIPE_CASES
 from processors import faust_transport
 from processors.casebook import CaseBook, CaseError, CaseRules, TickResult
 
@@ -215,11 +215,11 @@ def faust_settings(ctx: BusContext) -> dict:
 
 def create_app(ctx: BusContext) -> faust.App:
     partitions = ctx.topology.pipeline_partitions
-    app = faust.App(ctx.topology.group("civicbus-cases"), topic_partitions=partitions, **faust_settings(ctx))
+    app = faust.App(ctx.topology.group(CASES_APP), topic_partitions=partitions, **faust_settings(ctx))
     pipe_topic = app.topic(ctx.topology.name(PIPE_CASES), key_type=bytes, value_type=bytes)
     dist_topic = app.topic(ctx.topology.name(DIST_EVENTS), key_type=bytes, value_type=bytes)
     dlq_topic = app.topic(ctx.topology.name(DLQ), key_type=bytes, value_type=bytes)
-    table = app.Table("cases", default=None, partitions=partitions, schema=faust.Schema(key_serializer="json", value_serializer="json"))
+    table = app.Table(CASES_TABLE, default=None, partitions=partitions, schema=faust.Schema(key_serializer="json", value_serializer="json"))
     cases = ChangeloggedStore(table)
     casebook = CaseBook(CaseRules.from_city(ctx.city, ctx.catalog["case.escalated"]), cases)
     metrics = CaseMetrics()
