@@ -80,6 +80,8 @@ class FanoutStage(Stage):
         # aborted batch is replayed in full rather than dropped as duplicates.
         self._delivered_in_batch: dict[bytes, None] = {}
         self._policy: Policy = ctx.policy.get()
+        # Event id -> departments whose feed shows it already, read from the feeds' tails on start.
+        self._in_feeds: dict[bytes, set[str]] = {}
 
     def subscription(self) -> list[str]:
         return [self.topology.name(DIST_EVENTS)]
@@ -91,7 +93,9 @@ class FanoutStage(Stage):
         aborted transactions (DESIGN notes in README): a fan-out killed mid-batch leaves feed
         records that every reader sees but whose ids never reached the changelog, and delivering
         them again would put them in the feeds twice (tests/reliability/test_kill_processors.py).
-        On Apache Kafka read_committed hides those records, and the tails add nothing new.
+        Such an event may be in some of its feeds only, so what the tails show is kept per
+        department, and the event is still delivered to the others. On Apache Kafka
+        read_committed hides those records, and the tails add nothing new.
         """
         consumer = make_consumer(
             ctx.settings, ctx.bootstrap, self.topology.group("civicbus-fanout-restore"), **{"enable.partition.eof": True}
@@ -114,9 +118,13 @@ class FanoutStage(Stage):
                 if message.error():
                     remaining.discard((message.topic(), message.partition()))
                     continue
-                self.seen.add(message.key())
+                if message.topic() == self.seen_topic:
+                    self.seen.add(message.key())
+                else:
+                    self._in_feeds.setdefault(message.key(), set()).add(message.topic())
         finally:
             consumer.close()
+        self._in_feeds = {event_id: feeds for event_id, feeds in self._in_feeds.items() if event_id not in self.seen}
 
     def begin_batch(self) -> None:
         self._policy = self.ctx.policy.get()  # an edit applies from the next batch on
@@ -130,6 +138,11 @@ class FanoutStage(Stage):
         # Written by ingest or the case stage, which validated it: decoding is enough.
         event = self.ctx.serde.decode(message.value(), message.topic(), validate=False)
         deliveries = self._policy.deliveries(event)
+        shown = self._in_feeds.pop(event_id, ())
+        if shown:  # partly delivered by an aborted batch that readers see (see prepare)
+            deliveries = [d for d in deliveries if self.topology.feed(d.department) not in shown]
+            if not deliveries:
+                return []
         if not deliveries:
             detail = f"dispatched to {', '.join(event.get('targets') or ()) or 'nobody'}; no department may receive a {event['classification']} {event['type']} there"
             return [dead_letter_output(self.ctx, self.name, message, Reason.UNDELIVERABLE, detail)]
