@@ -31,13 +31,6 @@ def publish_paced(bus, events, progress: list[int], stop: threading.Event) -> No
 
 @pytest.mark.slow
 @pytest.mark.timeout(240)
-@pytest.mark.xfail(
-    reason="Open in issue 6, embedded broker only: 8 of 9 runs on 2026-11-25 passed; the other left some "
-    "deliveries missing after 120 s (the failure now says how many and whether they are written but "
-    "uncommitted). Duplicates after a fan-out kill are fixed (delivered ids restored from the feeds' tails). "
-    "Kept running so a pass shows as XPASS and a failure as XFAIL with its diagnosis.",
-    strict=False,
-)
 def test_kill_9_ingest_cases_and_fanout_during_a_run_loses_and_duplicates_nothing(bus, pipeline):
     events = city_events(bus, EVENTS, seed=6)
     progress, stop = [0], threading.Event()
