@@ -138,14 +138,12 @@ class FanoutStage(Stage):
         # Written by ingest or the case stage, which validated it: decoding is enough.
         event = self.ctx.serde.decode(message.value(), message.topic(), validate=False)
         deliveries = self._policy.deliveries(event)
-        shown = self._in_feeds.pop(event_id, ())
-        if shown:  # partly delivered by an aborted batch that readers see (see prepare)
-            deliveries = [d for d in deliveries if self.topology.feed(d.department) not in shown]
-            if not deliveries:
-                return []
         if not deliveries:
             detail = f"dispatched to {', '.join(event.get('targets') or ()) or 'nobody'}; no department may receive a {event['classification']} {event['type']} there"
             return [dead_letter_output(self.ctx, self.name, message, Reason.UNDELIVERABLE, detail)]
+        shown = self._in_feeds.pop(event_id, ())
+        if shown:  # partly delivered by an aborted batch that readers see (see prepare)
+            deliveries = [d for d in deliveries if self.topology.feed(d.department) not in shown]
         published_ms = header(message, PUBLISHED_AT_HEADER)
         latency_s = max(0.0, time.time() - int(published_ms) / 1000) if published_ms else None
         masked_copies: dict[tuple[str, ...], tuple[bytes, list]] = {}  # one encoding per set of masked fields
