@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
-from confluent_kafka import Consumer, KafkaError, KafkaException, Producer
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer
 from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic
 
 from civicbus.settings import Settings
@@ -71,6 +73,28 @@ def make_producer(bootstrap: str, **extra) -> Producer:
 
 def make_consumer(settings: Settings, bootstrap: str, group_id: str, **extra) -> Consumer:
     return Consumer(consumer_config(settings, bootstrap, group_id, **extra))
+
+
+def read_to_end(consumer: Consumer, on_record: Callable[[Message], None], timeout_s: float = 60.0) -> None:
+    """Hand every record of the consumer's assignment to `on_record` until each partition's end.
+
+    The consumer needs `enable.partition.eof`: that event, not the reported high watermark, marks
+    the end (the embedded broker understates the watermark; DESIGN.md). TimeoutError names the
+    partitions not read to their end in time.
+    """
+    pending = {(tp.topic, tp.partition) for tp in consumer.assignment()}
+    deadline = time.monotonic() + timeout_s
+    while pending and time.monotonic() < deadline:
+        message = consumer.poll(0.2)
+        if message is None:
+            continue
+        if message.error():
+            if message.error().code() == KafkaError._PARTITION_EOF:
+                pending.discard((message.topic(), message.partition()))
+            continue
+        on_record(message)
+    if pending:
+        raise TimeoutError(f"not read to the end within {timeout_s:.0f}s: {sorted(pending)}")
 
 
 class AsyncProducer:

@@ -17,11 +17,10 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import ssl
 import time
 from collections.abc import Iterator, MutableMapping
 from dataclasses import dataclass
-
-import ssl
 
 import faust
 from confluent_kafka import KafkaError, TopicPartition
@@ -29,7 +28,7 @@ from faust.auth import SASLCredentials, SSLCredentials
 
 from civicbus.context import BusContext
 from civicbus.dlq import DeadLetter, Reason
-from civicbus.kafka import make_consumer
+from civicbus.kafka import make_consumer, read_to_end
 from civicbus.metrics import ESCALATED, OPEN_CASES, OVERDUE_CASES, REJECTED, ROUTED
 from civicbus.serde import DecodeError
 from civicbus.topology import CASES_APP, CASES_TABLE, DIST_EVENTS, DLQ, PIPE_CASES
@@ -102,27 +101,19 @@ class ChangeloggedStore(MutableMapping):
         topic = self.table.changelog_topic.get_topic_name()
         consumer = make_consumer(ctx.settings, ctx.bootstrap, f"{topic}-restore", **{"enable.partition.eof": True})
         consumer.assign([TopicPartition(topic, p, 0) for p in partitions])
-        remaining, deadline = set(partitions), time.monotonic() + timeout_s
         self.table.data.clear()
         try:
-            while remaining and time.monotonic() < deadline:
-                message = consumer.poll(0.5)
-                if message is None:
-                    continue
-                if message.error():
-                    if message.error().code() == KafkaError._PARTITION_EOF:
-                        remaining.discard(message.partition())
-                    continue
-                key, value = json.loads(message.key()), json.loads(message.value()) if message.value() else None
-                if value is None:
-                    self.table.data.pop(key, None)
-                else:
-                    self.table.data[key] = value
+            read_to_end(consumer, self._apply, timeout_s)
         finally:
             consumer.close()
-        if remaining:
-            raise TimeoutError(f"{topic} not read to its end within {timeout_s}s")
         log.info("case stage restored %d cases from %s", len(self.table.data), topic)
+
+    def _apply(self, message) -> None:
+        key, value = json.loads(message.key()), json.loads(message.value()) if message.value() else None
+        if value is None:
+            self.table.data.pop(key, None)
+        else:
+            self.table.data[key] = value
 
     async def publish(self, partition: int) -> None:
         """Send the changes of the event just processed to the changelog partition of its source."""
@@ -176,6 +167,7 @@ class GapReader:
                 break
             found.append(PipeRecord(message.topic(), partition, message.offset(), message.key(), message.value(),
                                     dict(message.headers() or [])))
+        self._consumer.unassign()  # or it keeps fetching the topic in the background, for nothing
         return found
 
 

@@ -11,14 +11,14 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 import uuid
 from typing import Any
 
-from confluent_kafka import Consumer, KafkaError, TopicPartition
+from confluent_kafka import TopicPartition
 from pydantic import ValidationError
 
 from civicbus.context import BusContext
+from civicbus.kafka import make_consumer, read_to_end
 from civicbus.reference import DATASETS, MasterRecord, decode_record
 from civicbus.schemas import EventType
 
@@ -76,33 +76,15 @@ class ReferenceFollower:
     def __init__(self, ctx: BusContext, tables: ReferenceTables):
         self.tables = tables
         self._datasets = {ctx.topology.reference(d): d for d in DATASETS}
-        self._consumer = Consumer(
-            {
-                "bootstrap.servers": ctx.bootstrap,
-                "group.id": f"{ctx.topology.group('civicbus-reference')}-{uuid.uuid4().hex[:8]}",  # never commits
-                "enable.auto.commit": False,
-                "isolation.level": "read_committed",
-                "enable.partition.eof": True,
-            }
-        )
+        group = f"{ctx.topology.group('civicbus-reference')}-{uuid.uuid4().hex[:8]}"  # never commits
+        self._consumer = make_consumer(ctx.settings, ctx.bootstrap, group, **{"enable.partition.eof": True})
         metadata = self._consumer.list_topics(timeout=10).topics
         self._consumer.assign([TopicPartition(t, p, 0) for t in self._datasets for p in metadata[t].partitions])
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._follow, name="reference-follower", daemon=True)
 
     def catch_up(self, timeout_s: float = 60.0) -> None:
-        pending = set((tp.topic, tp.partition) for tp in self._consumer.assignment())
-        deadline = time.monotonic() + timeout_s
-        while pending and time.monotonic() < deadline:
-            message = self._consumer.poll(0.2)
-            if message is None:
-                continue
-            if message.error() and message.error().code() == KafkaError._PARTITION_EOF:
-                pending.discard((message.topic(), message.partition()))
-            else:
-                self._apply(message)
-        if pending:
-            raise TimeoutError(f"master data not loaded within {timeout_s}s: {sorted(pending)}")
+        read_to_end(self._consumer, self._apply, timeout_s)
         log.info("master data loaded: %d records", len(self.tables))
 
     def start(self) -> None:

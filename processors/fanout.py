@@ -28,7 +28,7 @@ from confluent_kafka import Message, Producer, TopicPartition
 from civicbus.audit import AuditRecord, masked_header
 from civicbus.context import BusContext
 from civicbus.dlq import Reason
-from civicbus.kafka import make_consumer
+from civicbus.kafka import make_consumer, read_to_end
 from civicbus.metrics import AUDITED, DELIVERED, DUPLICATES_DROPPED, END_TO_END_LATENCY, MASKED, labelled
 from civicbus.policy import Policy, masked_event
 from civicbus.topology import AUDIT, DIST_EVENTS, STATE_FANOUT_SEEN
@@ -108,23 +108,16 @@ class FanoutStage(Stage):
                     low, high = consumer.get_watermark_offsets(TopicPartition(feed, p), timeout=10)
                     partitions.append(TopicPartition(feed, p, max(low, high - FEED_TAIL_RECORDS)))
             consumer.assign(partitions)
-            remaining = {(p.topic, p.partition) for p in partitions}
-            idle_since = time.monotonic()
-            while remaining and time.monotonic() - idle_since < 2.0:
-                message = consumer.poll(0.2)
-                if message is None:
-                    continue
-                idle_since = time.monotonic()
-                if message.error():
-                    remaining.discard((message.topic(), message.partition()))
-                    continue
-                if message.topic() == self.seen_topic:
-                    self.seen.add(message.key())
-                else:
-                    self._in_feeds.setdefault(message.key(), set()).add(message.topic())
+            read_to_end(consumer, self._restore_record)
         finally:
             consumer.close()
         self._in_feeds = {event_id: feeds for event_id, feeds in self._in_feeds.items() if event_id not in self.seen}
+
+    def _restore_record(self, message: Message) -> None:
+        if message.topic() == self.seen_topic:
+            self.seen.add(message.key())
+        else:
+            self._in_feeds.setdefault(message.key(), set()).add(message.topic())
 
     def begin_batch(self) -> None:
         self._policy = self.ctx.policy.get()  # an edit applies from the next batch on
