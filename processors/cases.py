@@ -30,6 +30,7 @@ from civicbus.context import BusContext
 from civicbus.dlq import DeadLetter, Reason
 from civicbus.kafka import make_consumer, read_to_end
 from civicbus.metrics import ESCALATED, OPEN_CASES, OVERDUE_CASES, REJECTED, ROUTED
+from civicbus.schemas import ESCALATION_TYPE
 from civicbus.serde import DecodeError
 from civicbus.topology import CASES_APP, CASES_TABLE, DIST_EVENTS, DLQ, PIPE_CASES
 from processors import faust_transport
@@ -213,7 +214,7 @@ def create_app(ctx: BusContext) -> faust.App:
     dlq_topic = app.topic(ctx.topology.name(DLQ), key_type=bytes, value_type=bytes)
     table = app.Table(CASES_TABLE, default=None, partitions=partitions, schema=faust.Schema(key_serializer="json", value_serializer="json"))
     cases = ChangeloggedStore(table)
-    casebook = CaseBook(CaseRules.from_city(ctx.city, ctx.catalog["case.escalated"]), cases)
+    casebook = CaseBook(CaseRules.from_city(ctx.city, ctx.catalog[ESCALATION_TYPE]), cases)
     metrics = CaseMetrics()
     dist_name = dist_topic.get_topic_name()
 
