@@ -22,7 +22,7 @@ from confluent_kafka.admin import (
 )
 
 from civicbus.kafka import make_admin
-from civicbus.topology import AUDIT, CASES_APP, DIST_EVENTS, DLQ, FEED_PREFIX, IN_PREFIX, PIPE_CASES, REF_PREFIX, STATE_FANOUT_SEEN, Topology
+from civicbus.topology import AUDIT, DIST_EVENTS, DLQ, FEED_PREFIX, IN_PREFIX, PIPE_CASES, REF_PREFIX, STATE_FANOUT_SEEN, Topology
 
 EMBEDDED_CLUSTER_ID_PREFIX = "tansu"
 
@@ -85,9 +85,10 @@ def plan(topology: Topology) -> list[Binding]:
     bindings += _writes(ingest, t.name(PIPE_CASES)) + _writes(ingest, t.name(DIST_EVENTS)) + _writes(ingest, t.name(DLQ))
     bindings += [Binding(ingest, READ, "group", t.group("civicbus-ingest"))] + _transactional(ingest, t.group("civicbus-ingest"))
     cases = "User:civicbus-cases"
-    bindings += _reads(cases, "topic", t.name(PIPE_CASES)) + _writes(cases, t.name(DIST_EVENTS)) + _writes(cases, t.name(DLQ))
-    # faust keeps its tables in changelog topics named after the app id, and creates them itself.
-    bindings += [Binding(cases, ALL, "topic", t.group(CASES_APP), "PREFIXED"), Binding(cases, READ, "group", t.group(CASES_APP), "PREFIXED")]
+    bindings += _reads(cases, "topic", t.name(PIPE_CASES)) + _writes(cases, t.name(PIPE_CASES))  # its clock records
+    bindings += _writes(cases, t.name(DIST_EVENTS)) + _writes(cases, t.name(DLQ))
+    bindings += _reads(cases, "topic", t.cases_changelog) + _writes(cases, t.cases_changelog)
+    bindings += [Binding(cases, READ, "group", t.group("civicbus-cases"), "PREFIXED")] + _transactional(cases, t.group("civicbus-cases"))
     fanout = "User:civicbus-fanout"
     bindings += _reads(fanout, "topic", t.name(DIST_EVENTS)) + _reads(fanout, "topic", t.name(STATE_FANOUT_SEEN))
     bindings += _writes(fanout, t.name(FEED_PREFIX), "PREFIXED") + _writes(fanout, t.name(AUDIT)) + _writes(fanout, t.name(STATE_FANOUT_SEEN))

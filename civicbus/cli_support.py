@@ -37,5 +37,3 @@ def configure_logging() -> None:
         level=os.environ.get("CIVICBUS_LOG_LEVEL", "INFO"),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    for noisy in ("faust", "mode", "aiokafka"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)

@@ -38,6 +38,12 @@ class Settings(BaseSettings):
         "latency (librdkafka's 500 ms default: ~250 ms a hop, measured). Apache Kafka answers as soon "
         "as data is there; there a short wait only means more fetch requests from idle consumers.",
     )
+    commit_interval_ms: int = Field(
+        default=50, ge=0,
+        description="Least time between two transaction commits of a stage (processors.runner): each "
+        "commit adds a batch and a marker to every partition it wrote, which the embedded broker "
+        "pays for on every later fetch. A record after a quiet spell is committed at once.",
+    )
     state_dir: Path = Field(default=REPO_ROOT / ".civicbus", description="Spools and local state.")
     kafka_security_protocol: str | None = Field(
         default=None, description="librdkafka security.protocol for a secured cluster, e.g. SASL_PLAINTEXT or SASL_SSL."

@@ -21,9 +21,8 @@ PIPE_CASES = "civic.pipe.cases"
 STATE_FANOUT_SEEN = "civic.state.fanout-seen"
 
 REFERENCE_DATASETS = ("population", "entities", "buildings")
-# The case stage's faust app (its consumer group and topic prefix) and its table.
-CASES_APP = "civicbus-cases"
-CASES_TABLE = "cases"
+# The case stage's state, one compacted partition per civic.pipe.cases partition.
+STATE_CASES = "civic.state.cases"
 
 
 @dataclass(frozen=True)
@@ -65,9 +64,8 @@ class Topology:
 
     @property
     def cases_changelog(self) -> str:
-        """The case table's changelog, named as faust names it. Created here because faust made it
-        with one partition on the embedded broker, whatever the table's partition count."""
-        return f"{self.group(CASES_APP)}-{CASES_TABLE}-changelog"
+        """The case stage's state log: partition p holds the cases of civic.pipe.cases partition p."""
+        return self.name(STATE_CASES)
 
     def department_of_inbound(self, topic: str) -> str:
         return topic[len(self.name(IN_PREFIX)) :]

@@ -11,7 +11,12 @@ place for merging) live in memory only and are rebuilt from the table after a re
   case's correlation_id and targets.
 - Dispatch: the category's departments plus the location's street and district offices.
 - Deadlines: `tick(now)` escalates each case that missed acceptance or resolution, once per
-  deadline, to the responsible departments, the district office and the originators.
+  deadline, to the responsible departments, the district office and the originators. Due times
+  sit in a heap (the deadline index), so a tick costs what falls due, not a scan of every case;
+  open and overdue counts are kept as cases change, for the same reason.
+- Retention: a resolved case is forgotten `retention` after it was resolved, and one nobody
+  resolves `retention` after its resolution deadline, so what the stage holds is bounded by
+  the traffic of one retention period, however long it runs.
 - Feedback: a status update from a department on the case is attached and relayed to everyone on
   the case (originators first), except its sender.
 
@@ -22,6 +27,7 @@ same ids (publisher ids, or derived_id for what it creates), and the fan-out dro
 
 from __future__ import annotations
 
+import heapq
 import math
 import uuid
 from collections import Counter
@@ -102,6 +108,11 @@ class CaseBook:
         self.cases = cases
         self._reports: dict[str, str] | None = None  # report id -> case id; built on first use
         self._nearby: dict[tuple[str, int, int], set[str]] | None = None  # open mergeable cases by place
+        # (due ms, case id, what falls due): deadlines, forgetting, and escalations to re-emit
+        # when a restarted stage replays the tick that made them. Stale entries are skipped.
+        self._due: list[tuple[int, str, str]] | None = None
+        self._open_counts: Counter = Counter()  # (department, category) -> open cases
+        self._overdue_counts: Counter = Counter()  # (department, category) -> open cases past a deadline
 
     # ---- inputs ------------------------------------------------------------------------
 
@@ -148,32 +159,45 @@ class CaseBook:
         return self._as_case_event(event, case, relay_to)
 
     def tick(self, now_ms: int) -> TickResult:
-        """Escalate missed deadlines as of `now_ms`, forget long-resolved cases, count open ones.
+        """Escalate missed deadlines as of `now_ms`, forget cases past retention, count open ones.
 
-        `now_ms` comes from the clock record being processed, so a replayed tick decides the same."""
+        `now_ms` comes from the clock record being processed, so a replayed tick decides the same:
+        a restarted book (indexes rebuilt from the restored cases) re-emits the escalations the
+        tick at exactly `now_ms` made, with the same ids."""
         result = TickResult()
-        retention_ms = self.rules.categories.retention.total_seconds() * 1000
-        for case_id, case in list(self.cases.items()):
-            if case["resolved_ms"] is not None:
-                if now_ms - case["resolved_ms"] > retention_ms:
+        due = self._deadlines()
+        while due and due[0][0] <= now_ms:
+            due_ms, case_id, what = heapq.heappop(due)
+            case = self.cases.get(case_id)
+            if case is None:
+                continue
+            if what == "forget":
+                if self._forget_at(case) == due_ms:
                     self._forget(case)
                 continue
-            overdue = False
-            for deadline, due_key, done_key in DEADLINES:
-                if case[done_key] is not None or now_ms < case[due_key]:
-                    continue
-                overdue = True
-                escalated_at = case["escalations"].get(deadline)
-                if escalated_at is None:
-                    case["escalations"][deadline] = now_ms
-                    self.cases[case_id] = case
-                    result.escalated += [(d, case["category"]) for d in case["responsible"]]
-                if escalated_at is None or escalated_at == now_ms:
+            deadline, due_key, done_key = next(d for d in DEADLINES if d[0] == what.removeprefix("replay:"))
+            if case[done_key] is not None or case["resolved_ms"] is not None:
+                continue
+            if what.startswith("replay:"):
+                if due_ms == now_ms and case["escalations"].get(deadline) == now_ms:
                     result.events.append(self._escalation(case, deadline, now_ms))
-            for department in case["responsible"]:
-                result.open[(department, case["category"])] += 1
-                result.overdue[(department, case["category"])] += overdue
+                continue
+            if case[due_key] != due_ms or deadline in case["escalations"]:
+                continue
+            self._count(case, -1)
+            case["escalations"][deadline] = now_ms
+            self._count(case, +1)
+            self.cases[case_id] = case
+            result.escalated += [(d, case["category"]) for d in case["responsible"]]
+            result.events.append(self._escalation(case, deadline, now_ms))
+        result.open = +self._open_counts
+        result.overdue = +self._overdue_counts
         return result
+
+    def counts(self) -> tuple[Counter, Counter]:
+        """Open cases and those past a deadline, per (department, category)."""
+        self._deadlines()
+        return +self._open_counts, +self._overdue_counts
 
     # ---- case state --------------------------------------------------------------------
 
@@ -203,9 +227,18 @@ class CaseBook:
         }
         if case["mergeable"]:
             self._merge_index().setdefault(self._key(case), set()).add(case["id"])
+        self._deadlines()  # built from the cases before this one joins them
+        self._schedule(case)
+        self._count(case, +1)
         return case
 
     def _apply_status(self, case: dict, event: dict[str, Any]) -> None:
+        self._count(case, -1)
+        self._apply(case, event)
+        self._count(case, +1)
+        self._schedule(case)
+
+    def _apply(self, case: dict, event: dict[str, Any]) -> None:
         status, at_ms = event["data"]["status"], to_ms(event["time"])
         case["statuses"].append({"id": event["id"], "status": status, "source": event["source"], "time_ms": at_ms})
         case["last_status"] = status
@@ -219,7 +252,16 @@ class CaseBook:
             case["responsible"] = list(dict.fromkeys(case["responsible"] + [self.rules.hub]))
             case["targets"] = list(dict.fromkeys(case["targets"] + [self.rules.hub]))
 
+    def _forget_at(self, case: dict) -> int:
+        """When a case is dropped: `retention` after its resolution, or after its resolution
+        deadline if it is never resolved."""
+        retention_ms = int(self.rules.categories.retention.total_seconds() * 1000)
+        return (case["resolved_ms"] if case["resolved_ms"] is not None else case["resolve_due_ms"]) + retention_ms
+
     def _forget(self, case: dict) -> None:
+        self._count(case, -1)
+        if case["mergeable"]:
+            self._merge_index().get(self._key(case), set()).discard(case["id"])
         reports = self.reports()
         for report_id in case["reports"]:
             reports.pop(report_id, None)
@@ -232,6 +274,38 @@ class CaseBook:
         if self._reports is None:
             self._reports = {r: case["id"] for case in self.cases.values() for r in case["reports"]}
         return self._reports
+
+    def _deadlines(self) -> list[tuple[int, str, str]]:
+        """The deadline index; after a restart, rebuilt from the restored cases (with their counts)."""
+        if self._due is None:
+            self._due = []
+            self._open_counts.clear()
+            self._overdue_counts.clear()
+            for case in self.cases.values():
+                self._schedule(case)
+                self._count(case, +1)
+                for deadline, escalated_at in case["escalations"].items():
+                    self._due.append((escalated_at, case["id"], f"replay:{deadline}"))
+            heapq.heapify(self._due)
+        return self._due
+
+    def _schedule(self, case: dict) -> None:
+        """Put what falls due next for `case` in the deadline index (older entries go stale)."""
+        due = self._deadlines()
+        for deadline, due_key, done_key in DEADLINES:
+            if case[done_key] is None and case["resolved_ms"] is None and deadline not in case["escalations"]:
+                heapq.heappush(due, (case[due_key], case["id"], deadline))
+        heapq.heappush(due, (self._forget_at(case), case["id"], "forget"))
+
+    def _count(self, case: dict, sign: int) -> None:
+        """Add (+1) or take back (-1) what an open case contributes to the open and overdue counts."""
+        self._deadlines()  # the counts start from the restored cases
+        if case["resolved_ms"] is not None:
+            return
+        overdue = any(d in case["escalations"] and case[done_key] is None for d, _, done_key in DEADLINES)
+        for department in case["responsible"]:
+            self._open_counts[(department, case["category"])] += sign
+            self._overdue_counts[(department, case["category"])] += sign * overdue
 
     # ---- merging -----------------------------------------------------------------------
 

@@ -1,46 +1,64 @@
-"""The case stage on faust-streaming: the stateful part of the pipeline.
+"""The case stage: the stateful part of the pipeline, on the shared transactional runner.
 
 Topology, all of it declared here:
-  civic.pipe.cases  --handle_case_events-->  civic.dist.events   (and civic.dlq for refusals)
-  table:  cases (case id -> case, with its reports and statuses), logged to its faust changelog
-  timer:  every `clock` of categories.yaml, a clock record on civic.pipe.cases; the agent
-          checks deadlines when it reaches it, so escalations are decided in stream order
-          and a replayed clock record decides exactly what it decided the first time.
+  civic.pipe.cases  --CaseStage-->  civic.dist.events   (case events, escalations)
+                                    civic.dlq           (refusals)
+  state:  per input partition, a CaseBook (processors.casebook) over a CaseStore, logged to the
+          compacted civic.state.cases partition of the same number
+  clock:  every `clock` of categories.yaml a clock record on each assigned civic.pipe.cases
+          partition; the stage checks deadlines when it reaches it, so escalations are decided
+          in stream order and a replayed clock record decides exactly what it decided before.
 
-The agents are thin: processors.casebook holds the logic. Runs at-least-once (faust's
-exactly_once cannot run on the embedded broker); every event it emits has the id of its input
-or one derived from it, so what a restarted worker emits twice is dropped by the fan-out.
+Why not faust (measured 2026-12-01, `civicbus up --simulate 20`): faust fetched afresh at every
+transaction-marker gap of its input and committed about one record per commit, and fell behind
+from minute 6 at 20 events/s. Here librdkafka steps over markers, and the state changes, the
+dead letters and the input offsets commit in one transaction: the state is exactly what the
+committed input produced.
+
+Its case events go to civic.dist.events through a second, idempotent producer, flushed before the
+transaction commits, not inside the transaction: the embedded broker completes a transaction only
+once every other open transaction that wrote the same partition is prepared too
+(tansu-storage's txn_end), so two transactional writers on civic.dist.events (ingest and this
+stage) hold each other's commits back without end under steady traffic (seen: readers of the
+partition stalled for good within seconds at 100 events/s). Flushing first makes the case
+events at-least-once; a replay after a crash re-emits them with the same ids (casebook's replay
+rules) and the fan-out drops what it delivered already.
+
+A status update for a case this partition does not know yet is held (parked) up to
+PARK_MS before it is dead-lettered UNKNOWN_CASE: ingest reads many inbound topics, and an
+answer published right after its report may overtake it there.
 """
 
 from __future__ import annotations
 
-import asyncio
+import base64
 import json
 import logging
-import ssl
+import threading
 import time
-from collections.abc import Iterator, MutableMapping
+from collections import Counter
+from collections.abc import Iterable, Iterator, MutableMapping
 from dataclasses import dataclass
 
-import faust
-from confluent_kafka import KafkaError, TopicPartition
-from faust.auth import SASLCredentials, SSLCredentials
+from confluent_kafka import KafkaError, KafkaException, Message, Producer, TopicPartition
 
 from civicbus.context import BusContext
 from civicbus.dlq import DeadLetter, Reason
-from civicbus.kafka import make_consumer, read_to_end
-from civicbus.metrics import ESCALATED, OPEN_CASES, OVERDUE_CASES, REJECTED, ROUTED
+from civicbus.kafka import make_consumer, make_producer, read_to_end
+from civicbus.metrics import ESCALATED, OPEN_CASES, OVERDUE_CASES, REJECTED, ROUTED, labelled
 from civicbus.schemas import ESCALATION_TYPE
 from civicbus.serde import DecodeError
-from civicbus.topology import CASES_APP, CASES_TABLE, DIST_EVENTS, DLQ, PIPE_CASES
-from processors import faust_transport
+from civicbus.topology import DIST_EVENTS, DLQ, PIPE_CASES
 from processors.casebook import CaseBook, CaseError, CaseRules, TickResult
+from processors.runner import Output, Stage
 
 log = logging.getLogger(__name__)
 
 STAGE = "cases"
 # A record on civic.pipe.cases with this header is a clock tick (value: epoch milliseconds).
 CLOCK_HEADER = "civic_clock_ms"
+# How long a status update for a case not (yet) known waits for its report.
+PARK_MS = 30_000
 
 
 def _forwarded(headers: dict) -> list[tuple[str, bytes]]:
@@ -48,240 +66,333 @@ def _forwarded(headers: dict) -> list[tuple[str, bytes]]:
     return [(k, v) for k, v in headers.items() if not k.startswith("ce_") and k != "content-type"]
 
 
-class CaseMetrics:
-    """Open and overdue gauges per (department, category), refreshed at every clock tick."""
-
-    def __init__(self):
-        self._labels: set[tuple[str, str]] = set()
-
-    def record(self, result: TickResult) -> None:
-        for department, category in result.escalated:
-            ESCALATED.labels(department, category).inc()
-        labels = set(result.open) | self._labels
-        for key in labels:
-            OPEN_CASES.labels(*key).set(result.open[key])
-            OVERDUE_CASES.labels(*key).set(result.overdue[key])
-        self._labels = set(result.open)
-
-
-class ChangeloggedStore(MutableMapping):
-    """A faust table's store, written through to its changelog and restored from all of it.
-
-    Writes: faust's own (`table[key] = value`) queue changelog records in a producer buffer that
-    its pre-commit flush may leave undrained (it gives up after 0.1 s without progress), so an
-    offset could be committed before the record of the change it caused. Records sent by
-    `publish` go straight to the producer, which faust flushes before every offset commit.
-    Restore: faust's recovery reads up to the reported high watermark, which the embedded broker
-    gives as the base offset of the last record batch + 1 (DESIGN.md), losing the newest cases
-    on restart. `restore` reads the changelog to its real end (end-of-partition) instead.
-    """
-
-    def __init__(self, table: faust.Table):
-        self.table = table
-        self._changed: dict[str, dict | None] = {}
-
-    def __getitem__(self, key: str) -> dict:
-        return self.table.data[key]
-
-    def __setitem__(self, key: str, value: dict) -> None:
-        self.table.data[key] = value
-        self._changed[key] = value
-
-    def __delitem__(self, key: str) -> None:
-        del self.table.data[key]
-        self._changed[key] = None  # a tombstone: recovery deletes the key
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self.table.data)
-
-    def __len__(self) -> int:
-        return len(self.table.data)
-
-    def restore(self, ctx: BusContext, partitions: list[int], timeout_s: float = 120.0) -> None:
-        """Rebuild the store from the whole changelog: what it says last about a key is the case."""
-        topic = self.table.changelog_topic.get_topic_name()
-        consumer = make_consumer(ctx.settings, ctx.bootstrap, f"{topic}-restore", **{"enable.partition.eof": True})
-        consumer.assign([TopicPartition(topic, p, 0) for p in partitions])
-        self.table.data.clear()
-        try:
-            read_to_end(consumer, self._apply, timeout_s)
-        finally:
-            consumer.close()
-        log.info("case stage restored %d cases from %s", len(self.table.data), topic)
-
-    def _apply(self, message) -> None:
-        key, value = json.loads(message.key()), json.loads(message.value()) if message.value() else None
-        if value is None:
-            self.table.data.pop(key, None)
-        else:
-            self.table.data[key] = value
-
-    async def publish(self, partition: int) -> None:
-        """Send the changes of the event just processed to the changelog partition of its source."""
-        changed, self._changed = self._changed, {}
-        for key, value in changed.items():
-            await self.table.changelog_topic.send(key=key, value=value, partition=partition)
-
-
 @dataclass(frozen=True)
 class PipeRecord:
-    """One civic.pipe.cases record, whether faust delivered it or GapReader found it."""
+    """One civic.pipe.cases record, as fetched or as parked in the store."""
 
     topic: str
     partition: int
     offset: int
     key: bytes | None
     value: bytes | None
-    headers: dict
+    headers: dict[str, bytes]
+
+    @classmethod
+    def of(cls, message: Message) -> PipeRecord:
+        return cls(message.topic(), message.partition(), message.offset(), message.key(), message.value(),
+                   dict(message.headers() or []))
+
+    def to_json(self) -> dict:
+        b64 = lambda b: None if b is None else base64.b64encode(b).decode()  # noqa: E731
+        return {"topic": self.topic, "partition": self.partition, "offset": self.offset, "key": b64(self.key),
+                "value": b64(self.value), "headers": {k: b64(v) for k, v in self.headers.items()}}
+
+    @classmethod
+    def from_json(cls, data: dict) -> PipeRecord:
+        unb64 = lambda s: None if s is None else base64.b64decode(s)  # noqa: E731
+        return cls(data["topic"], data["partition"], data["offset"], unb64(data["key"]), unb64(data["value"]),
+                   {k: unb64(v) for k, v in data["headers"].items()})
 
 
-class GapReader:
-    """Finds records of civic.pipe.cases that faust skipped, by reading the topic directly.
+class CaseStore(MutableMapping):
+    """One partition's cases, with what changed since the last commit, logged to civic.state.cases.
 
-    faust drops records it fetched while its flow control was suspended (start-up, rebalance)
-    and acks them, so their offsets get committed unprocessed (seen in
-    tests/e2e/test_case_restart.py). The agent tracks the last offset it processed per partition,
-    starting from the group's committed offset; when the next record's offset jumps, this reads
-    the range in between. Transaction markers also leave gaps; read_committed hides them.
+    The log holds three kinds of keys: `case/<id>` (a case without its report list), `report/<id>`
+    (one record per report, naming its case) and `parked/<id>` (a held status update). A report
+    adds one small record however many reports its case holds already (a mass incident: thousands
+    of people reporting one fire), and a case changed many times in one transaction is written
+    once. Restoring reads the partition to its end (end-of-partition, not the watermark the
+    embedded broker understates) and attaches each case's reports in log order.
     """
 
-    def __init__(self, ctx: BusContext, topic: str, group: str):
-        self.topic = topic
-        self._consumer = make_consumer(ctx.settings, ctx.bootstrap, group, **{"enable.partition.eof": True})
+    def __init__(self, partition: int):
+        self.partition = partition
+        self.data: dict[str, dict] = {}
+        self.parked: dict[str, tuple[str, int, PipeRecord]] = {}  # event id -> (reference, until ms, record)
+        self._waiting: dict[str, set[str]] = {}  # reference -> ids of the updates parked for it
+        self._dirty: set[str] = set()
+        self._dirty_parked: set[str] = set()
+        self._logged_reports: dict[str, int] = {}  # case id -> reports already in the log
+        self._forgotten: dict[str, list[str]] = {}  # case id -> its reports, for deleted cases
 
-    def next_offsets(self, partitions: list[int]) -> dict[int, int]:
-        """The group's committed offset per partition: the first offset the stage has not processed."""
-        committed = self._consumer.committed([TopicPartition(self.topic, p) for p in partitions], timeout=30)
-        return {tp.partition: max(tp.offset, 0) for tp in committed}
+    def __getitem__(self, key: str) -> dict:
+        return self.data[key]
 
-    def read(self, partition: int, start: int, end: int) -> list[PipeRecord]:
-        """Records with start <= offset < end."""
-        self._consumer.assign([TopicPartition(self.topic, partition, start)])
-        found: list[PipeRecord] = []
-        while True:
-            message = self._consumer.poll(5.0)
-            if message is None or (message.error() and message.error().code() == KafkaError._PARTITION_EOF):
-                break
-            if message.error():
+    def __setitem__(self, key: str, value: dict) -> None:
+        self.data[key] = value
+        self._dirty.add(key)
+
+    def __delitem__(self, key: str) -> None:
+        self._forgotten[key] = self.data.pop(key)["reports"]
+        self._dirty.add(key)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.data)
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def park(self, event_id: str, reference: str, until_ms: int, record: PipeRecord) -> None:
+        self.parked[event_id] = (reference, until_ms, record)
+        self._waiting.setdefault(reference, set()).add(event_id)
+        self._dirty_parked.add(event_id)
+
+    def unpark(self, event_id: str) -> tuple[str, int, PipeRecord]:
+        parked = self.parked.pop(event_id)
+        waiting = self._waiting.get(parked[0], set())
+        waiting.discard(event_id)
+        if not waiting:
+            self._waiting.pop(parked[0], None)
+        self._dirty_parked.add(event_id)
+        return parked
+
+    def waiting_for(self, reference: str) -> list[str]:
+        """Ids of the parked updates that refer to `reference`, oldest first."""
+        return sorted(self._waiting.get(reference, ()), key=lambda event_id: self.parked[event_id][2].offset)
+
+    def changes(self) -> Iterator[tuple[bytes, bytes | None]]:
+        """The log records for what changed since the last `committed()`."""
+        for case_id in self._dirty:
+            case = self.data.get(case_id)
+            logged = self._logged_reports.get(case_id, 0)
+            if case is None:
+                yield f"case/{case_id}".encode(), None
+                for report_id in self._forgotten.get(case_id, ()):
+                    yield f"report/{report_id}".encode(), None
                 continue
-            if message.offset() >= end:
-                break
-            found.append(PipeRecord(message.topic(), partition, message.offset(), message.key(), message.value(),
-                                    dict(message.headers() or [])))
-        self._consumer.unassign()  # or it keeps fetching the topic in the background, for nothing
-        return found
+            core = {k: v for k, v in case.items() if k != "reports"}
+            yield f"case/{case_id}".encode(), json.dumps(core).encode()
+            for report_id in case["reports"][logged:]:
+                yield f"report/{report_id}".encode(), json.dumps({"case": case_id}).encode()
+        for event_id in self._dirty_parked:
+            parked = self.parked.get(event_id)
+            value = None if parked is None else json.dumps(
+                {"reference": parked[0], "until_ms": parked[1], "record": parked[2].to_json()}).encode()
+            yield f"parked/{event_id}".encode(), value
 
+    def committed(self) -> None:
+        for case_id in self._dirty:
+            case = self.data.get(case_id)
+            if case is None:
+                self._logged_reports.pop(case_id, None)
+            else:
+                self._logged_reports[case_id] = len(case["reports"])
+        self._dirty.clear()
+        self._dirty_parked.clear()
+        self._forgotten.clear()
 
-def faust_credentials(ctx: BusContext) -> SASLCredentials | SSLCredentials | None:
-    """The CIVICBUS_KAFKA_SECURITY_* settings (civicbus.kafka.security_config) in faust's terms."""
-    settings = ctx.settings
-    protocol = settings.kafka_security_protocol
-    if not protocol or protocol == "PLAINTEXT":
-        return None
-    context = ssl.create_default_context() if protocol.endswith("SSL") else None
-    if protocol.startswith("SASL"):
-        return SASLCredentials(username=settings.kafka_sasl_username, password=settings.kafka_sasl_password,
-                               mechanism=settings.kafka_sasl_mechanism, ssl_context=context)
-    return SSLCredentials(context)
+    def restore(self, ctx: BusContext, topic: str, timeout_s: float = 120.0) -> None:
+        """Rebuild the partition from all of its log: what it says last about a key holds."""
+        self.data.clear()
+        self.parked.clear()
+        self._waiting.clear()
+        self._dirty.clear()
+        self._dirty_parked.clear()
+        self._forgotten.clear()
+        reports: dict[str, dict[str, None]] = {}  # case id -> its report ids, in log order
 
+        def apply(message: Message) -> None:
+            kind, _, key = message.key().decode().partition("/")
+            value = json.loads(message.value()) if message.value() else None
+            if kind == "case":
+                if value is None:
+                    self.data.pop(key, None)
+                    reports.pop(key, None)
+                else:
+                    self.data[key] = value
+            elif kind == "report" and value is not None:
+                reports.setdefault(value["case"], {})[key] = None
+            elif kind == "parked":
+                if value is None:
+                    self.parked.pop(key, None)
+                else:
+                    self.parked[key] = (value["reference"], value["until_ms"], PipeRecord.from_json(value["record"]))
 
-def faust_settings(ctx: BusContext) -> dict:
-    """How civicbus runs faust: raw bytes (our serde decodes), at-least-once, short sessions for
-    the embedded broker, civicbus's fetch wait (processors.faust_transport). Shared with the
-    bare-faust benchmark so the comparison is fair."""
-    session_s = ctx.settings.session_timeout_ms / 1000
-    return {
-        "broker": f"{faust_transport.SCHEME}://{ctx.bootstrap}",
-        "broker_credentials": faust_credentials(ctx),
-        "store": "memory://",
-        "web_enabled": False,
-        "key_serializer": "raw",
-        "value_serializer": "raw",
-        "processing_guarantee": "at_least_once",
-        "consumer_auto_offset_reset": "earliest",
-        "broker_session_timeout": session_s,
-        "broker_heartbeat_interval": max(0.5, session_s / 6),
-        "broker_commit_interval": 0.5,
-        "producer_acks": -1,
-    }
-
-
-def create_app(ctx: BusContext) -> faust.App:
-    partitions = ctx.topology.pipeline_partitions
-    app = faust.App(ctx.topology.group(CASES_APP), topic_partitions=partitions, **faust_settings(ctx))
-    pipe_topic = app.topic(ctx.topology.name(PIPE_CASES), key_type=bytes, value_type=bytes)
-    dist_topic = app.topic(ctx.topology.name(DIST_EVENTS), key_type=bytes, value_type=bytes)
-    dlq_topic = app.topic(ctx.topology.name(DLQ), key_type=bytes, value_type=bytes)
-    table = app.Table(CASES_TABLE, default=None, partitions=partitions, schema=faust.Schema(key_serializer="json", value_serializer="json"))
-    cases = ChangeloggedStore(table)
-    casebook = CaseBook(CaseRules.from_city(ctx.city, ctx.catalog[ESCALATION_TYPE]), cases)
-    metrics = CaseMetrics()
-    dist_name = dist_topic.get_topic_name()
-
-    async def distribute(event: dict, extra_headers: list[tuple[str, bytes]]) -> None:
-        value, headers = ctx.serde.encode(event, dist_name)
-        ROUTED.labels(event["type"]).inc()
-        await dist_topic.send(key=event["id"].encode(), value=value, headers=headers + extra_headers)
-
-    async def dead_letter(record: PipeRecord, reason: Reason, detail: str) -> None:
-        REJECTED.labels(STAGE, reason.value).inc()
-        letter = DeadLetter(reason, detail, STAGE, record.topic, record.partition, record.offset, record.key, record.value)
-        await dlq_topic.send(key=letter.key, value=letter.value, headers=letter.headers())
-
-    gaps = GapReader(ctx, pipe_topic.get_topic_name(), app.conf.id)
-    next_offset: dict[int, int] = {}  # per partition: the offset after the last one processed
-
-    @app.agent(pipe_topic)
-    async def handle_case_events(stream):
-        # Manual acks: faust acks the current event in a `finally`, so a SIGTERM landing mid-event
-        # would commit an event whose outputs were never sent. Acked only once all are handed over.
-        manual = stream.noack()
-        async for event in manual.events():
-            message = event.message
-            if not next_offset:  # records flow only after faust's recovery; then the changelog exists
-                await asyncio.to_thread(cases.restore, ctx, list(range(partitions)))
-                next_offset.update(await asyncio.to_thread(gaps.next_offsets, list(range(partitions))))
-            expected = next_offset.get(message.partition, 0)
-            if message.offset > expected:
-                skipped = await asyncio.to_thread(gaps.read, message.partition, expected, message.offset)
-                if skipped:
-                    log.warning("faust skipped %d records of %s[%d] at %d..%d: processing them now", len(skipped),
-                                message.topic, message.partition, expected, message.offset - 1)
-                for record in skipped:
-                    await process(record)
-            await process(PipeRecord(message.topic, message.partition, message.offset, event.key, event.value,
-                                     dict(event.headers or {})))
-            next_offset[message.partition] = max(expected, message.offset + 1)
-            await manual.ack(event)
-
-    async def process(record: PipeRecord) -> None:
-        if CLOCK_HEADER in record.headers:
-            result = casebook.tick(int(record.headers[CLOCK_HEADER]))
-            for event in result.events:
-                await distribute(event, [])
-            metrics.record(result)
-        else:
-            await handle_one(record)
-        await cases.publish(record.partition)
-
-    async def handle_one(record: PipeRecord) -> None:
+        consumer = make_consumer(ctx.settings, ctx.bootstrap, f"{topic}-restore", **{"enable.partition.eof": True})
+        consumer.assign([TopicPartition(topic, self.partition, 0)])
         try:
-            event = ctx.serde.decode(record.value, record.topic)
-            outputs = casebook.handle(event, ctx.catalog[event["type"]])
-        except (DecodeError, CaseError) as e:
-            await dead_letter(record, e.reason, e.detail)
-            return
-        except Exception as e:  # a bug or an unforeseen input must not stop the case stage
-            log.exception("case stage failed on %s@%d", record.topic, record.offset)
-            await dead_letter(record, Reason.PROCESSING_ERROR, f"{type(e).__name__}: {e}")
-            return
+            read_to_end(consumer, apply, timeout_s)
+        finally:
+            consumer.close()
+        for case_id, case in self.data.items():
+            case["reports"] = list(reports.get(case_id, ()))
+        for event_id, (reference, _, _) in self.parked.items():
+            self._waiting.setdefault(reference, set()).add(event_id)
+        self._logged_reports = {case_id: len(case["reports"]) for case_id, case in self.data.items()}
+
+
+class CaseMetrics:
+    """Open and overdue gauges per (department, category) over every partition held, refreshed at
+    each clock tick; escalations counted as they happen."""
+
+    def __init__(self):
+        self._labels: set[tuple[str, str]] = set()
+
+    def record(self, result: TickResult, books: Iterable[CaseBook]) -> None:
+        for department, category in result.escalated:
+            ESCALATED.labels(department, category).inc()
+        open_, overdue = Counter(), Counter()
+        for book in books:
+            counts = book.counts()
+            open_ += counts[0]
+            overdue += counts[1]
+        for key in set(open_) | self._labels:
+            OPEN_CASES.labels(*key).set(open_[key])
+            OVERDUE_CASES.labels(*key).set(overdue[key])
+        self._labels = set(open_)
+
+
+class CaseClock:
+    """Writes a clock record to each assigned civic.pipe.cases partition every `interval_s`."""
+
+    def __init__(self, producer: Producer, topic: str, interval_s: float):
+        self.producer = producer
+        self.topic = topic
+        self.interval_s = interval_s
+        self.partitions: set[int] = set()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="case-clock", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            now_ms = str(int(time.time() * 1000)).encode()
+            for partition in sorted(self.partitions):
+                self.producer.produce(self.topic, b"", b"clock", partition=partition, headers=[(CLOCK_HEADER, now_ms)])
+            self.producer.poll(0)
+
+
+class CaseStage(Stage):
+    name = STAGE
+
+    def __init__(self, ctx: BusContext):
+        self.ctx = ctx
+        topology = ctx.topology
+        self.pipe_topic = topology.name(PIPE_CASES)
+        self.dist_topic = topology.name(DIST_EVENTS)
+        self.dlq_topic = topology.name(DLQ)
+        self.log_topic = topology.cases_changelog
+        self.rules = CaseRules.from_city(ctx.city, ctx.catalog[ESCALATION_TYPE])
+        self.books: dict[int, CaseBook] = {}
+        self.metrics = CaseMetrics()
+        self._events: Producer | None = None  # the case events' own producer (module docstring)
+        self._failed: list[KafkaError] = []
+        self._clock: CaseClock | None = None
+
+    def subscription(self) -> list[str]:
+        return [self.pipe_topic]
+
+    def prepare(self, ctx: BusContext) -> None:
+        self._events = make_producer(ctx.bootstrap, **{"linger.ms": 2})
+        self._clock = CaseClock(self._events, self.pipe_topic, self.rules.categories.clock.total_seconds())
+        self._clock.start()
+
+    def close(self) -> None:
+        if self._clock is not None:
+            self._clock.stop()
+        if self._events is not None:
+            self._events.flush(10)
+
+    def assigned(self, partitions: list[TopicPartition]) -> None:
+        for tp in partitions:
+            self._restore(tp.partition)
+            self._clock.partitions.add(tp.partition)
+
+    def revoked(self, partitions: list[TopicPartition]) -> None:
+        for tp in partitions:
+            self.books.pop(tp.partition, None)
+            self._clock.partitions.discard(tp.partition)
+
+    def _restore(self, partition: int) -> None:
+        store = CaseStore(partition)
+        store.restore(self.ctx, self.log_topic)
+        self.books[partition] = CaseBook(self.rules, store)
+        log.info("case stage restored %d cases, %d parked updates of partition %d", len(store), len(store.parked), partition)
+
+    # ---- one record ----------------------------------------------------------------------
+
+    def process(self, message: Message) -> Iterable[Output]:
+        record = PipeRecord.of(message)
+        book = self.books[record.partition]
+        if CLOCK_HEADER in record.headers:
+            return self._tick(book, int(record.headers[CLOCK_HEADER]))
+        return self._handle(book, record, now_ms=message.timestamp()[1])
+
+    def _handle(self, book: CaseBook, record: PipeRecord, now_ms: int) -> list[Output]:
+        try:
+            event = self.ctx.serde.decode(record.value, record.topic)
+            outputs = book.handle(event, self.ctx.catalog[event["type"]])
+        except DecodeError as e:
+            return [self._dead_letter(record, e.reason, e.detail)]
+        except CaseError as e:
+            if e.reason is Reason.UNKNOWN_CASE:
+                book.cases.park(event["id"], event["data"]["case_id"], now_ms + PARK_MS, record)
+                return []
+            return [self._dead_letter(record, e.reason, e.detail)]
         for out in outputs:
-            await distribute(out, _forwarded(record.headers))
+            self._distribute(out, _forwarded(record.headers))
+        results = []
+        for event_id in book.cases.waiting_for(event["id"]):  # updates that overtook this report
+            _, _, parked = book.cases.unpark(event_id)
+            results += self._handle(book, parked, now_ms)
+        return results
 
-    @app.timer(interval=ctx.city.categories.clock.total_seconds())
-    async def clock():
-        now_ms = str(int(time.time() * 1000)).encode()
-        for partition in range(partitions):
-            await pipe_topic.send(key=b"clock", value=b"", partition=partition, headers=[(CLOCK_HEADER, now_ms)])
+    def _tick(self, book: CaseBook, now_ms: int) -> list[Output]:
+        result = book.tick(now_ms)
+        for event in result.events:
+            self._distribute(event, [])
+        self.metrics.record(result, self.books.values())
+        expired = [event_id for event_id, (_, until_ms, _) in book.cases.parked.items() if until_ms <= now_ms]
+        letters = []
+        for event_id in expired:
+            reference, _, record = book.cases.unpark(event_id)
+            detail = f"no case {reference!r} is open or remembered (waited {PARK_MS // 1000}s for its report)"
+            letters.append(self._dead_letter(record, Reason.UNKNOWN_CASE, detail))
+        return letters
 
-    return app
+    def _distribute(self, event: dict, extra_headers: list[tuple[str, bytes]]) -> None:
+        value, headers = self.ctx.serde.encode(event, self.dist_topic)
+        labelled(ROUTED, event["type"]).inc()
+        while True:
+            try:
+                self._events.produce(self.dist_topic, value, event["id"].encode(), headers=headers + extra_headers,
+                                     on_delivery=self._delivered)
+                return
+            except BufferError:
+                self._events.poll(0.05)
+
+    def _delivered(self, error: KafkaError | None, _message) -> None:
+        if error is not None:
+            self._failed.append(error)
+
+    def _dead_letter(self, record: PipeRecord, reason: Reason, detail: str) -> Output:
+        labelled(REJECTED, STAGE, reason.value).inc()
+        letter = DeadLetter(reason, detail, STAGE, record.topic, record.partition, record.offset, record.key, record.value)
+        return Output(self.dlq_topic, letter.value, letter.key, letter.headers())
+
+    # ---- the transaction -----------------------------------------------------------------
+
+    def before_commit(self, producer: Producer) -> None:
+        """The case events acknowledged first, then the state changes join the transaction."""
+        self._events.flush()
+        if self._failed:
+            error, self._failed = self._failed[0], []
+            raise KafkaException(KafkaError(error.code(), f"case event not written: {error.str()}", txn_requires_abort=True))
+        for partition, book in self.books.items():
+            for key, value in book.cases.changes():
+                producer.produce(self.log_topic, value, key, partition=partition)
+
+    def after_commit(self) -> None:
+        for book in self.books.values():
+            book.cases.committed()
+
+    def after_abort(self) -> None:
+        """Back to the committed state: the replayed input then does what it did the first time."""
+        for partition in list(self.books):
+            self._restore(partition)

@@ -23,20 +23,12 @@ def process(
     """Run one pipeline stage in the foreground until SIGTERM or Ctrl-C."""
     configure_logging()
     ctx = bus_context()
-    if stage is StageName.cases:
-        from processors.cases import create_app
-
-        app = create_app(ctx)
-        app.finalize()
-        from faust.worker import Worker
-
-        Worker(app, loglevel="WARNING", quiet=True).execute_from_commandline()
-        return
+    from processors.cases import CaseStage
     from processors.fanout import FanoutStage
     from processors.ingest import IngestStage
     from processors.runner import TransactionalRunner
 
-    implementation = {StageName.ingest: IngestStage, StageName.fanout: FanoutStage}[stage](ctx)
+    implementation = {StageName.ingest: IngestStage, StageName.cases: CaseStage, StageName.fanout: FanoutStage}[stage](ctx)
     TransactionalRunner(implementation, ctx, instance=instance).run(stop_on_signals())
     logging.getLogger(__name__).info("stage %s exited cleanly", stage.value)
 

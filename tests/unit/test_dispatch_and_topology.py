@@ -57,5 +57,5 @@ def test_contract_topic_names():
 def test_namespace_prefixes_every_topic_and_group():
     topology = Topology(departments=("citymgmt",), namespace="t1.")
     assert all(s.name.startswith("t1.civic.") for s in topology.specs() if s.name != topology.cases_changelog)
-    assert topology.cases_changelog == "t1.civicbus-cases-cases-changelog"  # faust's name, under the group prefix
+    assert topology.cases_changelog == "t1.civic.state.cases"
     assert topology.group("civicbus-ingest") == "t1.civicbus-ingest"
