@@ -60,6 +60,14 @@ def broker(repeats: int = 3) -> None:
     run(repeats)
 
 
+@app.command()
+def soak(rate: float = 20.0, minutes: int = 60, seed: int = 6) -> None:
+    """The whole pipeline under the simulator's traffic at RATE events/s, per minute for MINUTES."""
+    from benchmarks.soak import run
+
+    run(rate, minutes, seed)
+
+
 @app.command("all")
 def run_all(seed: int = 6) -> None:
     """Every benchmark in turn, with its defaults."""

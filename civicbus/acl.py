@@ -22,7 +22,7 @@ from confluent_kafka.admin import (
 )
 
 from civicbus.kafka import make_admin
-from civicbus.topology import AUDIT, DIST_EVENTS, DLQ, FEED_PREFIX, IN_PREFIX, PIPE_CASES, REF_PREFIX, STATE_FANOUT_SEEN, Topology
+from civicbus.topology import AUDIT, DIST_EVENTS, DLQ, FEED_PREFIX, IN_PREFIX, PIPE_CASES, REF_PREFIX, Topology
 
 EMBEDDED_CLUSTER_ID_PREFIX = "tansu"
 
@@ -90,8 +90,8 @@ def plan(topology: Topology) -> list[Binding]:
     bindings += _reads(cases, "topic", t.cases_changelog) + _writes(cases, t.cases_changelog)
     bindings += [Binding(cases, READ, "group", t.group("civicbus-cases"), "PREFIXED")] + _transactional(cases, t.group("civicbus-cases"))
     fanout = "User:civicbus-fanout"
-    bindings += _reads(fanout, "topic", t.name(DIST_EVENTS)) + _reads(fanout, "topic", t.name(STATE_FANOUT_SEEN))
-    bindings += _writes(fanout, t.name(FEED_PREFIX), "PREFIXED") + _writes(fanout, t.name(AUDIT)) + _writes(fanout, t.name(STATE_FANOUT_SEEN))
+    bindings += _reads(fanout, "topic", t.name(DIST_EVENTS)) + _reads(fanout, "topic", t.name(FEED_PREFIX), "PREFIXED")  # its restore
+    bindings += _writes(fanout, t.name(FEED_PREFIX), "PREFIXED") + _writes(fanout, t.name(AUDIT))
     bindings += _writes(fanout, t.name(DLQ)) + [Binding(fanout, READ, "group", t.group("civicbus-fanout"), "PREFIXED")]
     bindings += _transactional(fanout, t.group("civicbus-fanout"))
     gateway = "User:civicbus-gateway"  # publishes and reads on behalf of the department its token names

@@ -11,11 +11,15 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic
 
 from civicbus.settings import Settings
 from civicbus.topology import TopicSpec
+
+
+# How long a follower's fetch waits (TopicFollower).
+FOLLOWER_FETCH_WAIT_MS = 500
 
 
 def security_config(settings: Settings | None = None) -> dict:
@@ -95,6 +99,45 @@ def read_to_end(consumer: Consumer, on_record: Callable[[Message], None], timeou
         on_record(message)
     if pending:
         raise TimeoutError(f"not read to the end within {timeout_s:.0f}s: {sorted(pending)}")
+
+
+class TopicFollower:
+    """Reads every partition of `topics` from the start into `apply`, then follows them on a daemon
+    thread; never commits. `catch_up` blocks until everything the topics held when it was called
+    is applied; `start` follows from there until `stop`.
+
+    Its fetches wait FOLLOWER_FETCH_WAIT_MS: a follower (master data, the case router) is not on
+    an event's path, and an idle consumer fetching every 10 ms costs the broker a request each
+    time for nothing.
+    """
+
+    def __init__(self, settings: Settings, bootstrap: str, group: str, topics: list[str],
+                 apply: Callable[[Message], None], name: str):
+        self._apply = apply
+        self._consumer = make_consumer(settings, bootstrap, group, **{"enable.partition.eof": True,
+                                                                     "fetch.wait.max.ms": FOLLOWER_FETCH_WAIT_MS})
+        metadata = self._consumer.list_topics(timeout=10).topics
+        self._consumer.assign([TopicPartition(t, p, 0) for t in topics for p in metadata[t].partitions])
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._follow, name=name, daemon=True)
+
+    def catch_up(self, timeout_s: float = 60.0) -> None:
+        read_to_end(self._consumer, self._apply, timeout_s)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(5)
+        self._consumer.close()
+
+    def _follow(self) -> None:
+        while not self._stop.is_set():
+            message = self._consumer.poll(0.2)
+            if message is not None and not message.error():
+                self._apply(message)
 
 
 class AsyncProducer:

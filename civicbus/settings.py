@@ -39,10 +39,17 @@ class Settings(BaseSettings):
         "as data is there; there a short wait only means more fetch requests from idle consumers.",
     )
     commit_interval_ms: int = Field(
-        default=50, ge=0,
+        default=20, ge=0,
         description="Least time between two transaction commits of a stage (processors.runner): each "
-        "commit adds a batch and a marker to every partition it wrote, which the embedded broker "
-        "pays for on every later fetch. A record after a quiet spell is committed at once.",
+        "commit adds a batch and a marker to every partition it wrote. A record after a quiet "
+        "spell is committed at once.",
+    )
+    commit_interval_max_ms: int = Field(default=1000, ge=0, description="Most time between two commits under traffic.")
+    commit_spacing_per_batch_us: float | None = Field(
+        default=None, ge=0,
+        description="How much the commit spacing grows per batch a stage wrote to a partition "
+        "(processors.runner.CommitSpacing). Unset: 20 on the embedded broker, whose fetches cost more "
+        "as partitions grow, 0 on Apache Kafka.",
     )
     state_dir: Path = Field(default=REPO_ROOT / ".civicbus", description="Spools and local state.")
     kafka_security_protocol: str | None = Field(

@@ -18,7 +18,6 @@ DLQ = "civic.dlq"
 AUDIT = "civic.audit"
 # Internal hops between stages; not part of the public contract.
 PIPE_CASES = "civic.pipe.cases"
-STATE_FANOUT_SEEN = "civic.state.fanout-seen"
 
 REFERENCE_DATASETS = ("population", "entities", "buildings")
 # The case stage's state, one compacted partition per civic.pipe.cases partition.
@@ -85,6 +84,5 @@ class Topology:
             TopicSpec(self.cases_changelog, n, compact),
             TopicSpec(self.name(DLQ), 1, month),
             TopicSpec(self.name(AUDIT), 1, {"cleanup.policy": "delete", "retention.ms": str(365 * DAY_MS)}),
-            TopicSpec(self.name(STATE_FANOUT_SEEN), n, {"cleanup.policy": "delete", "retention.ms": str(DAY_MS)}),
         ]
         return specs

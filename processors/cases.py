@@ -289,7 +289,8 @@ class CaseStage(Stage):
         return [self.pipe_topic]
 
     def prepare(self, ctx: BusContext) -> None:
-        self._events = make_producer(ctx.bootstrap, **{"linger.ms": 2})
+        # Flushed at every commit (before_commit): lingering until then writes one batch per commit.
+        self._events = make_producer(ctx.bootstrap, **{"linger.ms": int(ctx.settings.commit_interval_max_ms)})
         self._clock = CaseClock(self._events, self.pipe_topic, self.rules.categories.clock.total_seconds())
         self._clock.start()
 

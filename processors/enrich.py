@@ -10,15 +10,13 @@ version older than the one held (by `updated`) is stale and ignored.
 from __future__ import annotations
 
 import logging
-import threading
 import uuid
 from typing import Any
 
-from confluent_kafka import TopicPartition
 from pydantic import ValidationError
 
 from civicbus.context import BusContext
-from civicbus.kafka import make_consumer, read_to_end
+from civicbus.kafka import TopicFollower
 from civicbus.reference import DATASETS, MasterRecord, decode_record
 from civicbus.schemas import EventType
 
@@ -67,40 +65,24 @@ def enrich(event: dict[str, Any], event_type: EventType, tables: ReferenceTables
 
 
 class ReferenceFollower:
-    """Reads every civic.ref.* topic from the start into ReferenceTables, then follows them.
-
-    `catch_up` blocks until the tables hold everything the topics held when it was called;
-    `start` then follows updates on a daemon thread until `stop`.
-    """
+    """Reads every civic.ref.* topic from the start into ReferenceTables, then follows them
+    (civicbus.kafka.TopicFollower: `catch_up`, `start`, `stop`)."""
 
     def __init__(self, ctx: BusContext, tables: ReferenceTables):
         self.tables = tables
         self._datasets = {ctx.topology.reference(d): d for d in DATASETS}
         group = f"{ctx.topology.group('civicbus-reference')}-{uuid.uuid4().hex[:8]}"  # never commits
-        self._consumer = make_consumer(ctx.settings, ctx.bootstrap, group, **{"enable.partition.eof": True})
-        metadata = self._consumer.list_topics(timeout=10).topics
-        self._consumer.assign([TopicPartition(t, p, 0) for t in self._datasets for p in metadata[t].partitions])
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._follow, name="reference-follower", daemon=True)
+        self._follower = TopicFollower(ctx.settings, ctx.bootstrap, group, list(self._datasets), self._apply, "reference-follower")
 
     def catch_up(self, timeout_s: float = 60.0) -> None:
-        read_to_end(self._consumer, self._apply, timeout_s)
+        self._follower.catch_up(timeout_s)
         log.info("master data loaded: %d records", len(self.tables))
 
     def start(self) -> None:
-        self._thread.start()
+        self._follower.start()
 
     def stop(self) -> None:
-        self._stop.set()
-        if self._thread.is_alive():
-            self._thread.join(5)
-        self._consumer.close()
-
-    def _follow(self) -> None:
-        while not self._stop.is_set():
-            message = self._consumer.poll(0.2)
-            if message is not None:
-                self._apply(message)
+        self._follower.stop()
 
     def _apply(self, message) -> None:
         if message.error():

@@ -10,11 +10,13 @@ An event the policy lets no department receive (dispatched only to departments n
 for it, say) goes to civic.dlq as UNDELIVERABLE rather than vanishing.
 
 Exactly once into the feeds. The stage runs in Kafka transactions, and it also drops events it
-has already delivered, by id: the case stage is at-least-once (faust) and may emit an event
-twice after a restart, and the embedded broker exposes records of aborted transactions (see
-DESIGN notes in README). Delivered ids are kept in memory and in civic.state.fanout-seen,
-written in the same transaction *after* the feed records were acknowledged, so the set restored
-after a crash never claims an event the feeds do not hold.
+has already delivered, by id: the case stage writes its events at-least-once (processors.cases)
+and may emit an event twice after a crash, and the embedded broker exposes records of aborted
+transactions (see DESIGN notes in README). Delivered ids are kept in memory while the stage runs
+and, on start, read back from the tail of every feed: what a restarted case stage re-emits is
+what it emitted since its last commit, seconds ago, well inside those tails. (A separate
+delivered-id log was written here before; it cost every transaction one more batch and marker
+and a flush, and told nothing the feeds' tails do not.)
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Iterable
 
-from confluent_kafka import Message, Producer, TopicPartition
+from confluent_kafka import Message, TopicPartition
 
 from civicbus.audit import AuditRecord, masked_header
 from civicbus.context import BusContext
@@ -31,13 +33,13 @@ from civicbus.dlq import Reason
 from civicbus.kafka import make_consumer, read_to_end
 from civicbus.metrics import AUDITED, DELIVERED, DUPLICATES_DROPPED, END_TO_END_LATENCY, MASKED, labelled
 from civicbus.policy import Policy, masked_event
-from civicbus.topology import AUDIT, DIST_EVENTS, STATE_FANOUT_SEEN
+from civicbus.topology import AUDIT, DIST_EVENTS
 from processors.ingest import PUBLISHED_AT_HEADER
 from processors.runner import Output, Stage, dead_letter_output
 
 # Ids remembered for deduplication: far more than can be re-emitted between two commits.
 SEEN_CAPACITY = 1_000_000
-# Records read back from the end of each feed on start: more than one batch writes to a feed.
+# Records read back from the end of each feed on start: far more than one transaction writes there.
 FEED_TAIL_RECORDS = 5_000
 
 
@@ -73,7 +75,6 @@ class FanoutStage(Stage):
     def __init__(self, ctx: BusContext):
         self.ctx = ctx
         self.topology = ctx.topology
-        self.seen_topic = self.topology.name(STATE_FANOUT_SEEN)
         self.audit_topic = self.topology.name(AUDIT)
         self.seen = SeenIds()
         # Ids delivered by the open transaction: they join `seen` only once it commits, so an
@@ -87,22 +88,21 @@ class FanoutStage(Stage):
         return [self.topology.name(DIST_EVENTS)]
 
     def prepare(self, ctx: BusContext) -> None:
-        """Restore the delivered ids (read_committed): the whole changelog, and the tail of every feed.
+        """Restore the delivered ids from the tail of every feed (read_committed), per department.
 
-        The feeds' tails matter on the embedded broker, which shows readers the records of
-        aborted transactions (DESIGN notes in README): a fan-out killed mid-batch leaves feed
-        records that every reader sees but whose ids never reached the changelog, and delivering
-        them again would put them in the feeds twice (tests/reliability/test_kill_processors.py).
-        Such an event may be in some of its feeds only, so what the tails show is kept per
-        department, and the event is still delivered to the others. On Apache Kafka
-        read_committed hides those records, and the tails add nothing new.
+        On the embedded broker, which shows readers the records of aborted transactions (DESIGN
+        notes in README), a fan-out killed mid-batch leaves feed records that every reader sees:
+        delivering them again would put them in the feeds twice
+        (tests/reliability/test_kill_processors.py). Such an event may be in some of its feeds
+        only, so what the tails show is kept per department, and the event is still delivered to
+        the others.
         """
         consumer = make_consumer(
             ctx.settings, ctx.bootstrap, self.topology.group("civicbus-fanout-restore"), **{"enable.partition.eof": True}
         )
         try:
             topics = consumer.list_topics(timeout=10).topics
-            partitions = [TopicPartition(self.seen_topic, p, 0) for p in topics[self.seen_topic].partitions]
+            partitions = []
             for feed in (self.topology.feed(d) for d in self.topology.departments):
                 for p in topics[feed].partitions:
                     low, high = consumer.get_watermark_offsets(TopicPartition(feed, p), timeout=10)
@@ -111,13 +111,9 @@ class FanoutStage(Stage):
             read_to_end(consumer, self._restore_record)
         finally:
             consumer.close()
-        self._in_feeds = {event_id: feeds for event_id, feeds in self._in_feeds.items() if event_id not in self.seen}
 
     def _restore_record(self, message: Message) -> None:
-        if message.topic() == self.seen_topic:
-            self.seen.add(message.key())
-        else:
-            self._in_feeds.setdefault(message.key(), set()).add(message.topic())
+        self._in_feeds.setdefault(message.key(), set()).add(message.topic())
 
     def begin_batch(self) -> None:
         self._policy = self.ctx.policy.get()  # an edit applies from the next batch on
@@ -135,8 +131,11 @@ class FanoutStage(Stage):
             detail = f"dispatched to {', '.join(event.get('targets') or ()) or 'nobody'}; no department may receive a {event['classification']} {event['type']} there"
             return [dead_letter_output(self.ctx, self.name, message, Reason.UNDELIVERABLE, detail)]
         shown = self._in_feeds.pop(event_id, ())
-        if shown:  # partly delivered by an aborted batch that readers see (see prepare)
+        if shown:  # delivered before a restart, maybe partly, by an aborted batch readers see (see prepare)
             deliveries = [d for d in deliveries if self.topology.feed(d.department) not in shown]
+            if not deliveries:
+                labelled(DUPLICATES_DROPPED, self.name).inc()
+                return []
         published_ms = header(message, PUBLISHED_AT_HEADER)
         latency_s = max(0.0, time.time() - int(published_ms) / 1000) if published_ms else None
         masked_copies: dict[tuple[str, ...], tuple[bytes, list]] = {}  # one encoding per set of masked fields
@@ -164,13 +163,6 @@ class FanoutStage(Stage):
         """The event with `masked` fields masked, re-encoded, and its headers naming them."""
         value, _ = self.ctx.serde.encode(masked_event(event, self.ctx.catalog[event["type"]], masked), message.topic())
         return value, (message.headers() or []) + [masked_header(masked)]
-
-    def before_commit(self, producer: Producer) -> None:
-        if not self._delivered_in_batch:
-            return
-        producer.flush()  # the feed records first: see the module docstring
-        for event_id in self._delivered_in_batch:
-            producer.produce(self.seen_topic, b"", event_id)
 
     def after_commit(self) -> None:
         for event_id in self._delivered_in_batch:

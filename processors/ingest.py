@@ -1,8 +1,9 @@
 """Ingest: every civic.in.<department> -> decode, validate, check the publisher, standardise the
 location, enrich from master data -> route.
 
-Events that open or update a case go to the stateful case stage (civic.pipe.cases); all others
-are dispatched here and written straight to civic.dist.events, one hop fewer. Anything that
+Events that open or update a case go to the stateful case stage (civic.pipe.cases), to the
+partition of their place or of the case they name (processors.routing); all others are
+dispatched here and written straight to civic.dist.events, one hop fewer. Anything that
 cannot be decoded or is not allowed goes to civic.dlq with its reason; the stage keeps running.
 Master data is held in memory (processors.enrich), loaded before the first event and followed.
 """
@@ -16,12 +17,14 @@ from confluent_kafka import Message
 
 from civicbus.context import BusContext
 from civicbus.dlq import Reason
+from civicbus.kafka import make_admin
 from civicbus.metrics import PUBLISHED, ROUTED, labelled
 from civicbus.policy import Policy
 from civicbus.serde import DecodeError
 from civicbus.topology import DIST_EVENTS, PIPE_CASES
 from processors.dispatch import event_targets
 from processors.enrich import ReferenceFollower, ReferenceTables, enrich
+from processors.routing import CaseRouter
 from processors.runner import Output, Stage, dead_letter_output
 from processors.standardise import Standardiser
 
@@ -52,6 +55,7 @@ class IngestStage(Stage):
         self.standardiser = Standardiser.from_config(ctx.settings.config)
         self.reference = ReferenceTables()
         self._follower: ReferenceFollower | None = None
+        self.router: CaseRouter | None = None
         self._policy: Policy = ctx.policy.get()
 
     def subscription(self) -> list[str]:
@@ -61,6 +65,9 @@ class IngestStage(Stage):
         self._follower = ReferenceFollower(ctx, self.reference)
         self._follower.catch_up()
         self._follower.start()
+        metadata = make_admin(ctx.bootstrap).list_topics(self.pipe_topic, timeout=10)
+        self.router = CaseRouter(len(metadata.topics[self.pipe_topic].partitions))
+        self.router.follow(ctx)
 
     def begin_batch(self) -> None:
         self._policy = self.ctx.policy.get()  # an edit applies from the next batch on
@@ -68,6 +75,8 @@ class IngestStage(Stage):
     def close(self) -> None:
         if self._follower is not None:
             self._follower.stop()
+        if self.router is not None:
+            self.router.stop()
 
     def process(self, message: Message) -> Iterable[Output]:
         try:
@@ -85,7 +94,8 @@ class IngestStage(Stage):
         published_at = (PUBLISHED_AT_HEADER, str(message.timestamp()[1]).encode())
         if event_type.case_stage:
             value, headers = self.ctx.serde.encode(event, self.pipe_topic)
-            return [Output(self.pipe_topic, value, event["id"].encode(), headers + [published_at])]
+            partition = self.router.update(event["data"]["case_id"]) if event_type.updates_case else self.router.report(event)
+            return [Output(self.pipe_topic, value, event["id"].encode(), headers + [published_at], partition)]
         event["targets"] = event_targets(self.ctx.city.dispatch, event)
         labelled(ROUTED, event["type"]).inc()
         value, headers = self.ctx.serde.encode(event, self.dist_topic)

@@ -83,6 +83,16 @@ def wait_for(condition: Callable[[], bool], timeout_s: float = 30.0, what: str =
     raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
 
 
+def committed_offset(ctx: BusContext, group: str, topic: str, partition: int = 0) -> int:
+    """The offset `group` has committed on a partition (-1001 when none yet)."""
+    consumer = Consumer({"bootstrap.servers": ctx.bootstrap, "group.id": group, "enable.auto.commit": False})
+    try:
+        [tp] = consumer.committed([TopicPartition(topic, partition)], timeout=10)
+        return tp.offset
+    finally:
+        consumer.close()
+
+
 def headers_of(message: Message) -> dict[str, bytes]:
     return dict(message.headers() or [])
 

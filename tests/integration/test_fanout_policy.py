@@ -15,10 +15,10 @@ from civicbus.context import BusContext
 from civicbus.kafka import apply_topics, make_producer
 from civicbus.policy import PolicyDocument
 from civicbus.settings import REPO_ROOT
-from civicbus.topology import AUDIT, DIST_EVENTS, DLQ, STATE_FANOUT_SEEN
+from civicbus.topology import AUDIT, DIST_EVENTS, DLQ
 from tests.conftest import make_settings
 from tests.policy_strategies import CATALOG, Areas, events, expected_receivers, policy_documents
-from tests.support import PipelineProcesses, private_config, read_topic
+from tests.support import PipelineProcesses, committed_offset, private_config, read_topic, wait_for
 
 DEPARTMENTS = tuple(load_city(REPO_ROOT / "config").department_ids())
 AREAS = Areas(
@@ -36,13 +36,16 @@ def write_policy(config_dir, document: dict) -> PolicyDocument:
     return PolicyDocument.model_validate(document)
 
 
-def publish_to_distribution(ctx: BusContext, batch: list[dict]) -> None:
+def publish_to_distribution(ctx: BusContext, batch: list[dict]) -> int:
+    """Write the batch to civic.dist.events; the offset after its last record."""
     producer = make_producer(ctx.bootstrap)
     topic = ctx.topology.name(DIST_EVENTS)
+    offsets = []
     for event in batch:
         value, headers = ctx.serde.encode(event, topic)
-        producer.produce(topic, value, event["id"].encode(), headers=headers)
+        producer.produce(topic, value, event["id"].encode(), headers=headers, on_delivery=lambda _e, m: offsets.append(m.offset()))
     producer.flush(10)
+    return max(offsets) + 1
 
 
 def expected_deliveries(document: PolicyDocument, batch: list[dict]) -> dict[tuple[str, str], frozenset[str]]:
@@ -67,13 +70,13 @@ def test_feeds_masks_and_audit_follow_each_policy_through_the_real_fanout(broker
     )
     def apply_policy_then_publish(policy, batch):
         document = write_policy(config, policy)  # while the fan-out runs: no restart
-        publish_to_distribution(ctx, batch)
+        end = publish_to_distribution(ctx, batch)
         originals.update((e["id"], e) for e in batch)
         expected.update(expected_deliveries(document, batch))
-        # the fan-out records every event it processed, delivered or not: wait for the whole
-        # batch, so none of it meets the next policy
-        ids = {e["id"].encode() for e in batch}
-        read_topic(ctx, ctx.topology.name(STATE_FANOUT_SEEN), until=lambda m: ids <= {r.key() for r in m}, timeout_s=90)
+        # the fan-out commits its position past the whole batch, delivered or not: wait for
+        # that, so none of it meets the next policy
+        group = ctx.topology.group("civicbus-fanout")
+        wait_for(lambda: committed_offset(ctx, group, ctx.topology.name(DIST_EVENTS)) >= end, 90, "the fan-out past the batch")
 
     fanout = PipelineProcesses(ctx)
     fanout.start("fanout")

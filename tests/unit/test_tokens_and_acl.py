@@ -59,7 +59,7 @@ def test_a_department_writes_only_its_inbound_reads_only_its_feed_and_its_groups
     principals = {b.principal for b in bindings}
     assert {"User:civicbus-ingest", "User:civicbus-cases", "User:civicbus-fanout", "User:civicbus-gateway", "User:civicbus-operator"} <= principals
     fanout_writes = {b.name for b in bindings if b.principal == "User:civicbus-fanout" and b.operation == "WRITE"}
-    assert {"civic.feed.", "civic.audit", "civic.state.fanout-seen"} <= fanout_writes
+    assert {"civic.feed.", "civic.audit"} <= fanout_writes
     assert not any(b.principal == "User:civicbus-ingest" and b.name.startswith("civic.feed") for b in bindings)
 
 
