@@ -139,16 +139,18 @@ class PipelineProcesses:
         self.log_dir = tempfile.mkdtemp(prefix="civicbus-test-")
         self.stages: dict[str, StageProcess] = {}
 
-    def start(self, stage: str) -> StageProcess:
-        log_path = os.path.join(self.log_dir, f"{stage}.log")
+    def start(self, stage: str, instance: str | None = None) -> StageProcess:
+        """Start a stage; with `instance`, one more worker of it (named `stage-instance`)."""
+        name = stage if instance is None else f"{stage}-{instance}"
+        log_path = os.path.join(self.log_dir, f"{name}.log")
         log = open(log_path, "ab")
         process = subprocess.Popen(
-            [sys.executable, "-m", "civicbus.cli", "process", stage],
+            [sys.executable, "-m", "civicbus.cli", "process", stage, "--instance", instance or "0"],
             env=stage_env(self.ctx), stdout=log, stderr=subprocess.STDOUT,
         )
         log.close()
-        self.stages[stage] = StageProcess(stage, process, log_path)
-        return self.stages[stage]
+        self.stages[name] = StageProcess(name, process, log_path)
+        return self.stages[name]
 
     def start_all(self) -> None:
         for stage in self.STAGES:

@@ -173,3 +173,27 @@ def test_resolved_cases_are_forgotten_after_the_retention(book):
     handle(book, status(call["id"], "resolved"))
     book.tick(to_ms(T0 + CITY.categories.retention + timedelta(seconds=1)))
     assert book.cases == {} and book.reports() == {}
+
+
+def test_a_case_nobody_resolves_is_forgotten_a_retention_after_its_resolution_deadline(book):
+    call = handle(book, event("hotline.request.received"))
+    resolve_by = T0 + CITY.categories.lookup("street_vending").deadlines.resolve
+    book.tick(to_ms(resolve_by + CITY.categories.retention) - 1)
+    assert call["correlation_id"] in book.cases
+    result = book.tick(to_ms(resolve_by + CITY.categories.retention))
+    assert book.cases == {} and book.reports() == {} and result.open == {}
+
+
+def test_open_and_overdue_counts_follow_each_change_without_a_scan(book):
+    first = handle(book, event("hotline.request.received"))
+    handle(book, event("hotline.request.received", location={"raw_address": "x", "lat": 39.99, "lon": 116.30}))
+    open_, overdue = book.counts()
+    assert open_[("citymgmt", "street_vending")] == 2 and not overdue
+    accept_by = to_ms(T0 + CITY.categories.lookup("street_vending").deadlines.accept)
+    assert book.tick(accept_by).overdue[("police", "street_vending")] == 2
+    handle(book, status(first["id"], "accepted", at=T0 + timedelta(hours=1)))  # late, but accepted now
+    handle(book, status(first["id"], "resolved", at=T0 + timedelta(hours=2)))
+    open_, overdue = book.counts()
+    assert open_[("citymgmt", "street_vending")] == 1 and overdue[("citymgmt", "street_vending")] == 1
+    # a restarted book counts the same from the restored cases
+    assert CaseBook(book.rules, book.cases).counts() == (open_, overdue)

@@ -1,0 +1,87 @@
+"""The case stage's parts that need no broker: the commit spacing, the router, the state log."""
+
+from __future__ import annotations
+
+import json
+
+from processors.cases import CaseStore, PipeRecord
+from processors.routing import CaseRouter, partition_of, place_key
+from processors.runner import CommitSpacing
+
+
+def test_commit_spacing_grows_with_the_fullest_partition_written_and_is_bounded():
+    spacing = CommitSpacing(minimum_ms=20, maximum_ms=1000, per_batch_us=20)
+    assert spacing.interval_s == 0.02
+    for _ in range(5_000):  # 10,000 batches and markers in one partition, a few in another
+        spacing.committed([("civic.feed.police", 0)])
+    spacing.committed([("civic.audit", 0)])
+    assert spacing.interval_s == 10_000 * 20e-6
+    for _ in range(100_000):
+        spacing.committed([("civic.feed.police", 0)])
+    assert spacing.interval_s == 1.0
+    fixed = CommitSpacing(minimum_ms=20, maximum_ms=1000, per_batch_us=0)  # Apache Kafka
+    fixed.committed([("civic.feed.police", 0)] * 10)
+    assert fixed.interval_s == 0.02
+
+
+def report(event_id, district=None):
+    location = {"resolved": True, "district": district} if district else {"resolved": False}
+    return {"id": event_id, "location": location}
+
+
+def test_reports_of_one_district_share_a_partition_and_updates_follow_their_report():
+    router = CaseRouter(partitions=8)
+    first, second = router.report(report("a", "dongcheng")), router.report(report("b", "dongcheng"))
+    assert first == second == partition_of("district/dongcheng", 8)
+    assert {router.report(report(f"x{i}", d)) for i, d in enumerate(["dongcheng", "xicheng", "chaoyang"] * 3)} != {first}
+    unplaced = router.report(report("lost"))
+    assert unplaced == partition_of(place_key(report("lost")), 8)
+    assert router.update("a") == first and router.update("lost") == unplaced
+    assert router.update("never-seen") == partition_of("never-seen", 8)
+
+
+def test_the_router_learns_reports_routed_elsewhere_from_the_state_log():
+    class Logged:
+        def __init__(self, key, value, partition):
+            self._key, self._value, self._partition = key, value, partition
+
+        def key(self):
+            return self._key
+
+        def value(self):
+            return self._value
+
+        def partition(self):
+            return self._partition
+
+    router = CaseRouter(partitions=4)
+    router._learn(Logged(b"report/r1", b'{"case": "c1"}', 3))
+    router._learn(Logged(b"case/c1", b"{}", 3))
+    assert router.update("r1") == 3
+    router._learn(Logged(b"report/r1", None, 3))  # the case was forgotten
+    assert router.update("r1") == partition_of("r1", 4)
+
+
+def test_the_state_log_gets_a_record_per_new_report_and_each_changed_case_once():
+    store = CaseStore(partition=0)
+    case = {"id": "c1", "reports": ["c1"], "status": "open"}
+    store["c1"] = case
+    store["c1"] = case  # changed twice in one transaction: written once
+    assert list(store.changes()) == [(b"case/c1", json.dumps({"id": "c1", "status": "open"}).encode()),
+                                     (b"report/c1", b'{"case": "c1"}')]
+    store.committed()
+    for i in range(1_000):  # a mass incident: every report adds one small record, not the whole case
+        case["reports"].append(f"r{i}")
+        store["c1"] = case
+        changes = list(store.changes())
+        assert [k for k, _ in changes] == [b"case/c1", f"report/r{i}".encode()]
+        assert all(len(v) < 100 for _, v in changes)
+        store.committed()
+    del store["c1"]
+    tombstones = list(store.changes())
+    assert (b"case/c1", None) in tombstones and len(tombstones) == 1 + 1_001
+    record = PipeRecord("civic.pipe.cases", 0, 7, b"k", b"\x00v", {"civic_published_ms": b"1"})
+    store.park("s1", "c9", 1000, record)
+    assert store.waiting_for("c9") == ["s1"]
+    assert [k for k, _ in store.changes()][-1] == b"parked/s1"
+    assert PipeRecord.from_json(json.loads(dict(store.changes())[b"parked/s1"])["record"]) == record
