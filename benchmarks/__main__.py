@@ -14,7 +14,7 @@ def main() -> None:
 
 @app.command()
 def throughput(events: int = 10_000, repeats: int = 3, seed: int = 6, profile: bool = typer.Option(False, help="py-spy every stage")) -> None:
-    """(a) pipeline vs raw passthrough, case stage vs bare faust."""
+    """(a) pipeline vs the replay of its own records and vs a raw passthrough."""
     from benchmarks.throughput import run
 
     run(events, repeats, seed, profile)

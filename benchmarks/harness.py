@@ -153,11 +153,6 @@ def produce(bootstrap: str, records: Iterable[Record], topic: str | None = None)
         raise RuntimeError("the broker did not acknowledge every benchmark record")
 
 
-def stamped(record: Record, topic: str) -> Record:
-    """A record as ingest writes it onward: with the publish time header the case stage carries."""
-    return Record(topic, record.key, record.value, record.headers + [(PUBLISHED_AT_HEADER, str(int(time.time() * 1000)).encode())])
-
-
 class Arrivals:
     """Reads topics (read_committed, no group) and notes when each wanted key first arrives."""
 
@@ -191,6 +186,22 @@ class Arrivals:
 
     def close(self) -> None:
         self.consumer.close()
+
+
+def read_all(bootstrap: str, topics: list[str], idle_s: float = 3.0) -> list:
+    """Every record of `topics` (read_committed, no group), until none arrives for `idle_s`."""
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"bench-read-{uuid.uuid4().hex}", "enable.auto.commit": False,
+                         "isolation.level": "read_committed"})
+    metadata = consumer.list_topics(timeout=10).topics
+    consumer.assign([TopicPartition(t, p, 0) for t in topics for p in metadata[t].partitions])
+    records, last = [], time.monotonic()
+    while time.monotonic() - last < idle_s:
+        for message in consumer.consume(5000, 0.2):
+            if not message.error():
+                records.append(message)
+                last = time.monotonic()
+    consumer.close()
+    return records
 
 
 def locate(ctx: BusContext, keys: set[bytes]) -> dict[str, dict[str, int]]:

@@ -175,6 +175,7 @@ def run(rate: float, minutes: int, seed: int = 6) -> Path:
                 now_usage = usage(procs)
                 row = {
                     "minute": minute,
+                    "load_average_1m": round(os.getloadavg()[0], 2),  # the machine's, shared with whatever else runs
                     "lag": {stage: lag.measure(ctx.topology.group(f"civicbus-{stage}")) for stage in STAGES},
                     "feed_records": len(latencies),
                     "p50_ms": round(percentile(latencies, 50), 1) if latencies else None,

@@ -1,0 +1,104 @@
+"""The pipeline's own records, replayed with no processing: what the broker alone costs.
+
+`capture(ctx)` reads back every record the three stages wrote for a run (civic.pipe.cases,
+civic.dist.events, the feeds, civic.audit, civic.dlq, civic.state.cases) and files each under the
+input record that caused it, by event id. `python -m benchmarks.replay STAGE CAPTURE` then runs a
+stage on the same transactional runner as the real one, whose `process` only looks its input up
+and emits what the real stage emitted for it: the same topics, partitions, sizes and commit
+spacing, the case events through an idempotent producer beside the transaction as the real case
+stage does (processors.cases), and no decoding, policy, masking or case logic. The throughput
+benchmark runs the same inbound records through it in a second namespace of the same broker.
+"""
+
+from __future__ import annotations
+
+import pickle
+import sys
+from collections import defaultdict
+from collections.abc import Iterable
+from pathlib import Path
+
+from confluent_kafka import KafkaError, KafkaException, Message, Producer
+
+from benchmarks.harness import read_all
+from civicbus.cli_support import bus_context, stop_on_signals
+from civicbus.context import BusContext
+from civicbus.dlq import read_headers
+from civicbus.kafka import make_producer
+from civicbus.topology import AUDIT, DIST_EVENTS, DLQ, PIPE_CASES
+from processors.runner import Output, Stage, TransactionalRunner
+
+# (topic without the namespace, partition, key, value, headers)
+Captured = tuple[str, int, bytes | None, bytes | None, list]
+
+
+def capture(ctx: BusContext) -> dict[str, dict[bytes, list[Captured]]]:
+    """Stage -> input key -> the records that stage wrote for it."""
+    t = ctx.topology
+    strip = lambda topic: topic[len(t.namespace):]  # noqa: E731
+
+    def records(topic: str | list[str]) -> list[Message]:
+        return read_all(ctx.bootstrap, [topic] if isinstance(topic, str) else topic)
+
+    def entry(m: Message) -> Captured:
+        return strip(m.topic()), m.partition(), m.key(), m.value(), list(m.headers() or [])
+
+    piped = records(t.name(PIPE_CASES))
+    case_keys = {m.key() for m in piped}
+    by_stage: dict[str, dict[bytes, list[Captured]]] = {"ingest": defaultdict(list), "cases": defaultdict(list), "fanout": defaultdict(list)}
+    for m in piped:
+        if m.key() != b"clock":
+            by_stage["ingest"][m.key()].append(entry(m))
+    for m in records(t.name(DIST_EVENTS)):
+        by_stage["cases" if m.key() in case_keys else "ingest"][m.key()].append(entry(m))
+    for m in records(t.cases_changelog):
+        kind, _, key = m.key().decode().partition("/")
+        if kind in ("case", "report"):
+            by_stage["cases"][key.encode()].append(entry(m))
+    for m in records([t.feed(d) for d in t.departments] + [t.name(AUDIT)]):
+        by_stage["fanout"][m.key()].append(entry(m))
+    for m in records(t.name(DLQ)):
+        stage = read_headers(m.headers()).get("stage", "ingest")
+        by_stage.setdefault(stage, defaultdict(list))[m.key()].append(entry(m))
+    return {stage: dict(outputs) for stage, outputs in by_stage.items()}
+
+
+class ReplayStage(Stage):
+    """Emits, for each input, what the real stage emitted for it (see the module docstring)."""
+
+    def __init__(self, ctx: BusContext, name: str, outputs: dict[bytes, list[Captured]]):
+        self.ctx = ctx
+        self.name = name
+        self.outputs = outputs
+        self.dist_topic = ctx.topology.name(DIST_EVENTS)
+        self._beside: Producer | None = None
+
+    def subscription(self) -> list[str]:
+        t = self.ctx.topology
+        return {"ingest": [t.inbound_pattern], "cases": [t.name(PIPE_CASES)], "fanout": [t.name(DIST_EVENTS)]}[self.name]
+
+    def prepare(self, ctx: BusContext) -> None:
+        if self.name == "cases":
+            self._beside = make_producer(ctx.bootstrap, **{"linger.ms": ctx.settings.commit_interval_max_ms})
+
+    def process(self, message: Message) -> Iterable[Output]:
+        for topic, partition, key, value, headers in self.outputs.get(message.key(), ()):
+            topic = self.ctx.topology.name(topic)
+            if self._beside is not None and topic == self.dist_topic:
+                self._beside.produce(topic, value, key, headers=headers, partition=partition)
+            else:
+                yield Output(topic, value, key, headers, partition)
+
+    def before_commit(self, producer: Producer) -> None:
+        if self._beside is not None and self._beside.flush(30):
+            raise KafkaException(KafkaError(KafkaError._MSG_TIMED_OUT, "replayed case events not acknowledged", txn_requires_abort=True))
+
+
+def main(stage: str, capture_path: str) -> None:
+    ctx = bus_context()
+    outputs = pickle.loads(Path(capture_path).read_bytes())[stage]
+    TransactionalRunner(ReplayStage(ctx, stage, outputs), ctx).run(stop_on_signals())
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], sys.argv[2])
