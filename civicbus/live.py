@@ -19,6 +19,10 @@ from prometheus_client.multiprocess import MultiProcessCollector
 from civicbus.lag.exporter import LagExporter, LagReport
 
 
+# When the live view warns that the broker is slowing down (civicbus_broker_list_offsets_seconds).
+BROKER_SLOW_S = 0.5
+
+
 def redraw_over(lines: int) -> str:
     """ANSI: back to the start of the previous frame and erase it, keeping what `up` printed above."""
     return f"\x1b[{lines}F\x1b[J" if lines else ""
@@ -71,6 +75,10 @@ def format_frame(stamp: str, figures: Figures) -> str:
     else:
         for g in figures.lag.groups:
             lines.append(f"{g.group:<40}{g.status.value:<9}{g.sum_lag:>8.0f}{_seconds(g.max_lag_seconds):>8}")
+    if figures.lag is not None and figures.lag.up and figures.lag.list_offsets_s > BROKER_SLOW_S:
+        lines += ["", f"WARNING broker slow: {figures.lag.list_offsets_s:.1f} s to answer offsets. The embedded broker lists every "
+                  "batch a partition holds for each read, and gets slower the longer it runs (README, broker facts); "
+                  "for long runs use Apache Kafka (docker compose, CIVICBUS_BOOTSTRAP)."]
     overdue = ", ".join(f"{d} {n:.0f}" for d, n in sorted(figures.overdue.items()) if n > 0) or "none"
     lines += ["", f"overdue cases: {overdue}   open cases: {figures.open_cases:.0f}   dead letters so far: {figures.dead_letters:.0f}"]
     return "\n".join(lines)

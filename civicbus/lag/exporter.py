@@ -34,6 +34,7 @@ class LagReport:
     duration_s: float
     groups: tuple[GroupLag, ...] = ()
     error: str = ""
+    list_offsets_s: float = 0.0  # Snapshot.list_offsets_s
 
     def group(self, name: str) -> GroupLag | None:
         return next((g for g in self.groups if g.group == name), None)
@@ -52,8 +53,9 @@ class LagExporter(Collector):
         """Read one snapshot and publish its report; never raises for an unreachable cluster."""
         started = time.perf_counter()
         try:
-            groups = self.monitor.update(self.reader.read())
-            report = LagReport(time.time(), True, time.perf_counter() - started, groups)
+            snapshot = self.reader.read()
+            groups = self.monitor.update(snapshot)
+            report = LagReport(time.time(), True, time.perf_counter() - started, groups, list_offsets_s=snapshot.list_offsets_s)
         except KafkaUnavailable as e:
             report = LagReport(time.time(), False, time.perf_counter() - started, error=str(e))
         if report.up != self.report.up:
@@ -90,7 +92,11 @@ def report_metrics(report: LagReport) -> list[GaugeMetricFamily]:
     up.add_metric([], 1.0 if report.up else 0.0)
     duration = GaugeMetricFamily("civicbus_lag_exporter_scrape_duration_seconds", "Time the last poll of the Kafka cluster took.")
     duration.add_metric([], report.duration_s)
-    families = [up, duration]
+    list_offsets = GaugeMetricFamily("civicbus_broker_list_offsets_seconds",
+                                     "Time the broker took to answer the high watermarks of every consumed partition "
+                                     "(the embedded broker slows down as its partitions grow).")
+    list_offsets.add_metric([], report.list_offsets_s)
+    families = [up, duration, list_offsets]
     if not report.up:
         return families
     gtp, g = ["group", "topic", "partition"], ["group"]

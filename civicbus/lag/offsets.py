@@ -40,6 +40,9 @@ class Snapshot:
     groups: tuple[GroupOffsets, ...]
     latest: dict[TopicPartitionKey, int]  # high watermark
     earliest: dict[TopicPartitionKey, int]  # log start offset
+    # How long the broker took to answer the high watermarks: the embedded broker lists every batch
+    # of a partition for it, as for every fetch that returns data, so this climbs as its logs grow.
+    list_offsets_s: float = 0.0
 
 
 class OffsetsReader:
@@ -57,11 +60,13 @@ class OffsetsReader:
             partitions_of = self._partitions_by_topic()
             groups = [self._group(g, partitions_of) for g in self._group_ids()]
             wanted = {tp for g in groups for tp in g.committed}
+            started = time.perf_counter()
             latest = self._list_offsets(wanted, OffsetSpec.latest())
+            list_offsets_s = time.perf_counter() - started
             earliest = self._list_offsets(wanted, OffsetSpec.earliest())
         except KafkaException as e:
             raise KafkaUnavailable(str(e.args[0] if e.args else e)) from None
-        return Snapshot(time.time(), tuple(groups), latest, earliest)
+        return Snapshot(time.time(), tuple(groups), latest, earliest, list_offsets_s)
 
     def _partitions_by_topic(self) -> dict[str, int]:
         metadata = self.admin.list_topics(timeout=self.timeout_s)

@@ -26,3 +26,10 @@ def test_frame_says_when_lag_is_unknown_and_redraw_moves_over_the_previous_frame
     text = format_frame("12:00:00", figures)
     assert "(no events yet)" in text and "lag unknown: timed out" in text
     assert redraw_over(0) == "" and redraw_over(12) == "\x1b[12F\x1b[J"
+
+
+def test_frame_warns_when_the_broker_slows_down():
+    quick = Figures({}, {}, {}, 0.0, 0.0, LagReport(1.0, True, 0.1, (), list_offsets_s=0.05))
+    slow = Figures({}, {}, {}, 0.0, 0.0, LagReport(1.0, True, 2.5, (), list_offsets_s=2.1))
+    assert "broker slow" not in format_frame("12:00:00", quick)
+    assert "WARNING broker slow: 2.1 s to answer offsets" in format_frame("12:00:00", slow)
