@@ -1,10 +1,13 @@
 """(b) Publish -> feed latency at fixed rates (100, 1,000 and 5,000 events/s), the realistic mix.
 
-Latency of a feed record = when a consumer of the feed received it - when the publisher
+Measured from outside, as a department feels it: a stock confluent-kafka producer (librdkafka's
+defaults) writes Confluent-framed Avro to civic.in.*, and a stock consumer reads every feed
+read_committed. Latency of a feed record = when the consumer received it - when the publisher
 produced the event (its inbound record timestamp, carried to the feed in the
-civic_published_ms header). Every feed record counts. `*_until_fanout_wrote_ms` splits it: publish until the fan-out
-produced the feed record (its CreateTime); the rest is the fan-out's commit and the read.
-Target: p99 <= 100 ms at 1,000/s.
+civic_published_ms header). Every feed record counts. `*_until_fanout_wrote_ms` splits it:
+publish until the fan-out produced the feed record (its CreateTime); the rest is the fan-out's
+commit and the read.
+Targets (issue 10): p99 <= 100 ms at 100/s and <= 250 ms at 1,000/s.
 """
 
 from __future__ import annotations
@@ -13,17 +16,18 @@ import threading
 import time
 from pathlib import Path
 
+from confluent_kafka import Producer
+
 from benchmarks.harness import Arrivals, Record, Workload, bench_bus, locate, produce
 from benchmarks.report import percentile, write_result
-from civicbus.kafka import make_producer
 
 RATES = {100: 10.0, 1_000: 10.0, 5_000: 6.0}  # events/s: seconds at that rate
-TARGET_P99_MS_AT_1000 = 100
+TARGET_P99_MS = {100: 100, 1_000: 250}
 
 
 def publish_at(bootstrap: str, records: list[Record], rate: float) -> None:
-    """Produce in 5 ms ticks, each its share of the rate, with the publisher SDK's settings."""
-    producer = make_producer(bootstrap)
+    """Produce in 5 ms ticks, each its share of the rate, with a stock producer."""
+    producer = Producer({"bootstrap.servers": bootstrap})
     started = time.monotonic()
     sent = 0
     while sent < len(records):
@@ -86,6 +90,6 @@ def run(seed: int = 6) -> Path:
         "workload": "half event types that form no case, half the simulator's case traffic, interleaved; "
                     "figures for all feed records and split by path (no_case: ingest -> fanout; case: ingest -> cases -> fanout)",
         "rates_events_per_s": results,
-        "target": {"p99_ms_at_1000_per_s_at_most": TARGET_P99_MS_AT_1000},
-        "target_met": results["1000"]["all"]["p99_ms"] <= TARGET_P99_MS_AT_1000,
+        "target": {f"p99_ms_at_{rate}_per_s_at_most": ms for rate, ms in TARGET_P99_MS.items()},
+        "target_met": all(results[str(rate)]["all"]["p99_ms"] <= ms for rate, ms in TARGET_P99_MS.items()),
     })

@@ -32,13 +32,22 @@ from processors.runner import Output, Stage, TransactionalRunner
 Captured = tuple[str, int, bytes | None, bytes | None, list]
 
 
-def capture(ctx: BusContext) -> dict[str, dict[bytes, list[Captured]]]:
-    """Stage -> input key -> the records that stage wrote for it."""
+def capture(ctx: BusContext, spans: dict[str, int] | None = None) -> dict[str, dict[bytes, list[Captured]]]:
+    """Stage -> input key -> the records that stage wrote for it. With `spans`, also fills in the
+    offsets each topic's records span: what a span holds beyond the records are transaction
+    markers (each takes an offset)."""
     t = ctx.topology
     strip = lambda topic: topic[len(t.namespace):]  # noqa: E731
 
     def records(topic: str | list[str]) -> list[Message]:
-        return read_all(ctx.bootstrap, [topic] if isinstance(topic, str) else topic)
+        found = read_all(ctx.bootstrap, [topic] if isinstance(topic, str) else topic)
+        if spans is not None:
+            by_partition: dict[tuple[str, int], list[int]] = defaultdict(list)
+            for m in found:
+                by_partition[(m.topic(), m.partition())].append(m.offset())
+            for (name, _), offsets in by_partition.items():
+                spans[strip(name)] = spans.get(strip(name), 0) + max(offsets) - min(offsets) + 1
+        return found
 
     def entry(m: Message) -> Captured:
         return strip(m.topic()), m.partition(), m.key(), m.value(), list(m.headers() or [])

@@ -86,14 +86,20 @@ def profile_stages(ctx: BusContext, stages: StageProcesses, workload: Workload, 
             for name, path in outputs.items() if path.exists()}
 
 
-def per_event(ctx: BusContext, captured: dict, events: int) -> dict:
-    """Records written per event, by topic (namespace stripped), from the captured run."""
-    counts: Counter = Counter()
+def per_event(captured: dict, spans: dict[str, int], events: int) -> dict:
+    """Records and transaction markers written per event, by topic (feeds together), from the
+    captured run: a marker takes an offset, so it is what an offset span holds beyond records."""
+    group = lambda topic: "civic.feed.*" if topic.startswith("civic.feed.") else topic  # noqa: E731
+    records: Counter = Counter()
     for outputs in captured.values():
-        for records in outputs.values():
-            for topic, *_ in records:
-                counts[topic if not topic.startswith(("civic.feed.", "civic.in.")) else topic.rsplit(".", 1)[0] + ".*"] += 1
-    return {topic: round(n / events, 2) for topic, n in sorted(counts.items())}
+        for written in outputs.values():
+            for topic, *_ in written:
+                records[group(topic)] += 1
+    offsets: Counter = Counter()
+    for topic, span in spans.items():
+        offsets[group(topic)] += span
+    return {topic: {"records": round(n / events, 2), "markers": round(max(0, offsets[topic] - n) / events, 2)}
+            for topic, n in sorted(records.items())}
 
 
 def retargeted(ctx: BusContext, records: list[Record], namespace: str) -> list[Record]:
@@ -113,8 +119,9 @@ def run(events: int = 10_000, repeats: int = 3, seed: int = 6, profile: bool = F
         through(ctx, feeds, warmup["no_case"] + warmup["case"], timeout_s=120)
         pipeline = {path: [through(ctx, feeds, records) for records in batches[path]] for path in PATHS}
         stages.stop()
-        captured = capture(ctx)
-        written = per_event(ctx, captured, sum(len(b) for runs in batches.values() for b in runs) + 2 * WARMUP)
+        spans: dict[str, int] = {}
+        captured = capture(ctx, spans)
+        written = per_event(captured, spans, sum(len(b) for runs in batches.values() for b in runs) + 2 * WARMUP)
 
         # The same inbound records through the replay stages, in a namespace of their own.
         replay_ns = ctx.topology.namespace + "replay."
