@@ -139,6 +139,7 @@ class TransactionalRunner:
             per_batch_us = EMBEDDED_SPACING_PER_BATCH_US if is_embedded(ctx.bootstrap) else 0.0
         self.spacing = CommitSpacing(settings.commit_interval_ms, settings.commit_interval_max_ms, per_batch_us)
         self._written: set[tuple[str, int]] = set()  # partitions the open transaction wrote
+        self._consumed: dict[tuple[str, int], int] = {}  # partition -> offset after the last record it read
         self.group_id = ctx.topology.group(f"civicbus-{stage.name}")
         self.transactional_id = f"{self.group_id}.{instance}"
         self._producer: Producer | None = None
@@ -212,6 +213,7 @@ class TransactionalRunner:
                         continue
                     raise KafkaException(message.error())
                 self._open.append(message)
+                self._consumed[(message.topic(), message.partition())] = message.offset() + 1
                 for out in self._safe_process(message):
                     self._produce(out)
             self._producer.poll(0)
@@ -222,7 +224,8 @@ class TransactionalRunner:
         producer, consumer, count = self._producer, self._consumer, len(self._open)
         try:
             self.stage.before_commit(producer)
-            positions = [tp for tp in consumer.position(consumer.assignment()) if tp.offset != OFFSET_INVALID]
+            # only the partitions this transaction read: each one costs the broker work at commit
+            positions = [TopicPartition(topic, partition, offset) for (topic, partition), offset in self._consumed.items()]
             producer.send_offsets_to_transaction(positions, consumer.consumer_group_metadata())
             producer.commit_transaction()
         except KafkaException as e:
@@ -232,7 +235,7 @@ class TransactionalRunner:
             self._last_commit = time.perf_counter()
         producer.poll(0)  # the last delivery reports: which partitions the transaction wrote
         self.spacing.committed(self._written)
-        self._written = set()
+        self._written, self._consumed = set(), {}
         self._open = []
         self.stage.after_commit()
         labelled(STAGE_RECORDS, self.stage.name).inc(count)
@@ -244,7 +247,7 @@ class TransactionalRunner:
         log.warning("stage %s aborting batch: %s", self.stage.name, error)
         self._producer.abort_transaction()
         self._open = []
-        self._written = set()
+        self._written, self._consumed = set(), {}
         self.stage.after_abort()
         self._rewind(self._consumer)
 
