@@ -20,9 +20,9 @@ from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
-from civicbus.audit import read_masked_header
 from civicbus.context import BusContext
 from civicbus.kafka import make_consumer
+from civicbus.wire import read_masked
 
 
 def offsets_at_time(consumer: Consumer, topic: str, partitions: list[int], since_ms: int) -> dict[int, int]:
@@ -60,7 +60,7 @@ class FeedEvent:
     @property
     def masked(self) -> tuple[str, ...]:
         """Personal fields of `data` masked for this department (see civicbus.policy)."""
-        return read_masked_header(list(self.headers.items()))
+        return read_masked(list(self.headers.items()))
 
 
 class FeedSubscriber:

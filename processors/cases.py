@@ -33,19 +33,18 @@ from civicbus.metrics import ESCALATED, OPEN_CASES, OVERDUE_CASES, REJECTED, ROU
 from civicbus.schemas import ESCALATION_TYPE
 from civicbus.serde import DecodeError
 from civicbus.topology import CASES_APP, CASES_TABLE, DIST_EVENTS, DLQ, PIPE_CASES
+from civicbus.wire import clock_header, is_cloudevent_header, read_clock_ms
 from processors import faust_transport
 from processors.casebook import CaseBook, CaseError, CaseRules, TickResult
 
 log = logging.getLogger(__name__)
 
 STAGE = "cases"
-# A record on civic.pipe.cases with this header is a clock tick (value: epoch milliseconds).
-CLOCK_HEADER = "civic_clock_ms"
 
 
 def _forwarded(headers: dict) -> list[tuple[str, bytes]]:
     """Headers to carry on (e.g. the publish time for end-to-end latency), not the CloudEvents ones."""
-    return [(k, v) for k, v in headers.items() if not k.startswith("ce_") and k != "content-type"]
+    return [(k, v) for k, v in headers.items() if not is_cloudevent_header(k)]
 
 
 class CaseMetrics:
@@ -255,8 +254,9 @@ def create_app(ctx: BusContext) -> faust.App:
             await manual.ack(event)
 
     async def process(record: PipeRecord) -> None:
-        if CLOCK_HEADER in record.headers:
-            result = casebook.tick(int(record.headers[CLOCK_HEADER]))
+        clock_ms = read_clock_ms(list(record.headers.items()))
+        if clock_ms is not None:  # a record on civic.pipe.cases with this header is a clock tick
+            result = casebook.tick(clock_ms)
             for event in result.events:
                 await distribute(event, [])
             metrics.record(result)
@@ -280,8 +280,8 @@ def create_app(ctx: BusContext) -> faust.App:
 
     @app.timer(interval=ctx.city.categories.clock.total_seconds())
     async def clock():
-        now_ms = str(int(time.time() * 1000)).encode()
+        tick = clock_header(int(time.time() * 1000))
         for partition in range(partitions):
-            await pipe_topic.send(key=b"clock", value=b"", partition=partition, headers=[(CLOCK_HEADER, now_ms)])
+            await pipe_topic.send(key=b"clock", value=b"", partition=partition, headers=[tick])
 
     return app
