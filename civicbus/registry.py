@@ -172,14 +172,56 @@ class FileSchemaRegistry(SchemaRegistryClient):
         return "READONLY"
 
 
+class RegistryMismatch(RuntimeError):
+    """The configured Schema Registry does not hold the lock's schemas under the lock's ids."""
+
+
+def remote_registry_client(settings: Settings) -> SchemaRegistryClient:
+    conf = {"url": settings.schema_registry_url}
+    if settings.schema_registry_basic_auth:
+        conf |= {"basic.auth.credentials.source": "USER_INFO", "basic.auth.user.info": settings.schema_registry_basic_auth}
+    return SchemaRegistryClient(conf)
+
+
+def lock_differences(client: SchemaRegistryClient, lock: SchemaLock) -> tuple[list[RegisteredSchema], list[str]]:
+    """What the registry lacks of the lock (missing), and where it contradicts it (conflicts)."""
+    missing, conflicts = [], []
+    for locked in sorted(lock.by_id.values(), key=lambda r: r.schema_id):
+        try:
+            found = client.lookup_schema(locked.subject, locked.schema)
+        except SchemaRegistryError as e:
+            if e.error_code not in (40401, 40403):
+                raise
+            try:
+                taken = client.get_schema(locked.schema_id)
+            except SchemaRegistryError as absent:
+                if absent.error_code != 40403:
+                    raise
+                missing.append(locked)
+            else:
+                if canonical(taken.schema_str) != canonical(locked.schema.schema_str):
+                    conflicts.append(f"id {locked.schema_id} is another schema there, not {locked.subject} v{locked.version}")
+                else:
+                    missing.append(locked)  # the schema is there under another subject only
+            continue
+        if (found.schema_id, found.version) != (locked.schema_id, locked.version):
+            conflicts.append(f"{locked.subject} v{locked.version} is id {found.schema_id} v{found.version} there, id {locked.schema_id} in {LOCK_FILE}")
+    return missing, conflicts
+
+
 def make_registry_client(settings: Settings) -> SchemaRegistryClient:
-    """The Schema Registry at CIVICBUS_SCHEMA_REGISTRY_URL when set, else the lock-file registry."""
-    if settings.schema_registry_url:
-        conf = {"url": settings.schema_registry_url}
-        if settings.schema_registry_basic_auth:
-            conf |= {"basic.auth.credentials.source": "USER_INFO", "basic.auth.user.info": settings.schema_registry_basic_auth}
-        return SchemaRegistryClient(conf)
-    return FileSchemaRegistry(settings.schemas_dir, settings.registry_url)
+    """The Schema Registry at CIVICBUS_SCHEMA_REGISTRY_URL, checked to hold the lock; else the lock-file registry."""
+    if not settings.schema_registry_url:
+        return FileSchemaRegistry(settings.schemas_dir, settings.registry_url)
+    client = remote_registry_client(settings)
+    missing, conflicts = lock_differences(client, SchemaLock(settings.schemas_dir))
+    if missing or conflicts:
+        lacking = [f"{r.subject} v{r.version} (id {r.schema_id}) missing" for r in missing]
+        raise RegistryMismatch(
+            f"the Schema Registry at {settings.schema_registry_url} does not hold {LOCK_FILE}; run `civicbus schemas push`:\n"
+            + "\n".join(conflicts + lacking)
+        )
+    return client
 
 
 @dataclass(frozen=True)

@@ -12,9 +12,9 @@ import pytest
 import yaml
 
 from civicbus.context import BusContext
-from civicbus.wire import read_dead_letter
 from civicbus.kafka import apply_topics
 from civicbus.topology import DIST_EVENTS, DLQ
+from civicbus.wire import read_dead_letter
 from producers.sdk import Publisher
 from tests.conftest import make_settings
 from tests.support import PipelineProcesses, private_config, read_topic

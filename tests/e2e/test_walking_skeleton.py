@@ -2,8 +2,8 @@
 
 import os
 
-from civicbus.wire import read_dead_letter
 from civicbus.kafka import make_producer
+from civicbus.wire import read_dead_letter
 from producers.sdk import Publisher
 from tests.support import case_report, headers_of, read_topic
 
