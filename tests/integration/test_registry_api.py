@@ -1,7 +1,10 @@
 """The lock served as Confluent's Schema Registry REST API (`civicbus registry`), on a real uvicorn server."""
 
 import json
+import os
 import shutil
+import subprocess
+import sys
 
 import httpx
 import pytest
@@ -94,3 +97,34 @@ def shifted_lock(tmp_path, by: int = 100):
             v["id"] += by
     (schemas / "schemas.lock.json").write_text(json.dumps(lock))
     return schemas
+
+
+def push(registry_url: str, schemas_dir=SCHEMAS) -> subprocess.CompletedProcess:
+    env = {**os.environ, "CIVICBUS_SCHEMA_REGISTRY_URL": registry_url, "CIVICBUS_SCHEMAS_DIR": str(schemas_dir)}
+    return subprocess.run([sys.executable, "-m", "civicbus.cli", "schemas", "push"], env=env, capture_output=True, text=True, timeout=60)
+
+
+def test_schemas_push_verifies_a_registry_that_holds_the_lock(registry_url):
+    pushed = push(registry_url)
+    assert pushed.returncode == 0, pushed.stderr
+    assert f"0 imported, {sum(len(v) for v in LOCK['subjects'].values())} already there with the lock's ids" in pushed.stdout
+
+
+def test_schemas_push_refuses_a_registry_that_contradicts_the_lock(registry_url, tmp_path):
+    pushed = push(registry_url, shifted_lock(tmp_path))
+    assert pushed.returncode == 1
+    assert "contradicts schemas.lock.json; nothing pushed" in pushed.stderr
+    assert f"{SUBJECT} v{LOCKED['version']} is id {LOCKED['id']} v{LOCKED['version']} there, id {LOCKED['id'] + 100}" in pushed.stderr
+
+
+def test_schemas_push_imports_what_is_missing_and_reports_a_refusal(tmp_path):
+    """A registry holding part of the lock: push switches it to IMPORT; this one is read-only and says so."""
+    partial = tmp_path / "partial"
+    shutil.copytree(SCHEMAS, partial)
+    lock = json.loads((partial / "schemas.lock.json").read_text())
+    del lock["subjects"][SUBJECT]
+    (partial / "schemas.lock.json").write_text(json.dumps(lock))
+    with served_registry(partial) as url:
+        pushed = push(url)
+    assert pushed.returncode == 1
+    assert "answered 422 (error 42205)" in pushed.stderr and "read-only" in pushed.stderr
