@@ -12,8 +12,8 @@ from civicbus.registry import FileSchemaRegistry
 from civicbus.schemas import EventCatalog
 from civicbus.serde import EventSerde
 from civicbus.settings import REPO_ROOT
-from tests.unit.test_schemas import complete
 from tests.support import case_report
+from tests.unit.test_schemas import complete
 
 SCHEMAS = REPO_ROOT / "schemas"
 LOCK = json.loads((SCHEMAS / "schemas.lock.json").read_text())
@@ -55,3 +55,17 @@ def test_the_lock_is_read_only(catalog):
         registry.get_latest_version("civic.in.citymgmt-value")
     assert no_subject.value.error_code == 40401
     assert registry.test_compatibility(held.subject, Schema(json.dumps(changed), "AVRO"))
+
+
+class NeverRegister(FileSchemaRegistry):
+    def register_schema_full_response(self, *args, **kwargs):
+        raise AssertionError("civicbus registered a schema")
+
+    register_schema = register_schema_full_response
+
+
+def test_civicbus_never_registers_a_schema(catalog):
+    """Auto-registration off: the serde only looks up, so ids come from the lock alone (`schemas push`)."""
+    serde = EventSerde(catalog, NeverRegister(SCHEMAS))
+    value, _ = serde.encode(catalog.validate(complete(case_report())), "civic.in.citymgmt")
+    assert serde.decode(value, "t")["type"] == "city.case.reported"
