@@ -153,7 +153,7 @@ class FeedSubscriber:
             raise KafkaException(message.error())
         if delivered_before(message, self._since_ms):
             return None
-        return _feed_event(self.ctx, message), message, message
+        return _feed_event(self.ctx, message), message
 
     def commit(self, message: Message) -> None:
         self._consumer.commit(offsets=[TopicPartition(message.topic(), message.partition(), message.offset() + 1)], asynchronous=False)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -19,6 +18,7 @@ from pathlib import Path
 
 from confluent_kafka import Consumer, Message, TopicPartition
 
+from civicbus.broker import free_port
 from civicbus.context import BusContext
 from civicbus.processes import stop_process
 from civicbus.settings import REPO_ROOT
@@ -166,12 +166,6 @@ class PipelineProcesses:
 
 def now() -> datetime:
     return datetime.now(timezone.utc)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @contextmanager

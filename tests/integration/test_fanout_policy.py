@@ -106,5 +106,5 @@ def test_feeds_masks_and_audit_follow_each_policy_through_the_real_fanout(broker
     # an event no department may receive is dead-lettered, never dropped in silence
     received = {event_id for event_id, _ in expected}
     assert {m.key().decode(): read_dead_letter(m.headers())["reason"] for m in dead_letters} == {
-        event_id: b"UNDELIVERABLE" for event_id in originals if event_id not in received
+        event_id: "UNDELIVERABLE" for event_id in originals if event_id not in received
     }
