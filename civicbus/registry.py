@@ -21,6 +21,9 @@ from civicbus.schemas import EventCatalog, backward_incompatibilities, canonical
 from civicbus.settings import DEFAULT_REGISTRY_URL, Settings
 
 LOCK_FILE = "schemas.lock.json"
+READ_ONLY = 42205  # Confluent's "operation not permitted" (a write to a READONLY registry or subject)
+# `civicbus schemas check` holds every change to BACKWARD compatibility.
+COMPATIBILITY = "BACKWARD"
 
 
 def _read_lock(schemas_dir: Path) -> dict:
@@ -30,18 +33,14 @@ def _read_lock(schemas_dir: Path) -> dict:
     return json.loads(path.read_text(encoding="utf-8"))
 
 
-READ_ONLY = 42205  # Confluent's "operation not permitted" (a write to a READONLY registry or subject)
-# `civicbus schemas check` holds every change to BACKWARD compatibility.
-COMPATIBILITY = "BACKWARD"
-
-
 class SchemaLock:
     """The lock's subjects, versions and ids as a registry answers them; read-only.
 
     Lookups follow Confluent's error codes: 40401 unknown subject, 40402 unknown version,
-    40403 unknown schema. A schema is identified by its canonical text, so a schema the lock
-    holds has its lock id whichever subject it is asked under (Confluent, too, gives an
-    identical schema the same id in every subject).
+    40403 unknown schema. Schemas compare by canonical text; registering one the lock holds
+    answers its lock id whatever the subject (Confluent, too, gives an identical schema the same
+    id in every subject), so serializers that auto-register under their default topic subject
+    keep working; anything else is refused as by a READONLY registry.
     """
 
     def __init__(self, schemas_dir: Path):

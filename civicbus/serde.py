@@ -25,7 +25,7 @@ from confluent_kafka.schema_registry.error import SchemaRegistryError
 
 from civicbus.dlq import Reason
 from civicbus.schemas import EventCatalog, EventValidationError
-from civicbus.wire import cloudevent_headers, rfc3339
+from civicbus.wire import cloudevent_headers, dataschema_uri, rfc3339
 
 MAGIC_BYTE = 0
 _FRAMING = struct.Struct(">bI")  # magic byte, schema id: the Confluent wire format
@@ -43,11 +43,6 @@ class DecodeError(ValueError):
 def to_json(event: dict[str, Any]) -> str:
     """An event as JSON text, times in RFC 3339 (CLI output, HTTP feeds)."""
     return json.dumps(event, ensure_ascii=False, default=lambda v: rfc3339(v) if isinstance(v, datetime) else str(v))
-
-
-def dataschema_uri(registry_url: str, subject: str, version: int) -> str:
-    """ce_dataschema: the registry's REST address of the subject version the record was written with."""
-    return f"{registry_url.split(',')[0].rstrip('/')}/subjects/{subject}/versions/{version}"
 
 
 class EventSerde:

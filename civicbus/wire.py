@@ -58,6 +58,11 @@ def department_of_source(uri: str) -> str:
     return uri[len(SOURCE_URN_PREFIX) :]
 
 
+def dataschema_uri(registry_url: str, subject: str, version: int) -> str:
+    """ce_dataschema: the registry's REST address of the subject version a value was written with."""
+    return f"{registry_url.split(',')[0].rstrip('/')}/subjects/{subject}/versions/{version}"
+
+
 def cloudevent_headers(event: dict[str, Any], dataschema: str) -> Headers:
     """CloudEvents 1.0 Kafka protocol binding, binary mode; `dataschema` names the registry subject and version."""
     headers = [

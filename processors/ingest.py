@@ -26,8 +26,6 @@ from processors.enrich import ReferenceFollower, ReferenceTables, enrich
 from processors.runner import Output, Stage, dead_letter_output
 from processors.standardise import Standardiser
 
-# Carried from the inbound record to the feed, for the end-to-end latency histogram.
-
 
 def check_publisher(policy: Policy, department: str, event: dict[str, Any]) -> tuple[Reason, str] | None:
     """The envelope's source must be the department owning the topic, and the type one it may publish."""
