@@ -33,7 +33,7 @@ from civicbus.registry import lock_schemas
 from civicbus.schemas import EventCatalog
 from civicbus.settings import Settings
 from civicbus.topology import DIST_EVENTS, DLQ, PIPE_CASES, Topology
-from processors.ingest import PUBLISHED_AT_HEADER
+from civicbus.wire import published_at_header, read_published_ms
 from producers.simulator import CityTraffic
 from producers.sdk import Publisher
 
@@ -179,9 +179,9 @@ class Arrivals:
                 now = time.time()
                 self.first_seen.setdefault(message.key(), now)
                 missing.discard(message.key())
-                published = dict(message.headers() or []).get(PUBLISHED_AT_HEADER)
+                published = read_published_ms(message.headers())
                 if published:
-                    self.records.append((message.key(), now, int(published), message.timestamp()[1]))
+                    self.records.append((message.key(), now, published, message.timestamp()[1]))
         return max(self.first_seen[k] for k in keys)
 
     def close(self) -> None:

@@ -23,7 +23,7 @@ from confluent_kafka import KafkaError, KafkaException, Message, Producer
 from benchmarks.harness import read_all
 from civicbus.cli_support import bus_context, stop_on_signals
 from civicbus.context import BusContext
-from civicbus.dlq import read_headers
+from civicbus.wire import read_dead_letter
 from civicbus.kafka import make_producer
 from civicbus.topology import AUDIT, DIST_EVENTS, DLQ, PIPE_CASES
 from processors.runner import Output, Stage, TransactionalRunner
@@ -67,7 +67,7 @@ def capture(ctx: BusContext, spans: dict[str, int] | None = None) -> dict[str, d
     for m in records([t.feed(d) for d in t.departments] + [t.name(AUDIT)]):
         by_stage["fanout"][m.key()].append(entry(m))
     for m in records(t.name(DLQ)):
-        stage = read_headers(m.headers()).get("stage", "ingest")
+        stage = read_dead_letter(m.headers()).get("stage", "ingest")
         by_stage.setdefault(stage, defaultdict(list))[m.key()].append(entry(m))
     return {stage: dict(outputs) for stage, outputs in by_stage.items()}
 

@@ -37,7 +37,7 @@ from prometheus_client.multiprocess import MultiProcessCollector
 from benchmarks.harness import bench_bus
 from benchmarks.report import percentile, write_result
 from civicbus.topology import DIST_EVENTS, PIPE_CASES
-from processors.ingest import PUBLISHED_AT_HEADER
+from civicbus.wire import read_published_ms
 
 STAGES = ("ingest", "cases", "fanout")
 TARGET_LAG_S = 5.0
@@ -61,10 +61,10 @@ class FeedLatency:
             for message in self.consumer.consume(5000, 0.1):
                 if message.error():
                     continue
-                published = dict(message.headers() or []).get(PUBLISHED_AT_HEADER)
+                published = read_published_ms(message.headers())
                 if published:
                     with self.lock:
-                        self.latencies_ms.append(time.time() * 1000 - int(published))
+                        self.latencies_ms.append(time.time() * 1000 - published)
         self.consumer.close()
 
     def take(self) -> list[float]:

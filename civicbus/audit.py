@@ -12,10 +12,6 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
 
-# Feed records carry the masked fields in this header, so a reader (and the gateway's audit)
-# sees what was withheld without comparing against the original.
-MASKED_HEADER = "civic_masked"
-
 DeliveryPath = Literal["fanout", "gateway"]
 
 
@@ -40,13 +36,3 @@ class AuditRecord(BaseModel):
     def decode(cls, value: bytes) -> AuditRecord:
         return cls.model_validate_json(value)
 
-
-def masked_header(masked: tuple[str, ...]) -> tuple[str, bytes]:
-    return MASKED_HEADER, ",".join(masked).encode()
-
-
-def read_masked_header(headers: list[tuple[str, bytes]] | None) -> tuple[str, ...]:
-    for key, value in headers or []:
-        if key == MASKED_HEADER:
-            return tuple(f for f in value.decode().split(",") if f)
-    return ()

@@ -18,6 +18,7 @@ from civicbus.cli_support import bus_context, configure_logging, fail, stop_on_s
 from civicbus.kafka import apply_topics, make_admin
 from civicbus.policy import PolicyError, load_policy
 from civicbus.registry import check_schemas, lock_schemas
+from civicbus.settings import DEFAULT_REGISTRY_PORT
 from civicbus.tokens import TokenStore
 
 app = typer.Typer(help="civicbus: the city's inter-agency event bus.", no_args_is_help=True, add_completion=False)
@@ -81,6 +82,37 @@ def schemas_lock() -> None:
     typer.echo(f"{len(added)} schema versions added")
 
 
+@schemas_app.command("push")
+def schemas_push() -> None:
+    """Load the lock into the Schema Registry at CIVICBUS_SCHEMA_REGISTRY_URL with the lock's ids (IMPORT mode)."""
+    from civicbus.schema_push import PushError, push_lock
+
+    settings = bus_context().settings
+    if not settings.schema_registry_url:
+        fail("set CIVICBUS_SCHEMA_REGISTRY_URL: `schemas push` loads the lock into a Confluent Schema Registry")
+    try:
+        report = push_lock(settings)
+    except PushError as e:
+        fail(str(e))
+    for line in report.imported:
+        typer.echo(f"imported  {line}")
+    typer.echo(f"{len(report.imported)} imported, {report.present} already there with the lock's ids; registry mode {report.mode}")
+
+
+@app.command()
+def registry(
+    port: int = typer.Option(DEFAULT_REGISTRY_PORT, help="Port to listen on."),
+    host: str = typer.Option("127.0.0.1", help="Address to listen on."),
+) -> None:
+    """Serve the schema lock as a read-only Confluent Schema Registry API until SIGTERM or Ctrl-C."""
+    from civicbus.registry_api import serve_registry
+
+    configure_logging()
+    settings = bus_context().settings
+    typer.echo(f"schema registry (read-only, {settings.schemas_dir / 'schemas.lock.json'}) on http://{host}:{port}")
+    serve_registry(settings.schemas_dir, host, port)
+
+
 @policy_app.command("check")
 def policy_check() -> None:
     """Fail, naming file and line, on unknown departments or types and contradicting rules."""
@@ -134,6 +166,7 @@ def up(
     broker_port: int = typer.Option(9092, help="Embedded broker port (ignored with CIVICBUS_BOOTSTRAP)."),
     http_port: int = typer.Option(8080, help="HTTP gateway port."),
     metrics_port: int = typer.Option(9308, help="Prometheus exporter port."),
+    registry_port: int = typer.Option(DEFAULT_REGISTRY_PORT, help="Schema Registry API port (ignored with CIVICBUS_SCHEMA_REGISTRY_URL)."),
     simulate: float = typer.Option(0.0, help="Run the city simulator at this many events/s (0: off)."),
 ) -> None:
     """Start everything: broker, topics, processors, gateway, exporter, simulator."""
@@ -141,7 +174,7 @@ def up(
 
     configure_logging()
     try:
-        Stack(bus_context().settings, broker_port, http_port, metrics_port, simulate).run()
+        Stack(bus_context().settings, broker_port, http_port, metrics_port, simulate, registry_port=registry_port).run()
     except BrokerError as e:
         fail(str(e))
 

@@ -43,7 +43,7 @@ class BusContext:
 
     @cached_property
     def serde(self) -> EventSerde:
-        return EventSerde(self.catalog, make_registry_client(self.settings.schemas_dir, self.settings.schema_registry_url))
+        return EventSerde(self.catalog, make_registry_client(self.settings))
 
     @cached_property
     def topology(self) -> Topology:

@@ -10,6 +10,8 @@ import time
 from dataclasses import dataclass
 from enum import Enum
 
+from civicbus.wire import Headers, dead_letter_headers
+
 
 class Reason(str, Enum):
     NOT_AVRO = "NOT_AVRO"  # no Confluent wire-format framing (magic byte 0 + schema id)
@@ -26,9 +28,6 @@ class Reason(str, Enum):
     PROCESSING_ERROR = "PROCESSING_ERROR"  # a stage failed on this record; the stage keeps running
 
 
-HEADER_PREFIX = "dlq."
-
-
 @dataclass(frozen=True)
 class DeadLetter:
     reason: Reason
@@ -40,18 +39,13 @@ class DeadLetter:
     key: bytes | None
     value: bytes | None
 
-    def headers(self) -> list[tuple[str, bytes]]:
-        return [
-            (HEADER_PREFIX + "reason", self.reason.value.encode()),
-            (HEADER_PREFIX + "detail", self.detail.encode("utf-8", "replace")[:4000]),
-            (HEADER_PREFIX + "stage", self.stage.encode()),
-            (HEADER_PREFIX + "topic", self.topic.encode()),
-            (HEADER_PREFIX + "partition", str(self.partition).encode()),
-            (HEADER_PREFIX + "offset", str(self.offset).encode()),
-            (HEADER_PREFIX + "time", str(int(time.time() * 1000)).encode()),
-        ]
-
-
-def read_headers(headers: list[tuple[str, bytes]] | None) -> dict[str, str]:
-    """The dlq.* headers of a dead-letter record, without the prefix."""
-    return {k[len(HEADER_PREFIX) :]: v.decode("utf-8", "replace") for k, v in headers or [] if k.startswith(HEADER_PREFIX)}
+    def headers(self) -> Headers:
+        return dead_letter_headers({
+            "reason": self.reason.value,
+            "detail": self.detail[:4000],
+            "stage": self.stage,
+            "topic": self.topic,
+            "partition": str(self.partition),
+            "offset": str(self.offset),
+            "time": str(int(time.time() * 1000)),
+        })

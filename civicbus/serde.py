@@ -16,7 +16,7 @@ from __future__ import annotations
 import io
 import json
 import struct
-from datetime import datetime, timezone
+from datetime import datetime
 from typing import Any
 
 import fastavro
@@ -25,10 +25,10 @@ from confluent_kafka.schema_registry.error import SchemaRegistryError
 
 from civicbus.dlq import Reason
 from civicbus.schemas import EventCatalog, EventValidationError
+from civicbus.wire import cloudevent_headers, dataschema_uri, rfc3339
 
 MAGIC_BYTE = 0
 _FRAMING = struct.Struct(">bI")  # magic byte, schema id: the Confluent wire format
-CONTENT_TYPE = b"application/avro"
 # The largest encoded event accepted; pictures and video travel as references, never inline.
 MAX_EVENT_BYTES = 256 * 1024
 
@@ -40,28 +40,9 @@ class DecodeError(ValueError):
         super().__init__(f"{reason.value}: {detail}")
 
 
-def _rfc3339(value: datetime) -> str:
-    return value.astimezone(timezone.utc).isoformat().replace("+00:00", "Z")
-
-
 def to_json(event: dict[str, Any]) -> str:
     """An event as JSON text, times in RFC 3339 (CLI output, HTTP feeds)."""
-    return json.dumps(event, ensure_ascii=False, default=lambda v: _rfc3339(v) if isinstance(v, datetime) else str(v))
-
-
-def cloudevent_headers(event: dict[str, Any]) -> list[tuple[str, bytes]]:
-    """CloudEvents 1.0 Kafka protocol binding, binary mode (ce_* headers)."""
-    headers = [
-        ("ce_specversion", b"1.0"),
-        ("ce_id", event["id"].encode()),
-        ("ce_type", event["type"].encode()),
-        ("ce_source", event["source"].encode()),
-        ("ce_time", _rfc3339(event["time"]).encode()),
-        ("content-type", CONTENT_TYPE),
-    ]
-    if event.get("subject"):
-        headers.append(("ce_subject", event["subject"].encode()))
-    return headers
+    return json.dumps(event, ensure_ascii=False, default=lambda v: rfc3339(v) if isinstance(v, datetime) else str(v))
 
 
 class EventSerde:
@@ -70,16 +51,20 @@ class EventSerde:
     def __init__(self, catalog: EventCatalog, registry_client):
         self.catalog = catalog
         self._registry = registry_client
-        self._writers: dict[str, tuple[bytes, Any]] = {}  # type -> (framing, parsed schema)
+        self._writers: dict[str, tuple[bytes, Any, str]] = {}  # type -> (framing, parsed schema, ce_dataschema)
         self._readers: dict[int, Any] = {}  # schema id -> parsed writer schema
 
-    def _writer(self, type_name: str) -> tuple[bytes, Any]:
+    def _writer(self, type_name: str) -> tuple[bytes, Any, str]:
         if type_name not in self._writers:
             event_type = self.catalog[type_name]
-            # Registers with a real Schema Registry (auto-register, as AvroSerializer does); the
-            # lock-file registry only looks the schema up and refuses one it does not hold.
-            schema_id = self._registry.register_schema(event_type.subject, Schema(event_type.schema_str, "AVRO"))
-            self._writers[type_name] = (_FRAMING.pack(MAGIC_BYTE, schema_id), fastavro.parse_schema(json.loads(event_type.schema_str)))
+            # Looked up, never registered (auto-registration off): the lock is the only source of
+            # ids, loaded into a Confluent Schema Registry by `civicbus schemas push`.
+            registered = self._registry.lookup_schema(event_type.subject, Schema(event_type.schema_str, "AVRO"))
+            self._writers[type_name] = (
+                _FRAMING.pack(MAGIC_BYTE, registered.schema_id),
+                fastavro.parse_schema(json.loads(event_type.schema_str)),
+                dataschema_uri(self._registry.config()["url"], registered.subject, registered.version),
+            )
         return self._writers[type_name]
 
     def _reader(self, schema_id: int) -> Any:
@@ -89,11 +74,11 @@ class EventSerde:
 
     def encode(self, event: dict[str, Any], topic: str) -> tuple[bytes, list[tuple[str, bytes]]]:
         """Encode an event already validated by the catalog (see EventCatalog.validate)."""
-        framing, schema = self._writer(event["type"])
+        framing, schema, dataschema = self._writer(event["type"])
         body = io.BytesIO()
         body.write(framing)
         fastavro.schemaless_writer(body, schema, event)
-        return body.getvalue(), cloudevent_headers(event)
+        return body.getvalue(), cloudevent_headers(event, dataschema)
 
     def decode(self, value: bytes | None, topic: str, validate: bool = True) -> dict[str, Any]:
         """Decode and validate one record value; raise DecodeError with a dead-letter reason.

@@ -8,6 +8,8 @@ from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_REGISTRY_PORT = 8081
+DEFAULT_REGISTRY_URL = f"http://127.0.0.1:{DEFAULT_REGISTRY_PORT}"
 
 
 class Settings(BaseSettings):
@@ -19,6 +21,14 @@ class Settings(BaseSettings):
     config: Path = Field(default=REPO_ROOT / "config", description="The city config folder.")
     schema_registry_url: str | None = Field(
         default=None, description="Confluent Schema Registry URL; unset means the file registry in schemas/."
+    )
+    schema_registry_basic_auth: str | None = Field(
+        default=None, description="`user:password` for a Schema Registry that requires basic authentication."
+    )
+    registry_url: str = Field(
+        default=DEFAULT_REGISTRY_URL,
+        description="Where the lock-file registry is served (`civicbus up --registry-port`, `civicbus registry`); "
+        "records name their schema there in ce_dataschema when no CIVICBUS_SCHEMA_REGISTRY_URL is set.",
     )
     schemas_dir: Path = REPO_ROOT / "schemas"
     namespace: str = Field(

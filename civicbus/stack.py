@@ -21,7 +21,7 @@ from civicbus.broker import EmbeddedBroker
 from civicbus.cli_support import stop_on_signals
 from civicbus.kafka import apply_topics
 from civicbus.processes import stop_process
-from civicbus.settings import Settings
+from civicbus.settings import DEFAULT_REGISTRY_PORT, Settings
 from civicbus.topology import Topology
 
 RESTART_BACKOFF_S = (1, 2, 5, 10, 30)
@@ -63,7 +63,12 @@ class Stack:
     http_port: int
     metrics_port: int
     simulate_rate: float
+    registry_port: int = DEFAULT_REGISTRY_PORT
     children: list[Child] = field(default_factory=list)
+
+    @property
+    def registry_url(self) -> str:
+        return f"http://127.0.0.1:{self.registry_port}"
 
     def run(self) -> None:
         stop = stop_on_signals()
@@ -85,6 +90,10 @@ class Stack:
             report = apply_topics(bootstrap, topology.specs())
             print(f"topics     {len(report.created)} created, {len(report.unchanged)} already there")
             env = {**os.environ, "CIVICBUS_BOOTSTRAP": bootstrap, "PROMETHEUS_MULTIPROC_DIR": metrics_dir}
+            if self.settings.schema_registry_url:
+                print(f"registry   external Schema Registry at {self.settings.schema_registry_url}")
+            else:  # records name their schema where it is served (ce_dataschema)
+                env["CIVICBUS_REGISTRY_URL"] = self.registry_url
             self._load_reference(env)
             self.children = self._children()
             for child in self.children:
@@ -113,7 +122,10 @@ class Stack:
         print("reference  " + ", ".join(line.strip() for line in loaded.stdout.splitlines()))
 
     def _children(self) -> list[Child]:
-        children = [Child(stage, civicbus_command("process", stage)) for stage in ("ingest", "cases", "fanout")]
+        children = []
+        if not self.settings.schema_registry_url:
+            children.append(Child("registry", civicbus_command("registry", "--port", str(self.registry_port)), listens=f"{self.registry_url} (Schema Registry API, the lock's ids)"))
+        children += [Child(stage, civicbus_command("process", stage)) for stage in ("ingest", "cases", "fanout")]
         children.append(Child("gateway", civicbus_command("gateway", "--port", str(self.http_port)), listens=f"http://127.0.0.1:{self.http_port}"))
         if self.simulate_rate > 0:
             children.append(Child("simulator", civicbus_command("simulate", "--rate", str(self.simulate_rate), "--duration", "0")))
@@ -134,7 +146,7 @@ class Stack:
                 child.start(env, work_dir)
 
     def _stop_children(self) -> None:
-        print("\nstopping: simulator and gateway first (they publish), then the stages in pipeline order")
-        for child in sorted(self.children, key=lambda c: c.name not in ("simulator", "gateway")):
+        print("\nstopping: simulator and gateway first (they publish), then the stages in pipeline order, the registry last")
+        for child in sorted(self.children, key=lambda c: (c.name not in ("simulator", "gateway"), c.name == "registry")):
             child.stop()
             print(f"stopped    {child.name}")

@@ -1,34 +1,61 @@
-"""`civicbus tail AGENCY`: print a department's feed as JSON lines."""
+"""`civicbus tail AGENCY`: print a department's feed as JSON lines; `civicbus gateway`."""
 
 from __future__ import annotations
 
 import signal
-import uuid
+from datetime import datetime, timezone
 
 import typer
+from confluent_kafka import OFFSET_BEGINNING, OFFSET_END
 
 from civicbus.cli_support import bus_context, configure_logging, fail, stop_on_signals
 from civicbus.serde import to_json
-from consumers.subscriber import FeedEvent, FeedSubscriber
+from consumers.subscriber import FeedReader, FeedSubscriber
+
+
+def _start(value: str | None) -> datetime | str | None:
+    if value is None or value in ("beginning", "now"):
+        return value
+    try:
+        start = datetime.fromisoformat(value)
+    except ValueError:
+        raise typer.BadParameter(f"{value!r} is not beginning, now, or an ISO 8601 time such as 2026-12-01T08:00:00Z", param_hint="--from") from None
+    return start if start.tzinfo else start.replace(tzinfo=timezone.utc)
 
 
 def tail(
     agency: str = typer.Argument(..., help="Department id whose feed to read."),
-    group: str = typer.Option(None, help="Consumer group (default: a throwaway group that reads from the start)."),
+    start: str = typer.Option(None, "--from", help="beginning (default), now, or a time (ISO 8601; UTC unless it says otherwise)."),
+    types: list[str] = typer.Option(None, "--type", help="Print only events of this type (repeatable)."),
+    limit: int = typer.Option(0, min=0, help="Stop after printing this many events (0: follow until Ctrl-C)."),
+    group: str = typer.Option(None, help="Read as this consumer group, committing what was printed (default: no group, nothing committed)."),
 ) -> None:
-    """Follow civic.feed.AGENCY and print each event as one JSON line until Ctrl-C."""
+    """Follow civic.feed.AGENCY and print each event as one JSON line until Ctrl-C or --limit."""
     stop = stop_on_signals()
     ctx = bus_context()
-
-    def show(item: FeedEvent) -> None:
-        typer.echo(to_json(item.event))
-
+    begin = _start(start)
+    unknown = sorted(set(types or ()) - set(ctx.catalog.types))
+    if unknown:
+        fail(f"unknown event type {', '.join(unknown)}; known: {', '.join(sorted(ctx.catalog.types))}", 2)
     try:
-        subscriber = FeedSubscriber(ctx, agency, group_id=group or f"civicbus-tail-{uuid.uuid4().hex[:8]}")
+        if group:  # a named group's committed position, unless --from says otherwise
+            reader = FeedSubscriber(ctx, agency, group_id=group, start={"beginning": OFFSET_BEGINNING, "now": OFFSET_END}.get(begin, begin))
+        else:
+            reader = FeedReader(ctx, agency, begin or "beginning")
     except KeyError as e:
         fail(str(e), 2)
-    with subscriber:
-        subscriber.run(show, stop)
+    printed = 0
+    with reader:
+        while not stop.is_set() and (not limit or printed < limit):
+            polled = reader.poll()
+            if polled is None:
+                continue
+            item, message = polled
+            if not types or item.type in types:
+                typer.echo(to_json(item.event))
+                printed += 1
+            if group:
+                reader.commit(message)
 
 
 def gateway(

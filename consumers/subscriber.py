@@ -18,11 +18,11 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, KafkaError, KafkaException, Message, TopicPartition
 
-from civicbus.audit import read_masked_header
 from civicbus.context import BusContext
 from civicbus.kafka import make_consumer
+from civicbus.wire import read_masked
 
 
 def offsets_at_time(consumer: Consumer, topic: str, partitions: list[int], since_ms: int) -> dict[int, int]:
@@ -60,7 +60,56 @@ class FeedEvent:
     @property
     def masked(self) -> tuple[str, ...]:
         """Personal fields of `data` masked for this department (see civicbus.policy)."""
-        return read_masked_header(list(self.headers.items()))
+        return read_masked(list(self.headers.items()))
+
+
+class FeedReader:
+    """A feed read without a consumer group: partitions assigned directly, nothing committed.
+
+    For throwaway readers (`civicbus tail`): the broker never learns of a group, so none is left
+    behind, not even after kill -9, and none shows in the live view or the lag exporter.
+    `start`: "beginning", "now", or a datetime (the records delivered at or after it)."""
+
+    def __init__(self, ctx: BusContext, department: str, start: datetime | str = "beginning", poll_timeout_s: float = 0.5):
+        ctx.city.department(department)  # KeyError for an unknown department
+        self.ctx = ctx
+        self.topic = ctx.topology.feed(department)
+        self.poll_timeout_s = poll_timeout_s
+        # librdkafka wants a group.id even for a consumer that never joins or commits
+        self._consumer = make_consumer(ctx.settings, ctx.bootstrap, f"civicbus-reader-{department}")
+        partitions = list(self._consumer.list_topics(self.topic, timeout=10).topics[self.topic].partitions)
+        self._since_ms = int(start.timestamp() * 1000) if isinstance(start, datetime) else None
+        if self._since_ms is not None:
+            offsets = offsets_at_time(self._consumer, self.topic, partitions, self._since_ms)
+        else:
+            logical = {"beginning": OFFSET_BEGINNING, "now": OFFSET_END}[start]
+            offsets = {p: logical for p in partitions}
+        self._consumer.assign([TopicPartition(self.topic, p, o) for p, o in offsets.items()])
+
+    def poll(self) -> tuple[FeedEvent, Message] | None:
+        message = self._consumer.poll(self.poll_timeout_s)
+        if message is None:
+            return None
+        if message.error():
+            if message.error().code() == KafkaError._PARTITION_EOF:
+                return None
+            raise KafkaException(message.error())
+        if delivered_before(message, self._since_ms):
+            return None
+        return _feed_event(self.ctx, message), message
+
+    def close(self) -> None:
+        self._consumer.close()
+
+    def __enter__(self) -> FeedReader:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _feed_event(ctx: BusContext, message: Message) -> FeedEvent:
+    return FeedEvent(ctx.serde.decode(message.value(), message.topic()), message.partition(), message.offset(), dict(message.headers() or []))
 
 
 class FeedSubscriber:
@@ -94,14 +143,6 @@ class FeedSubscriber:
         self._start = None
         consumer.assign([TopicPartition(self.topic, p, o) for p, o in offsets.items()])
 
-    def _decode(self, message: Message) -> FeedEvent:
-        return FeedEvent(
-            self.ctx.serde.decode(message.value(), message.topic()),
-            message.partition(),
-            message.offset(),
-            dict(message.headers() or []),
-        )
-
     def poll(self) -> tuple[FeedEvent, Message] | None:
         message = self._consumer.poll(self.poll_timeout_s)
         if message is None:
@@ -112,7 +153,7 @@ class FeedSubscriber:
             raise KafkaException(message.error())
         if delivered_before(message, self._since_ms):
             return None
-        return self._decode(message), message
+        return _feed_event(self.ctx, message), message
 
     def commit(self, message: Message) -> None:
         self._consumer.commit(offsets=[TopicPartition(message.topic(), message.partition(), message.offset() + 1)], asynchronous=False)

@@ -1,8 +1,8 @@
 """Case logic as plain functions over event dicts and a case store: testable without a broker.
 
-A case is a dict in a MutableMapping keyed by case id (a faust Table in the case stage, a dict in
-unit tests). Every change is written back with `cases[id] = case`, which is what makes a faust
-table log it to its changelog. The indexes (report id -> case, and open cases by category and
+A case is a dict in a MutableMapping keyed by case id (processors.cases.CaseStore in the case
+stage, a dict in unit tests). Every change is written back with `cases[id] = case`, which is what
+makes the store log it. The indexes (report id -> case, and open cases by category and
 place for merging) live in memory only and are rebuilt from the table after a restart.
 
 - Merge: a report joins the open case of the same category whose first report lies within

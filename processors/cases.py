@@ -49,21 +49,20 @@ from civicbus.metrics import ESCALATED, OPEN_CASES, OVERDUE_CASES, REJECTED, ROU
 from civicbus.schemas import ESCALATION_TYPE
 from civicbus.serde import DecodeError
 from civicbus.topology import DIST_EVENTS, DLQ, PIPE_CASES
+from civicbus.wire import clock_header, is_cloudevent_header, read_clock_ms
 from processors.casebook import CaseBook, CaseError, CaseRules, TickResult
 from processors.runner import Output, Stage
 
 log = logging.getLogger(__name__)
 
 STAGE = "cases"
-# A record on civic.pipe.cases with this header is a clock tick (value: epoch milliseconds).
-CLOCK_HEADER = "civic_clock_ms"
 # How long a status update for a case not (yet) known waits for its report.
 PARK_MS = 30_000
 
 
 def _forwarded(headers: dict) -> list[tuple[str, bytes]]:
     """Headers to carry on (e.g. the publish time for end-to-end latency), not the CloudEvents ones."""
-    return [(k, v) for k, v in headers.items() if not k.startswith("ce_") and k != "content-type"]
+    return [(k, v) for k, v in headers.items() if not is_cloudevent_header(k)]
 
 
 @dataclass(frozen=True)
@@ -262,9 +261,9 @@ class CaseClock:
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval_s):
-            now_ms = str(int(time.time() * 1000)).encode()
+            now_ms = int(time.time() * 1000)
             for partition in sorted(self.partitions):
-                self.producer.produce(self.topic, b"", b"clock", partition=partition, headers=[(CLOCK_HEADER, now_ms)])
+                self.producer.produce(self.topic, b"", b"clock", partition=partition, headers=[clock_header(now_ms)])
             self.producer.poll(0)
 
 
@@ -321,8 +320,9 @@ class CaseStage(Stage):
     def process(self, message: Message) -> Iterable[Output]:
         record = PipeRecord.of(message)
         book = self.books[record.partition]
-        if CLOCK_HEADER in record.headers:
-            return self._tick(book, int(record.headers[CLOCK_HEADER]))
+        clock_ms = read_clock_ms(list(record.headers.items()))
+        if clock_ms is not None:
+            return self._tick(book, clock_ms)
         return self._handle(book, record, now_ms=message.timestamp()[1])
 
     def _handle(self, book: CaseBook, record: PipeRecord, now_ms: int) -> list[Output]:

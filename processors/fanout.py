@@ -27,27 +27,20 @@ from collections.abc import Iterable
 
 from confluent_kafka import Message, TopicPartition
 
-from civicbus.audit import AuditRecord, masked_header
+from civicbus.audit import AuditRecord
 from civicbus.context import BusContext
 from civicbus.dlq import Reason
 from civicbus.kafka import make_consumer, read_to_end
 from civicbus.metrics import AUDITED, DELIVERED, DUPLICATES_DROPPED, END_TO_END_LATENCY, MASKED, labelled
 from civicbus.policy import Policy, masked_event
 from civicbus.topology import AUDIT, DIST_EVENTS
-from processors.ingest import PUBLISHED_AT_HEADER
+from civicbus.wire import masked_header, read_published_ms
 from processors.runner import Output, Stage, dead_letter_output
 
 # Ids remembered for deduplication: far more than can be re-emitted between two commits.
 SEEN_CAPACITY = 1_000_000
 # Records read back from the end of each feed on start: far more than one transaction writes there.
 FEED_TAIL_RECORDS = 5_000
-
-
-def header(message: Message, name: str) -> bytes | None:
-    for key, value in message.headers() or []:
-        if key == name:
-            return value
-    return None
 
 
 class SeenIds:
@@ -136,8 +129,8 @@ class FanoutStage(Stage):
             if not deliveries:
                 labelled(DUPLICATES_DROPPED, self.name).inc()
                 return []
-        published_ms = header(message, PUBLISHED_AT_HEADER)
-        latency_s = max(0.0, time.time() - int(published_ms) / 1000) if published_ms else None
+        published_ms = read_published_ms(message.headers())
+        latency_s = max(0.0, time.time() - published_ms / 1000) if published_ms else None
         masked_copies: dict[tuple[str, ...], tuple[bytes, list]] = {}  # one encoding per set of masked fields
         outputs = []
         for delivery in deliveries:

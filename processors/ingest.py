@@ -22,14 +22,12 @@ from civicbus.metrics import PUBLISHED, ROUTED, labelled
 from civicbus.policy import Policy
 from civicbus.serde import DecodeError
 from civicbus.topology import DIST_EVENTS, PIPE_CASES
+from civicbus.wire import published_at_header
 from processors.dispatch import event_targets
 from processors.enrich import ReferenceFollower, ReferenceTables, enrich
 from processors.routing import CaseRouter
 from processors.runner import Output, Stage, dead_letter_output
 from processors.standardise import Standardiser
-
-# Carried from the inbound record to the feed, for the end-to-end latency histogram.
-PUBLISHED_AT_HEADER = "civic_published_ms"
 
 
 def check_publisher(policy: Policy, department: str, event: dict[str, Any]) -> tuple[Reason, str] | None:
@@ -91,7 +89,7 @@ class IngestStage(Stage):
         event_type = self.ctx.catalog[event["type"]]
         event["location"] = self.standardiser.standardise(event["location"])
         enrich(event, event_type, self.reference)
-        published_at = (PUBLISHED_AT_HEADER, str(message.timestamp()[1]).encode())
+        published_at = published_at_header(message.timestamp()[1])
         if event_type.case_stage:
             value, headers = self.ctx.serde.encode(event, self.pipe_topic)
             partition = self.router.update(event["data"]["case_id"]) if event_type.updates_case else self.router.report(event)

@@ -10,13 +10,15 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
 from confluent_kafka import Consumer, Message, TopicPartition
 
+from civicbus.broker import free_port
 from civicbus.context import BusContext
 from civicbus.processes import stop_process
 from civicbus.settings import REPO_ROOT
@@ -176,3 +178,28 @@ class PipelineProcesses:
 
 def now() -> datetime:
     return datetime.now(timezone.utc)
+
+
+@contextmanager
+def served_registry(schemas_dir: Path | None = None) -> Iterator[str]:
+    """`civicbus registry` on a free port, serving `schemas_dir`'s lock (default: the repo's); yields its URL."""
+    port = free_port()
+    env = {**os.environ, **({"CIVICBUS_SCHEMAS_DIR": str(schemas_dir)} if schemas_dir else {})}
+    process = subprocess.Popen([sys.executable, "-m", "civicbus.cli", "registry", "--port", str(port)], env=env,
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_for(lambda: _answers(url) or process.poll() is not None, timeout_s=30, what=f"the registry on {url}")
+        assert process.poll() is None, process.stdout.read().decode()
+        yield url
+    finally:
+        stop_process(process, 10)
+
+
+def _answers(url: str) -> bool:
+    import httpx
+
+    try:
+        return httpx.get(url + "/subjects", timeout=1).status_code == 200
+    except httpx.HTTPError:
+        return False

@@ -26,11 +26,12 @@ from fastapi.responses import Response
 from fastapi.sse import EventSourceResponse, ServerSentEvent
 from pydantic import BaseModel
 
-from civicbus.audit import AuditRecord, read_masked_header
+from civicbus.audit import AuditRecord
 from civicbus.context import BusContext
 from civicbus.kafka import AsyncProducer, consumer_config
 from civicbus.serde import DecodeError, to_json
 from civicbus.topology import AUDIT
+from civicbus.wire import read_masked
 from consumers.subscriber import delivered_before, offsets_at_time
 
 log = logging.getLogger(__name__)
@@ -165,7 +166,7 @@ class FeedReader:
         except DecodeError as e:  # cannot happen for records the fan-out wrote; never fail a page on it
             log.error("unreadable record %s[%d]@%d skipped: %s", message.topic(), message.partition(), message.offset(), e)
             return None
-        return FeedItem(event, read_masked_header(message.headers()), cursor)
+        return FeedItem(event, read_masked(message.headers()), cursor)
 
     def close(self) -> None:
         with self._lock:

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import uuid
 
-from civicbus.dlq import Reason, read_headers
+from civicbus.dlq import Reason
+from civicbus.wire import read_dead_letter
 from civicbus.topology import DIST_EVENTS, DLQ, PIPE_CASES
 from producers.sdk import Publisher
 from tests.support import read_topic
@@ -32,6 +33,6 @@ def test_an_update_before_its_report_is_applied_when_the_report_arrives(bus, pip
 
     [letter] = read_topic(bus, bus.topology.name(DLQ), until=lambda m: len(m) >= 1, timeout_s=90)
     assert letter.key().decode() == orphan
-    assert read_headers(letter.headers())["reason"] == Reason.UNKNOWN_CASE.value
+    assert read_dead_letter(letter.headers())["reason"] == Reason.UNKNOWN_CASE.value
     assert orphan not in {r.key().decode() for r in read_topic(bus, bus.topology.name(DIST_EVENTS))}
     citymgmt.close()

@@ -12,9 +12,9 @@ import pytest
 import yaml
 
 from civicbus.context import BusContext
-from civicbus.dlq import read_headers
 from civicbus.kafka import apply_topics
 from civicbus.topology import DIST_EVENTS, DLQ
+from civicbus.wire import read_dead_letter
 from producers.sdk import Publisher
 from tests.conftest import make_settings
 from tests.support import PipelineProcesses, private_config, read_topic
@@ -100,6 +100,6 @@ def test_unknown_category_goes_to_triage_and_a_status_for_no_case_is_a_dead_lett
     [triaged] = decoded(ctx, ctx.topology.feed("triage"), lambda es: len(es) >= 1)
     assert triaged["id"] == ufo and triaged["targets"] == ["triage", "street.xicheng.jinrongjie", "district.xicheng"]
     letters = read_topic(ctx, ctx.topology.name(DLQ), until=lambda m: len(m) >= 1, timeout_s=90)
-    meta = read_headers(letters[0].headers())
+    meta = read_dead_letter(letters[0].headers())
     assert (meta["reason"], meta["stage"]) == ("UNKNOWN_CASE", "cases") and unknown in meta["detail"]
     assert ctx.serde.decode(letters[0].value(), "x")["id"] == orphan

@@ -8,6 +8,7 @@ import sys
 import urllib.request
 import uuid
 
+import httpx
 from confluent_kafka import Consumer, TopicPartition
 
 from civicbus.broker import free_port
@@ -15,12 +16,12 @@ from tests.support import wait_for
 
 
 def test_up_runs_the_stack_with_simulator_and_stops_cleanly_on_ctrl_c(tmp_path):
-    broker_port, metrics_port, http_port = free_port(), free_port(), free_port()
+    broker_port, metrics_port, http_port, registry_port = free_port(), free_port(), free_port(), free_port()
     env = {k: v for k, v in os.environ.items() if k not in ("CIVICBUS_BOOTSTRAP", "CIVICBUS_NAMESPACE")}
     log = open(tmp_path / "up.log", "w+b")
     up = subprocess.Popen(
         [sys.executable, "-m", "civicbus.cli", "up", "--broker-port", str(broker_port),
-         "--metrics-port", str(metrics_port), "--http-port", str(http_port), "--simulate", "20"],
+         "--metrics-port", str(metrics_port), "--http-port", str(http_port), "--registry-port", str(registry_port), "--simulate", "20"],
         env=env, stdout=log, stderr=subprocess.STDOUT,
     )
     output = lambda: (tmp_path / "up.log").read_text(errors="replace")
@@ -51,6 +52,13 @@ def test_up_runs_the_stack_with_simulator_and_stops_cleanly_on_ctrl_c(tmp_path):
             receivers = [d.department for d in ctx.policy.get().deliveries(event)]  # dispatched or granted
             assert department in receivers, (department, event["targets"], receivers)
             assert dict(record.headers())["ce_type"] == event["type"].encode()
+        # the served registry resolves the feed's schema ids; records name their schema there
+        registry = f"http://127.0.0.1:{registry_port}"
+        assert "registry   pid" in output() and registry in output()
+        dataschema = dict(records[0].headers())["ce_dataschema"].decode()
+        assert dataschema.startswith(f"{registry}/subjects/civicbus.events.")
+        schema_id = int.from_bytes(records[0].value()[1:5], "big")
+        assert httpx.get(dataschema).json()["id"] == schema_id and httpx.get(f"{registry}/schemas/ids/{schema_id}").status_code == 200
         # the live view: events/s per department, and lag per consumer group from the exporter
         wait_for(lambda: re.search(r"^citymgmt +[0-9.]+ +[0-9.]+$", output(), re.M), 30, "the live view's rates")
         wait_for(lambda: re.search(r"^civicbus-fanout +(OK|WARNING) ", output(), re.M), 30, "the live view's lag")
@@ -65,8 +73,6 @@ def test_up_runs_the_stack_with_simulator_and_stops_cleanly_on_ctrl_c(tmp_path):
 
 
 def _gateway_answers(port: int) -> bool:
-    import httpx
-
     try:
         return httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2).json() == {"status": "ok"}
     except httpx.HTTPError:

@@ -2,8 +2,8 @@
 
 import os
 
-from civicbus.dlq import read_headers
 from civicbus.kafka import make_producer
+from civicbus.wire import read_dead_letter
 from producers.sdk import Publisher
 from tests.support import case_report, headers_of, read_topic
 
@@ -45,13 +45,13 @@ def test_bad_input_goes_to_the_dead_letter_topic_while_valid_events_flow(bus, pi
     producer.produce(bus.topology.inbound("police"), forged_value, headers=headers)
     producer.flush(10)
     letters = read_topic(bus, bus.topology.name("civic.dlq"), until=lambda m: len(m) >= 2, timeout_s=60)
-    by_reason = {read_headers(m.headers())["reason"]: m for m in letters}
+    by_reason = {read_dead_letter(m.headers())["reason"]: m for m in letters}
     assert set(by_reason) == {"NOT_AVRO", "SOURCE_MISMATCH"}
     letter_garbage = by_reason["NOT_AVRO"]
-    meta = read_headers(letter_garbage.headers())
+    meta = read_dead_letter(letter_garbage.headers())
     assert meta["stage"] == "ingest" and "magic byte" in meta["detail"]
     assert meta["topic"] == bus.topology.inbound("citymgmt") and meta["offset"] == "0" and meta["partition"] == "0"
     assert letter_garbage.value() == garbage and letter_garbage.key() == b"junk"
-    assert read_headers(by_reason["SOURCE_MISMATCH"].headers())["topic"] == bus.topology.inbound("police")
+    assert read_dead_letter(by_reason["SOURCE_MISMATCH"].headers())["topic"] == bus.topology.inbound("police")
     assert feed_ids(bus, "citymgmt", until=lambda m: len(m) >= 1) == [valid]
     assert pipeline.stages["ingest"].process.poll() is None  # still running

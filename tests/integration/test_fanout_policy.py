@@ -9,13 +9,14 @@ import yaml
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
-from civicbus.audit import AuditRecord, read_masked_header
+from civicbus.audit import AuditRecord
 from civicbus.config import load_city
 from civicbus.context import BusContext
 from civicbus.kafka import apply_topics, make_producer
 from civicbus.policy import PolicyDocument
 from civicbus.settings import REPO_ROOT
 from civicbus.topology import AUDIT, DIST_EVENTS, DLQ
+from civicbus.wire import read_dead_letter, read_masked
 from tests.conftest import make_settings
 from tests.policy_strategies import CATALOG, Areas, events, expected_receivers, policy_documents
 from tests.support import PipelineProcesses, committed_offset, private_config, read_topic, wait_for
@@ -92,7 +93,7 @@ def test_feeds_masks_and_audit_follow_each_policy_through_the_real_fanout(broker
     for record in records:
         event = ctx.serde.decode(record.value(), record.topic())  # still valid against its schema
         department = record.topic().removeprefix(ctx.topology.feed(""))
-        masked = frozenset(read_masked_header(record.headers()))
+        masked = frozenset(read_masked(record.headers()))
         assert (event["id"], department) not in delivered, "delivered twice"
         delivered[(event["id"], department)] = masked
         original = originals[event["id"]]
@@ -107,6 +108,6 @@ def test_feeds_masks_and_audit_follow_each_policy_through_the_real_fanout(broker
     assert {(r.event_id, r.department): frozenset(r.masked_fields) for r in audit} == expected
     # an event no department may receive is dead-lettered, never dropped in silence
     received = {event_id for event_id, _ in expected}
-    assert {m.key().decode(): dict(m.headers())["dlq.reason"] for m in dead_letters} == {
-        event_id: b"UNDELIVERABLE" for event_id in originals if event_id not in received
+    assert {m.key().decode(): read_dead_letter(m.headers())["reason"] for m in dead_letters} == {
+        event_id: "UNDELIVERABLE" for event_id in originals if event_id not in received
     }

@@ -16,12 +16,13 @@ from hypothesis import strategies as st
 from confluent_kafka.admin import AdminClient
 from typer.testing import CliRunner
 
-from civicbus.audit import AuditRecord, masked_header
+from civicbus.audit import AuditRecord
 from civicbus.broker import EmbeddedBroker
 from civicbus.cli import app as cli
 from civicbus.kafka import make_producer
 from civicbus.tokens import TokenStore
 from civicbus.topology import AUDIT
+from civicbus.wire import masked_header
 from consumers.gateway.app import MAX_BODY_BYTES, create_app
 from consumers.subscriber import FeedSubscriber
 from tests.support import case_report, headers_of, read_topic
@@ -99,7 +100,7 @@ def test_publish_answers_202_after_the_broker_acknowledged(bus, gateway):
     [record] = read_topic(bus, bus.topology.inbound("citymgmt"), until=lambda m: len(m) >= 1)
     event = bus.serde.decode(record.value(), record.topic())
     assert event["id"] == event_id and event["source"] == "citymgmt" and event["classification"] == "INTERNAL"
-    assert headers_of(record)["ce_source"] == b"citymgmt"
+    assert headers_of(record)["ce_source"] == b"urn:civicbus:dept:citymgmt"
 
 
 @pytest.mark.parametrize(

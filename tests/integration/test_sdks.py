@@ -15,7 +15,7 @@ def test_publish_returns_after_ack_with_wire_format_and_cloudevent_headers(bus):
     assert record.value()[0] == 0  # Confluent magic byte
     headers = headers_of(record)
     assert headers["ce_id"] == event_id.encode()
-    assert headers["ce_source"] == b"citymgmt" and headers["ce_type"] == b"city.case.reported"
+    assert headers["ce_source"] == b"urn:civicbus:dept:citymgmt" and headers["ce_type"] == b"city.case.reported"
     assert bus.serde.decode(record.value(), record.topic())["classification"] == "INTERNAL"
 
 

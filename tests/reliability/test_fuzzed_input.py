@@ -9,9 +9,10 @@ from datetime import timedelta
 import fastavro
 import pytest
 
-from civicbus.dlq import Reason, read_headers
+from civicbus.dlq import Reason
 from civicbus.kafka import make_producer
 from civicbus.serde import MAX_EVENT_BYTES
+from civicbus.wire import read_dead_letter
 from civicbus.topology import DLQ
 from producers.sdk import Publisher
 from tests.reliability.workload import Delivery, city_events, count_feeds, read_dispatched, wait_for_feeds
@@ -138,11 +139,11 @@ def test_fuzzed_bad_inputs_are_dead_lettered_while_valid_events_flow_and_no_stag
     assert producer.flush(60) == 0
 
     letters = read_topic(bus, bus.topology.name(DLQ), until=lambda m: len(m) >= BAD, timeout_s=150)
-    reasons = {m.key(): read_headers(m.headers())["reason"] for m in letters}
+    reasons = {m.key(): read_dead_letter(m.headers())["reason"] for m in letters}
     wrong = {k: (expected[k], reasons.get(k)) for k in expected if reasons.get(k) != expected[k][1].value}
     assert not wrong, f"{len(wrong)} bad records without their reason, e.g. {list(wrong.items())[:5]}"
     assert set(reasons) == set(expected), "a valid event was dead-lettered"
-    assert all(read_headers(m.headers())["detail"] for m in letters)
+    assert all(read_dead_letter(m.headers())["detail"] for m in letters)
 
     published = {event["id"] for _, event in valid}
     targets = read_dispatched(bus, published, timeout_s=120)

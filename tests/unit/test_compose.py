@@ -143,3 +143,57 @@ def test_prometheus_scrapes_civicbus_up_and_grafana_gets_the_dashboard():
     assert datasource["datasources"][0]["url"] == "http://prometheus:9090"
     assert Path(SERVICES["grafana"]["environment"]["GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH"]).name in {
         p.name for p in (OPS / "grafana" / "dashboards").glob("*.json")}
+
+
+REGISTRY = SERVICES["schema-registry"]
+REGISTRY_START_SH = (OPS / "schema-registry" / "start.sh").read_text()
+CIVICBUS_CLIENTS = {n: s for n, s in SERVICES.items() if s["image"].startswith("civicbus:") and s["command"][0] not in ("acl", "schemas")}
+
+
+def registry_users() -> dict[str, tuple[str, list[str]]]:
+    """user -> (password variable, roles), from the password file start.sh writes."""
+    lines = re.findall(r"^([\w-]+): \$\{(\w+)\},([\w,]+)$", REGISTRY_START_SH, re.MULTILINE)
+    return {user: (variable, roles.split(",")) for user, variable, roles in lines}
+
+
+def test_the_schema_registry_requires_basic_authentication():
+    env = REGISTRY["environment"]
+    assert env["SCHEMA_REGISTRY_AUTHENTICATION_METHOD"] == "BASIC"
+    mount, target = REGISTRY["volumes"][0].split(":")[:2]
+    jaas_path = env["SCHEMA_REGISTRY_OPTS"].removeprefix("-Djava.security.auth.login.config=")
+    jaas = (REPO / mount / jaas_path.removeprefix(target + "/")).read_text()
+    assert re.search(rf"^{env['SCHEMA_REGISTRY_AUTHENTICATION_REALM']} {{", jaas, re.MULTILINE), "the realm names no JAAS section"
+    assert "org.eclipse.jetty.jaas.spi.PropertyFileLoginModule required" in jaas
+    password_file = re.search(r'file="([^"]+)"', jaas).group(1)
+    assert f"cat > {password_file} <<PASSWORDS" in REGISTRY_START_SH and "exec /etc/confluent/docker/run" in REGISTRY_START_SH
+    assert REGISTRY["entrypoint"] == ["/bin/bash", f"{target}/start.sh"]
+    users = registry_users()
+    roles = set(env["SCHEMA_REGISTRY_AUTHENTICATION_ROLES"].split(","))
+    assert users and all(set(r) <= roles for _, r in users.values())
+    assert {v for v, _ in users.values()} <= set(env), "start.sh needs a password the registry is not given"
+    assert "-u \"civicbus:$${SCHEMA_REGISTRY_CIVICBUS_PASSWORD}\"" in REGISTRY["healthcheck"]["test"][1]
+    result = subprocess.run(["bash", "-n", str(OPS / "schema-registry" / "start.sh")], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+
+
+def test_every_civicbus_client_logs_in_to_the_registry_with_a_password_it_has():
+    users = registry_users()
+    for name, service in {**CIVICBUS_CLIENTS, "schemas-push": SERVICES["schemas-push"]}.items():
+        env = service["environment"]
+        assert env["CIVICBUS_SCHEMA_REGISTRY_URL"] == "http://schema-registry:8081", name
+        user, password = env["CIVICBUS_SCHEMA_REGISTRY_BASIC_AUTH"].split(":", 1)
+        variable = re.fullmatch(r"\$\{(\w+):-[^}]*\}", password).group(1)
+        assert users[user][0] == variable, f"{name} logs in as {user} with {variable}"
+        assert REGISTRY["environment"][variable] == password, f"{name}: {variable} defaults differ from the registry's"
+    assert "admin" in users[SERVICES["schemas-push"]["environment"]["CIVICBUS_SCHEMA_REGISTRY_BASIC_AUTH"].split(":")[0]][1]
+
+
+def test_the_lock_is_pushed_before_any_civicbus_client_starts():
+    """Clients never register (auto-registration off) and check the lock's ids at start: push comes first."""
+    push = SERVICES["schemas-push"]
+    assert push["command"] == ["schemas", "push"] and push["restart"] == "no"
+    assert push["depends_on"] == {"schema-registry": {"condition": "service_healthy"}}
+    assert CIVICBUS_CLIENTS
+    for name, service in CIVICBUS_CLIENTS.items():
+        assert service["depends_on"]["schemas-push"] == {"condition": "service_completed_successfully"}, name
+    assert REGISTRY["environment"]["SCHEMA_REGISTRY_MODE_MUTABILITY"] == "true", "push switches the mode (IMPORT, READONLY)"

@@ -98,6 +98,10 @@ def test_wire_format_round_trip_with_stable_ids(catalog):
     names = dict(headers)
     assert names["ce_type"] == b"city.case.reported" and names["ce_specversion"] == b"1.0"
     assert names["ce_id"] == event["id"].encode() and names["content-type"] == b"application/avro"
+    subject = catalog["city.case.reported"].subject
+    version = lock["subjects"][subject][-1]["version"]
+    assert names["ce_dataschema"] == f"http://127.0.0.1:8081/subjects/{subject}/versions/{version}".encode()
+    assert names["ce_source"] == b"urn:civicbus:dept:citymgmt"
 
 
 @pytest.mark.parametrize(
