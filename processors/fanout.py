@@ -33,14 +33,13 @@ from civicbus.dlq import Reason
 from civicbus.kafka import make_consumer, read_to_end
 from civicbus.metrics import AUDITED, DELIVERED, DUPLICATES_DROPPED, END_TO_END_LATENCY, MASKED, labelled
 from civicbus.policy import Policy, masked_event
+from civicbus.quirks import FEED_TAIL_RECORDS
 from civicbus.topology import AUDIT, DIST_EVENTS
 from civicbus.wire import masked_header, read_published_ms
 from processors.runner import Output, Stage, dead_letter_output
 
 # Ids remembered for deduplication: far more than can be re-emitted between two commits.
 SEEN_CAPACITY = 1_000_000
-# Records read back from the end of each feed on start: far more than one transaction writes there.
-FEED_TAIL_RECORDS = 5_000
 
 
 class SeenIds:

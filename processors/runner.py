@@ -27,18 +27,14 @@ from dataclasses import dataclass
 
 from confluent_kafka import OFFSET_BEGINNING, OFFSET_INVALID, KafkaError, KafkaException, Message, Producer, TopicPartition
 
-from civicbus.acl import is_embedded
 from civicbus.context import BusContext
 from civicbus.dlq import DeadLetter, Reason
 from civicbus.kafka import make_consumer, producer_config
 from civicbus.metrics import REJECTED, STAGE_BATCH_SECONDS, STAGE_RECORDS, labelled
+from civicbus.quirks import EMBEDDED_COMMIT_SPACING_PER_BATCH_US, is_embedded
 from civicbus.topology import DLQ
 
 log = logging.getLogger(__name__)
-
-# The embedded broker's commit spacing per batch written (CommitSpacing): at 20 us a partition
-# written at every commit holds about 19,000 batches after an hour and is committed to every 0.4 s.
-EMBEDDED_SPACING_PER_BATCH_US = 20.0
 
 
 @dataclass(frozen=True)
@@ -96,8 +92,7 @@ class CommitSpacing:
     """The least time between two commits of a stage.
 
     On Apache Kafka a fixed `commit_interval_ms`. On the embedded broker, whose every fetch that
-    returns data lists all the batches of its partition (tansu-storage's DynoStore: 7 ms at an
-    empty partition, 21 ms at 15,000 batches, over 2 s from 40,000, measured), the interval also
+    returns data lists all the batches of its partition (civicbus.quirks, 2), the interval also
     grows with the batches this stage has written to the fullest partition it writes, by
     `commit_spacing_per_batch_us` each. A reader then pays about the same per second however long
     the stack has run, and a partition reaches 20,000 batches after about an hour of steady
@@ -136,7 +131,7 @@ class TransactionalRunner:
         settings = ctx.settings
         per_batch_us = settings.commit_spacing_per_batch_us
         if per_batch_us is None:
-            per_batch_us = EMBEDDED_SPACING_PER_BATCH_US if is_embedded(ctx.bootstrap) else 0.0
+            per_batch_us = EMBEDDED_COMMIT_SPACING_PER_BATCH_US if is_embedded(ctx.bootstrap) else 0.0
         self.spacing = CommitSpacing(settings.commit_interval_ms, settings.commit_interval_max_ms, per_batch_us)
         self._written: set[tuple[str, int]] = set()  # partitions the open transaction wrote
         self._consumed: dict[tuple[str, int], int] = {}  # partition -> offset after the last record it read

@@ -1,0 +1,49 @@
+"""What the embedded broker (Tansu 0.6.0, memory storage) does differently from Apache Kafka, what
+was measured, and where civicbus works around each. The workarounds are harmless on Apache
+Kafka; the ones that cost something there are switched on only when `is_embedded` says so.
+
+1. A waiting fetch is never ended early: with no data at the request it answers after the whole
+   `fetch.wait.max.ms` (one record: 231 ms at librdkafka's 500 ms default, 1.5 ms at 10 ms).
+   -> consumers on an event's path wait 10 ms (Settings.fetch_wait_max_ms); followers that are not
+   (master data, the case router) wait FOLLOWER_FETCH_WAIT_MS (civicbus.kafka.TopicFollower).
+2. Every fetch that returns data lists every batch and transaction marker its partition holds
+   (DynoStore::fetch over the in-memory object store): 7 ms empty, 21 ms at 15,000 batches, 47 ms at
+   20,000, over 2 s from 40,000; nothing trims a partition (no DeleteRecords, no retention).
+   -> the runner spaces commits by the batches a stage wrote (processors.runner.CommitSpacing,
+   EMBEDDED_COMMIT_SPACING_PER_BATCH_US); the exporter publishes how long ListOffsets takes
+   (civicbus_broker_list_offsets_seconds) and the live view warns when it climbs.
+3. A transaction commits only once every other open transaction that wrote an overlapping range
+   of the same partition is prepared (DynoStore::txn_end): two transactional writers on one
+   partition stall each other's readers under steady traffic.
+   -> one transactional writer per partition: the case stage writes civic.dist.events beside its
+   transaction (processors.cases).
+4. read_committed readers see the records of aborted transactions.
+   -> every hop is idempotent by event id; the fan-out reads back FEED_TAIL_RECORDS of every feed
+   on start (processors.fanout).
+5. ListOffsets answers the base offset of the last batch + 1 for the high watermark.
+   -> restores read to end-of-partition, not to the watermark (civicbus.kafka.read_to_end); the
+   exporter never reports negative lag.
+6. A joining consumer waits about half its session timeout before its first assignment.
+   -> short session timeouts (Settings.session_timeout_ms).
+7. Auto-created topics get 4 partitions; ACL requests make librdkafka abort.
+   -> `topics apply` creates every topic first; `acl apply` refuses the embedded broker.
+"""
+
+from __future__ import annotations
+
+from civicbus.kafka import make_admin
+
+# The cluster id the embedded broker reports.
+EMBEDDED_CLUSTER_ID_PREFIX = "tansu"
+# (2) How much a stage's commit spacing grows per batch it wrote to a partition: at 20 us a
+# partition written at every commit holds about 19,000 batches after an hour, committed to every 0.4 s.
+EMBEDDED_COMMIT_SPACING_PER_BATCH_US = 20.0
+# (4) Records read back from the end of each feed when the fan-out starts: far more than one
+# transaction writes there, and more than a crashed case stage re-emits.
+FEED_TAIL_RECORDS = 5_000
+
+
+def is_embedded(bootstrap: str) -> bool:
+    """Whether `bootstrap` is the embedded broker (by the cluster id it reports)."""
+    metadata = make_admin(bootstrap).list_topics(timeout=10)
+    return (metadata.cluster_id or "").startswith(EMBEDDED_CLUSTER_ID_PREFIX)
