@@ -58,6 +58,8 @@ log = logging.getLogger(__name__)
 STAGE = "cases"
 # How long a status update for a case not (yet) known waits for its report.
 PARK_MS = 30_000
+# How long a commit waits for the broker to acknowledge the case events written beside it.
+FLUSH_TIMEOUT_S = 30.0
 
 
 def _forwarded(headers: dict) -> list[tuple[str, bytes]]:
@@ -381,10 +383,10 @@ class CaseStage(Stage):
 
     def before_commit(self, producer: Producer) -> None:
         """The case events acknowledged first, then the state changes join the transaction."""
-        self._events.flush()
-        if self._failed:
-            error, self._failed = self._failed[0], []
-            raise KafkaException(KafkaError(error.code(), f"case event not written: {error.str()}", txn_requires_abort=True))
+        unsent = self._events.flush(FLUSH_TIMEOUT_S)
+        if self._failed or unsent:
+            error, self._failed = (self._failed or [KafkaError(KafkaError._MSG_TIMED_OUT)])[0], []
+            raise KafkaException(KafkaError(error.code(), f"case events not written: {error.str()}", txn_requires_abort=True))
         for partition, book in self.books.items():
             for key, value in book.cases.changes():
                 producer.produce(self.log_topic, value, key, partition=partition)
