@@ -4,6 +4,9 @@
         feed.run(handle_event, stop)    # commits each event's offset only after handle_event returns
 
 At-least-once: if the handler raises or the process dies, the event is delivered again.
+A record the fan-out did not sign (civicbus.signing) is skipped, never handed to the handler:
+that takes the stack's key, so a department system without the state folder passes
+`verify=False` and relies on Kafka's ACLs, which let only the fan-out write feeds.
 
 Replay (a department joining late, or recovering): `start=` a datetime reads the feed from the
 records delivered at or after that time, `start=` an offset from that offset; either applies
@@ -12,6 +15,7 @@ to the first assignment only, then the group's committed offsets take over again
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -23,6 +27,10 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Topic
 from civicbus.audit import read_masked_header
 from civicbus.context import BusContext
 from civicbus.kafka import make_consumer
+from civicbus.metrics import FORGED_SKIPPED
+from civicbus.signing import RecordSigner
+
+log = logging.getLogger(__name__)
 
 
 def offsets_at_time(consumer: Consumer, topic: str, partitions: list[int], since_ms: int) -> dict[int, int]:
@@ -71,6 +79,7 @@ class FeedSubscriber:
         group_id: str | None = None,
         poll_timeout_s: float = 0.5,
         start: datetime | int | None = None,
+        verify: bool = True,
     ):
         ctx.city.department(department)  # KeyError for an unknown department
         self.ctx = ctx
@@ -79,6 +88,7 @@ class FeedSubscriber:
         self.poll_timeout_s = poll_timeout_s
         self._start = start
         self._since_ms = int(start.timestamp() * 1000) if isinstance(start, datetime) else None
+        self._signer = RecordSigner.of_stack(ctx.settings) if verify else None
         group = group_id or ctx.topology.department_group_prefix(department) + "subscriber"
         self._consumer = make_consumer(ctx.settings, ctx.bootstrap, group)
         self._consumer.subscribe([self.topic], on_assign=self._on_assign)
@@ -111,6 +121,10 @@ class FeedSubscriber:
                 return None
             raise KafkaException(message.error())
         if delivered_before(message, self._since_ms):
+            return None
+        if self._signer is not None and not self._signer.verifies_message(message):
+            FORGED_SKIPPED.labels("subscriber").inc()
+            log.error("forged record %s[%d]@%d skipped: no valid signature", message.topic(), message.partition(), message.offset())
             return None
         return self._decode(message), message
 

@@ -20,6 +20,7 @@ from civicbus.context import BusContext
 from civicbus.dlq import DeadLetter, Reason
 from civicbus.kafka import make_consumer, producer_config
 from civicbus.metrics import REJECTED, STAGE_BATCH_SECONDS, STAGE_RECORDS, labelled
+from civicbus.signing import SIGNATURE_HEADER, RecordSigner
 from civicbus.topology import DLQ
 
 log = logging.getLogger(__name__)
@@ -87,6 +88,7 @@ class TransactionalRunner:
         self.batch_timeout_s = batch_timeout_s
         self.group_id = ctx.topology.group(f"civicbus-{stage.name}")
         self.transactional_id = f"{self.group_id}.{instance}"
+        self.signer = RecordSigner.of_stack(ctx.settings)
 
     def run(self, stop: threading.Event) -> None:
         producer = Producer(
@@ -148,18 +150,21 @@ class TransactionalRunner:
         labelled(STAGE_RECORDS, self.stage.name).inc(len(messages))
         labelled(STAGE_BATCH_SECONDS, self.stage.name).observe(time.perf_counter() - started)
 
-    @staticmethod
-    def _produce(producer: Producer, out: Output) -> None:
-        """Produce; delivery reports are served once per batch, and here when librdkafka's
-        queue is full."""
+    def _produce(self, producer: Producer, out: Output) -> None:
+        """Produce, signed when bound for an internal topic (civicbus.signing); delivery reports
+        are served once per batch, and here when librdkafka's queue is full."""
+        headers = self.signer.sign(out.topic, out.key, out.value, out.headers) if self.signer.covers(out.topic) else out.headers
         while True:
             try:
-                producer.produce(out.topic, out.value, out.key, headers=out.headers)
+                producer.produce(out.topic, out.value, out.key, headers=headers)
                 return
             except BufferError:
                 producer.poll(0.05)
 
     def _safe_process(self, message: Message) -> Iterable[Output]:
+        if self.signer.covers(message.topic()) and not self.signer.verifies_message(message):
+            detail = f"no valid {SIGNATURE_HEADER} header: not written by a stage of this stack, or changed since"
+            return [dead_letter_output(self.ctx, self.stage.name, message, Reason.FORGED, detail)]
         try:
             return list(self.stage.process(message))
         except Exception as e:  # a bug or an unforeseen input must not stop the city's pipeline
