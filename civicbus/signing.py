@@ -15,7 +15,6 @@ fan-out drops a repeated event id anyway.
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import os
 import secrets
@@ -60,13 +59,9 @@ def state_secret(path: Path, make: Callable[[], bytes]) -> bytes:
     return path.read_bytes()
 
 
-def _field(h, data: bytes | None) -> None:
+def _field(data: bytes | None) -> bytes:
     """Length-prefixed, so no two different records sign the same bytes; None differs from b""."""
-    if data is None:
-        h.update(b"\x00")
-    else:
-        h.update(b"\x01" + struct.pack(">Q", len(data)))
-        h.update(data)
+    return b"\x00" if data is None else b"\x01" + struct.pack(">Q", len(data)) + data
 
 
 class RecordSigner:
@@ -86,15 +81,10 @@ class RecordSigner:
         return topic in self._exact or topic.startswith(self._prefixes)
 
     def _digest(self, topic: str, key: bytes | None, value: bytes | None, headers: Headers) -> bytes:
-        h = hmac.new(self._key, digestmod=hashlib.sha256)
-        _field(h, topic.removeprefix(self._namespace).encode())
-        _field(h, key)
-        _field(h, value)
-        h.update(struct.pack(">I", len(headers)))
+        parts = [_field(topic.removeprefix(self._namespace).encode()), _field(key), _field(value), struct.pack(">I", len(headers))]
         for name, header_value in headers:
-            _field(h, name.encode())
-            _field(h, header_value)
-        return h.digest()
+            parts += (_field(name.encode()), _field(header_value))
+        return hmac.digest(self._key, b"".join(parts), "sha256")
 
     def sign(self, topic: str, key: bytes | None, value: bytes | None, headers: Headers | None) -> Headers:
         """`headers` without any signature they carried (a record copied on from another
