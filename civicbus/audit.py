@@ -221,7 +221,9 @@ def read_chain_head(settings: Settings, bootstrap: str, writer: str) -> ChainHea
     (a forged record never becomes anyone's predecessor)."""
     topic = settings.namespace + AUDIT
     signer = RecordSigner.of_stack(settings)
-    consumer = make_consumer(settings, bootstrap, f"{settings.namespace}civicbus-audit-restore", **{"enable.partition.eof": True})
+    # assigned, never subscribed; named inside the group prefix the writer's principal holds (civicbus.acl)
+    group = f"{settings.namespace}civicbus-{writer.split('.')[0]}-audit"
+    consumer = make_consumer(settings, bootstrap, group, **{"enable.partition.eof": True})
     head = ChainHead()
 
     def follow(message) -> None:

@@ -12,10 +12,12 @@ from datetime import datetime, timezone
 from importlib.metadata import entry_points
 
 import typer
+from confluent_kafka import KafkaException
 
 from civicbus import acl
 from civicbus.broker import BrokerError, EmbeddedBroker
 from civicbus.cli_support import bus_context, configure_logging, fail, stop_on_signals
+from civicbus.context import NoBrokerError
 from civicbus.kafka import apply_topics, make_admin
 from civicbus.policy import PolicyError, load_policy
 from civicbus.registry import check_schemas, lock_schemas
@@ -148,8 +150,11 @@ def audit_verify(
             fail(f"--since {since!r} is not a time such as 2026-12-01T08:00:00Z", 2)
         since_ms = int((moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)).timestamp() * 1000)
     ctx = bus_context()
-    public_key, key_source = verification_key(ctx.settings)
-    records, from_start = read_log(ctx.settings, ctx.bootstrap, since_ms)
+    try:
+        public_key, key_source = verification_key(ctx.settings)
+        records, from_start = read_log(ctx.settings, ctx.bootstrap, since_ms)
+    except (ValueError, NoBrokerError, TimeoutError, KafkaException) as e:  # could not check: not a verdict
+        fail(f"cannot verify the audit log: {e}", 2)
     verdict = check(records, public_key, from_start)
     if verdict.problem:
         fail(verdict.summary())

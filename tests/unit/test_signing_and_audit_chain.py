@@ -139,3 +139,11 @@ def test_a_checkpoint_under_another_key_or_an_unsigned_record_is_forged():
 
 def test_a_log_read_from_the_middle_starts_each_chain_where_it_finds_it():
     assert check(logged(written(7))[5:], KEY.public_key(), from_start=False).problem is None
+
+
+def test_only_the_audit_writers_and_the_operator_may_read_the_audit_on_kafka():
+    from civicbus import acl
+    from civicbus.topology import Topology
+
+    readers = {b.principal for b in acl.plan(Topology(departments=("citymgmt", "police"))) if b.name == "civic.audit" and b.operation == "READ"}
+    assert readers == {"User:civicbus-fanout", "User:civicbus-gateway", "User:civicbus-operator"}
