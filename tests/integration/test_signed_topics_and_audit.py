@@ -131,8 +131,10 @@ def copied(ctx: BusContext, name: str, records: list[tuple[bytes, bytes, list, i
 
 
 def test_audit_verify_names_the_first_forged_altered_removed_or_reordered_record(broker_bootstrap, tmp_path, monkeypatch):
+    # a checkpoint after every 3 records and never by time, so the log's layout below is exact
     monkeypatch.setenv("CIVICBUS_AUDIT_CHECKPOINT_RECORDS", "3")  # for the fan-out process
-    ctx = BusContext(make_settings(broker_bootstrap, audit_checkpoint_records=3))
+    monkeypatch.setenv("CIVICBUS_AUDIT_CHECKPOINT_SECONDS", "3600")
+    ctx = BusContext(make_settings(broker_bootstrap, audit_checkpoint_records=3, audit_checkpoint_seconds=3600))
     apply_topics(ctx.bootstrap, ctx.topology.specs())
     producer = make_producer(ctx.bootstrap)
     events = [distributed_event(ctx) for _ in range(7)]
@@ -200,3 +202,39 @@ def test_audit_verify_names_the_first_forged_altered_removed_or_reordered_record
     caught = audit_verify(ctx)
     assert caught.returncode == 1 and f"offset {offsets[0]}: forged: its civic_sig signature does not verify" in caught.stderr, caught.stderr
     assert isinstance(entries[3], Checkpoint)
+
+
+def test_each_writer_takes_up_its_chain_after_a_kill_9_or_a_restart(bus, monkeypatch):
+    monkeypatch.setenv("CIVICBUS_AUDIT_CHECKPOINT_SECONDS", "3600")  # no checkpoints: the sequences below are exact
+    bus.settings.audit_checkpoint_seconds = 3600
+    signer = RecordSigner.of_stack(bus.settings)
+    producer = make_producer(bus.bootstrap)
+    audit_topic = bus.topology.name(AUDIT)
+    fanout = PipelineProcesses(bus)
+
+    def deliver(count: int, audited_before: int) -> None:
+        for _ in range(count):
+            distribute(bus, producer, distributed_event(bus), signer)
+        producer.flush(10)
+        read_topic(bus, audit_topic, until=lambda m: sum(isinstance(decode_entry(r.value()), AuditRecord) for r in m) >= audited_before + count, timeout_s=90)
+
+    def gateway_reads(limit: int) -> None:
+        with TestClient(create_app(bus)) as gateway:  # a new app: a restarted gateway
+            auth = {"Authorization": f"Bearer {TokenStore(bus.settings.state_dir).issue('police')}"}
+            assert gateway.get("/v1/feeds/police/events", params={"limit": limit}, headers=auth).status_code == 200
+
+    fanout.start("fanout")
+    try:
+        deliver(3, 0)
+        gateway_reads(2)
+        fanout.kill("fanout")
+        fanout.start("fanout")
+        deliver(3, 5)
+        gateway_reads(4)
+    finally:
+        assert fanout.stop_all() == {"fanout": 0}, fanout.logs()
+    entries = [decode_entry(m.value()) for m in read_topic(bus, audit_topic, idle_s=1.0)]
+    assert [e.seq for e in entries if e.writer == "fanout.0"] == list(range(6))
+    assert [e.seq for e in entries if e.writer == "gateway.0"] == list(range(6))
+    verified = audit_verify(bus)
+    assert verified.returncode == 0 and "audit log intact: 12 records" in verified.stdout, verified.stdout + verified.stderr
