@@ -97,10 +97,12 @@ def plan(topology: Topology) -> list[Binding]:
     gateway = "User:civicbus-gateway"  # publishes and reads on behalf of the department its token names
     bindings += _writes(gateway, t.name(IN_PREFIX), "PREFIXED") + _reads(gateway, "topic", t.name(FEED_PREFIX), "PREFIXED")
     bindings += _writes(gateway, t.name(AUDIT)) + [Binding(gateway, READ, "group", t.group("civicbus-gateway"), "PREFIXED")]
+    # audit writers take up their chain from the log's end; `audit verify` reads all of it (civicbus.audit)
+    bindings += _reads(fanout, "topic", t.name(AUDIT)) + _reads(gateway, "topic", t.name(AUDIT))
     operator = "User:civicbus-operator"  # lag exporter, `topics apply`, `reference load`
     bindings += [Binding(operator, DESCRIBE, "topic", t.name("civic."), "PREFIXED"), Binding(operator, DESCRIBE, "group", t.group(""), "PREFIXED")]
     bindings += [Binding(operator, CREATE, "cluster", "kafka-cluster"), Binding(operator, "DESCRIBE_CONFIGS", "topic", t.name("civic."), "PREFIXED")]
-    bindings += _writes(operator, t.name(REF_PREFIX), "PREFIXED")
+    bindings += _writes(operator, t.name(REF_PREFIX), "PREFIXED") + _reads(operator, "topic", t.name(AUDIT))
     return sorted(set(bindings))
 
 

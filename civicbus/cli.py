@@ -8,13 +8,16 @@ from __future__ import annotations
 
 import sys
 import time
+from datetime import datetime, timezone
 from importlib.metadata import entry_points
 
 import typer
+from confluent_kafka import KafkaException
 
 from civicbus import acl
 from civicbus.broker import BrokerError, EmbeddedBroker
 from civicbus.cli_support import bus_context, configure_logging, fail, stop_on_signals
+from civicbus.context import NoBrokerError
 from civicbus.kafka import apply_topics, make_admin
 from civicbus.policy import PolicyError, load_policy
 from civicbus.registry import check_schemas, lock_schemas
@@ -26,10 +29,12 @@ topics_app = typer.Typer(help="Kafka topics of the bus.", no_args_is_help=True)
 schemas_app = typer.Typer(help="Avro schemas and the schema lock.", no_args_is_help=True)
 policy_app = typer.Typer(help="The delivery policy (config/policy.yaml).", no_args_is_help=True)
 acl_app = typer.Typer(help="Kafka ACLs for production.", no_args_is_help=True)
+audit_app = typer.Typer(help="The tamper-evident audit log (civic.audit).", no_args_is_help=True)
 app.add_typer(topics_app, name="topics")
 app.add_typer(schemas_app, name="schemas")
 app.add_typer(policy_app, name="policy")
 app.add_typer(acl_app, name="acl")
+app.add_typer(audit_app, name="audit")
 
 
 @app.command()
@@ -159,6 +164,41 @@ def acl_apply() -> None:
     if failures:
         fail("\n".join(failures))
     typer.echo(f"{len(bindings)} ACL bindings applied")
+
+
+@audit_app.command("verify")
+def audit_verify(
+    since: str = typer.Option(None, help="Check only records written at or after this time (RFC 3339, e.g. 2026-12-01T08:00:00Z)."),
+) -> None:
+    """Exit 0 when civic.audit is intact; 1 naming the first forged, altered, removed or reordered record."""
+    from civicbus.audit import verification_key
+    from civicbus.audit_verify import check, read_log
+
+    since_ms = None
+    if since is not None:
+        try:
+            moment = datetime.fromisoformat(since)
+        except ValueError:
+            fail(f"--since {since!r} is not a time such as 2026-12-01T08:00:00Z", 2)
+        since_ms = int((moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)).timestamp() * 1000)
+    ctx = bus_context()
+    try:
+        public_key, key_source = verification_key(ctx.settings)
+        records, from_start = read_log(ctx.settings, ctx.bootstrap, since_ms)
+    except (ValueError, NoBrokerError, TimeoutError, KafkaException) as e:  # could not check: not a verdict
+        fail(f"cannot verify the audit log: {e}", 2)
+    verdict = check(records, public_key, from_start)
+    if verdict.problem:
+        fail(verdict.summary())
+    typer.echo(f"{verdict.summary()} (checkpoints checked with the public key {key_source})")
+
+
+@audit_app.command("key")
+def audit_key() -> None:
+    """Print the public key checkpoints are verified with; pin it as config/audit-public-key.pem."""
+    from civicbus.audit import checkpoint_key, public_key_pem
+
+    typer.echo(public_key_pem(checkpoint_key(bus_context().settings).public_key()), nl=False)
 
 
 @app.command()

@@ -25,6 +25,7 @@ class Reason(str, Enum):
     UNKNOWN_CASE = "UNKNOWN_CASE"  # a status update for a case the bus never opened
     NOT_RESPONSIBLE = "NOT_RESPONSIBLE"  # a status update from a department not on the case
     UNDELIVERABLE = "UNDELIVERABLE"  # the policy lets no department receive it (a dispatch the clearances refuse)
+    FORGED = "FORGED"  # on an internal topic without a valid signature of this stack (civicbus.signing)
     PROCESSING_ERROR = "PROCESSING_ERROR"  # a stage failed on this record; the stage keeps running
 
 

@@ -16,6 +16,10 @@ ROUTED = Counter("civicbus_routed_total", "Events written to civic.dist.events."
 DELIVERED = Counter("civicbus_delivered_total", "Events written to a department feed.", ["department", "type"])
 MASKED = Counter("civicbus_masked_fields_total", "Personal fields masked on delivery.", ["department", "type"])
 AUDITED = Counter("civicbus_audited_total", "Deliveries recorded in civic.audit, by path (fanout, gateway).", ["path"])
+FORGED_SKIPPED = Counter(
+    "civicbus_forged_records_total", "Records on internal topics without a valid signature that a reader skipped "
+    "(the stages dead-letter theirs: civicbus_rejected_total{reason=\"FORGED\"}).", ["reader"],
+)
 POLICY_RELOADS = Counter("civicbus_policy_reloads_total", "Policy file changes seen at run time: applied or refused.", ["result"])
 GATEWAY_REQUESTS = Counter("civicbus_gateway_requests_total", "HTTP gateway requests by route and status code.", ["route", "status"])
 DUPLICATES_DROPPED = Counter("civicbus_duplicates_dropped_total", "Re-emitted events dropped by id.", ["stage"])

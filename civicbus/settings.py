@@ -71,6 +71,12 @@ class Settings(BaseSettings):
     metrics_host: str = Field(
         default="127.0.0.1", description="Interface `civicbus up` serves metrics on; 0.0.0.0 in a container."
     )
+    audit_checkpoint_records: int = Field(
+        default=100, ge=1, description="An audit writer seals its chain with a signed checkpoint after this many records..."
+    )
+    audit_checkpoint_seconds: float = Field(
+        default=10.0, gt=0, description="...or with its first record once this long has passed since its last checkpoint."
+    )
     lag_poll_interval_s: float = Field(default=2.0, gt=0, description="How often the lag exporter reads offsets.")
     lag_window: int = Field(
         default=10, ge=2, description="Polls in the sliding window a group's status is judged over (Burrow)."

@@ -4,6 +4,9 @@
         feed.run(handle_event, stop)    # commits each event's offset only after handle_event returns
 
 At-least-once: if the handler raises or the process dies, the event is delivered again.
+A record the fan-out did not sign (civicbus.signing) is skipped, never handed to the handler:
+that takes the stack's key, so a department system without the state folder passes
+`verify=False` and relies on Kafka's ACLs, which let only the fan-out write feeds.
 
 Replay (a department joining late, or recovering): `start=` a datetime reads the feed from the
 records delivered at or after that time, `start=` an offset from that offset; either applies
@@ -12,6 +15,7 @@ to the first assignment only, then the group's committed offsets take over again
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -22,7 +26,11 @@ from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, KafkaError, 
 
 from civicbus.context import BusContext
 from civicbus.kafka import make_consumer
+from civicbus.metrics import FORGED_SKIPPED
+from civicbus.signing import RecordSigner
 from civicbus.wire import read_masked
+
+log = logging.getLogger(__name__)
 
 
 def offsets_at_time(consumer: Consumer, topic: str, partitions: list[int], since_ms: int) -> dict[int, int]:
@@ -70,9 +78,11 @@ class FeedReader:
     behind, not even after kill -9, and none shows in the live view or the lag exporter.
     `start`: "beginning", "now", or a datetime (the records delivered at or after it)."""
 
-    def __init__(self, ctx: BusContext, department: str, start: datetime | str = "beginning", poll_timeout_s: float = 0.5):
+    def __init__(self, ctx: BusContext, department: str, start: datetime | str = "beginning", poll_timeout_s: float = 0.5,
+                 verify: bool = True):
         ctx.city.department(department)  # KeyError for an unknown department
         self.ctx = ctx
+        self._signer = RecordSigner.of_stack(ctx.settings) if verify else None
         self.topic = ctx.topology.feed(department)
         self.poll_timeout_s = poll_timeout_s
         # librdkafka wants a group.id even for a consumer that never joins or commits
@@ -87,16 +97,7 @@ class FeedReader:
         self._consumer.assign([TopicPartition(self.topic, p, o) for p, o in offsets.items()])
 
     def poll(self) -> tuple[FeedEvent, Message] | None:
-        message = self._consumer.poll(self.poll_timeout_s)
-        if message is None:
-            return None
-        if message.error():
-            if message.error().code() == KafkaError._PARTITION_EOF:
-                return None
-            raise KafkaException(message.error())
-        if delivered_before(message, self._since_ms):
-            return None
-        return _feed_event(self.ctx, message), message
+        return _next_event(self.ctx, self._consumer, self.poll_timeout_s, self._since_ms, self._signer)
 
     def close(self) -> None:
         self._consumer.close()
@@ -108,8 +109,25 @@ class FeedReader:
         self.close()
 
 
-def _feed_event(ctx: BusContext, message: Message) -> FeedEvent:
-    return FeedEvent(ctx.serde.decode(message.value(), message.topic()), message.partition(), message.offset(), dict(message.headers() or []))
+def _next_event(ctx: BusContext, consumer: Consumer, timeout_s: float, since_ms: int | None,
+                signer: RecordSigner | None) -> tuple[FeedEvent, Message] | None:
+    """The next feed event, or None: nothing fetched, the end of a partition, a record from before
+    `since_ms`, or a record without this stack's signature (skipped and counted, never handed on)."""
+    message = consumer.poll(timeout_s)
+    if message is None:
+        return None
+    if message.error():
+        if message.error().code() == KafkaError._PARTITION_EOF:
+            return None
+        raise KafkaException(message.error())
+    if delivered_before(message, since_ms):
+        return None
+    if signer is not None and not signer.verifies_message(message):
+        FORGED_SKIPPED.labels("subscriber").inc()
+        log.error("forged record %s[%d]@%d skipped: no valid signature", message.topic(), message.partition(), message.offset())
+        return None
+    event = ctx.serde.decode(message.value(), message.topic())
+    return FeedEvent(event, message.partition(), message.offset(), dict(message.headers() or [])), message
 
 
 class FeedSubscriber:
@@ -120,6 +138,7 @@ class FeedSubscriber:
         group_id: str | None = None,
         poll_timeout_s: float = 0.5,
         start: datetime | int | None = None,
+        verify: bool = True,
     ):
         ctx.city.department(department)  # KeyError for an unknown department
         self.ctx = ctx
@@ -128,6 +147,7 @@ class FeedSubscriber:
         self.poll_timeout_s = poll_timeout_s
         self._start = start
         self._since_ms = int(start.timestamp() * 1000) if isinstance(start, datetime) else None
+        self._signer = RecordSigner.of_stack(ctx.settings) if verify else None
         group = group_id or ctx.topology.department_group_prefix(department) + "subscriber"
         self._consumer = make_consumer(ctx.settings, ctx.bootstrap, group)
         self._consumer.subscribe([self.topic], on_assign=self._on_assign)
@@ -144,16 +164,7 @@ class FeedSubscriber:
         consumer.assign([TopicPartition(self.topic, p, o) for p, o in offsets.items()])
 
     def poll(self) -> tuple[FeedEvent, Message] | None:
-        message = self._consumer.poll(self.poll_timeout_s)
-        if message is None:
-            return None
-        if message.error():
-            if message.error().code() == KafkaError._PARTITION_EOF:
-                return None
-            raise KafkaException(message.error())
-        if delivered_before(message, self._since_ms):
-            return None
-        return _feed_event(self.ctx, message), message
+        return _next_event(self.ctx, self._consumer, self.poll_timeout_s, self._since_ms, self._signer)
 
     def commit(self, message: Message) -> None:
         self._consumer.commit(offsets=[TopicPartition(message.topic(), message.partition(), message.offset() + 1)], asynchronous=False)

@@ -48,6 +48,7 @@ from civicbus.kafka import make_consumer, make_producer, read_to_end
 from civicbus.metrics import ESCALATED, OPEN_CASES, OVERDUE_CASES, REJECTED, ROUTED, labelled
 from civicbus.schemas import ESCALATION_TYPE
 from civicbus.serde import DecodeError
+from civicbus.signing import RecordSigner
 from civicbus.topology import DIST_EVENTS, DLQ, PIPE_CASES
 from civicbus.wire import clock_header, is_cloudevent_header, read_clock_ms
 from processors.casebook import CaseBook, CaseError, CaseRules, TickResult
@@ -246,8 +247,9 @@ class CaseMetrics:
 class CaseClock:
     """Writes a clock record to each assigned civic.pipe.cases partition every `interval_s`."""
 
-    def __init__(self, producer: Producer, topic: str, interval_s: float):
+    def __init__(self, producer: Producer, signer: RecordSigner, topic: str, interval_s: float):
         self.producer = producer
+        self.signer = signer
         self.topic = topic
         self.interval_s = interval_s
         self.partitions: set[int] = set()
@@ -265,7 +267,8 @@ class CaseClock:
         while not self._stop.wait(self.interval_s):
             now_ms = int(time.time() * 1000)
             for partition in sorted(self.partitions):
-                self.producer.produce(self.topic, b"", b"clock", partition=partition, headers=[clock_header(now_ms)])
+                headers = self.signer.sign(self.topic, b"clock", b"", [clock_header(now_ms)])
+                self.producer.produce(self.topic, b"", b"clock", partition=partition, headers=headers)
             self.producer.poll(0)
 
 
@@ -282,6 +285,7 @@ class CaseStage(Stage):
         self.rules = CaseRules.from_city(ctx.city, ctx.catalog[ESCALATION_TYPE])
         self.books: dict[int, CaseBook] = {}
         self.metrics = CaseMetrics()
+        self.signer = RecordSigner.of_stack(ctx.settings)  # what goes beside the runner is signed here
         self._events: Producer | None = None  # the case events' own producer (module docstring)
         self._failed: list[KafkaError] = []
         self._clock: CaseClock | None = None
@@ -292,7 +296,7 @@ class CaseStage(Stage):
     def prepare(self, ctx: BusContext) -> None:
         # Flushed at every commit (before_commit): lingering until then writes one batch per commit.
         self._events = make_producer(ctx.bootstrap, **{"linger.ms": int(ctx.settings.commit_interval_max_ms)})
-        self._clock = CaseClock(self._events, self.pipe_topic, self.rules.categories.clock.total_seconds())
+        self._clock = CaseClock(self._events, self.signer, self.pipe_topic, self.rules.categories.clock.total_seconds())
         self._clock.start()
 
     def close(self) -> None:
@@ -361,11 +365,12 @@ class CaseStage(Stage):
 
     def _distribute(self, event: dict, extra_headers: list[tuple[str, bytes]]) -> None:
         value, headers = self.ctx.serde.encode(event, self.dist_topic)
+        key = event["id"].encode()
+        headers = self.signer.sign(self.dist_topic, key, value, headers + extra_headers)
         labelled(ROUTED, event["type"]).inc()
         while True:
             try:
-                self._events.produce(self.dist_topic, value, event["id"].encode(), headers=headers + extra_headers,
-                                     on_delivery=self._delivered)
+                self._events.produce(self.dist_topic, value, key, headers=headers, on_delivery=self._delivered)
                 return
             except BufferError:
                 self._events.poll(0.05)

@@ -3,8 +3,9 @@
 Who receives what is the policy's decision (civicbus.policy: dispatched or granted, within
 clearance and jurisdiction), re-read when config/policy.yaml changes, so an edit applies to the
 next event. Personal fields a department holds no grant for are masked in its copy (the record
-then carries the `civic_masked` header), and every delivery is recorded in civic.audit in the
-same transaction as the feed record.
+then carries the `civic_masked` header), and each delivered event is recorded in civic.audit
+(one record naming every department it reached; civicbus.audit) in the same transaction as the
+feed records.
 
 An event the policy lets no department receive (dispatched only to departments not cleared
 for it, say) goes to civic.dlq as UNDELIVERABLE rather than vanishing.
@@ -27,7 +28,7 @@ from collections.abc import Iterable
 
 from confluent_kafka import Message, TopicPartition
 
-from civicbus.audit import AuditRecord
+from civicbus.audit import FANOUT_WRITER, AuditChain
 from civicbus.context import BusContext
 from civicbus.dlq import Reason
 from civicbus.kafka import make_consumer, read_to_end
@@ -75,6 +76,7 @@ class FanoutStage(Stage):
         self._policy: Policy = ctx.policy.get()
         # Event id -> departments whose feed shows it already, read from the feeds' tails on start.
         self._in_feeds: dict[bytes, set[str]] = {}
+        self.audit: AuditChain | None = None  # this writer's audit chain, taken up in prepare
 
     def subscription(self) -> list[str]:
         return [self.topology.name(DIST_EVENTS)]
@@ -103,6 +105,7 @@ class FanoutStage(Stage):
             read_to_end(consumer, self._restore_record)
         finally:
             consumer.close()
+        self.audit = AuditChain.restored(ctx.settings, ctx.bootstrap, FANOUT_WRITER)
 
     def _restore_record(self, message: Message) -> None:
         self._in_feeds.setdefault(message.key(), set()).add(message.topic())
@@ -143,11 +146,12 @@ class FanoutStage(Stage):
                 value, headers = masked_copies[delivery.masked]
                 outputs.append(Output(feed, value, event_id, headers))
                 labelled(MASKED, department, event["type"]).inc(len(delivery.masked))
-            audit = AuditRecord.now(event["id"], event["type"], department, delivery.masked, "fanout")
-            outputs.append(Output(self.audit_topic, audit.encode(), event_id))
             labelled(DELIVERED, department, event["type"]).inc()
             if latency_s is not None:
                 labelled(END_TO_END_LATENCY, department).observe(latency_s)
+        if deliveries:  # none left when an aborted batch's records already show it everywhere (see prepare)
+            audited = self.audit.record(event["id"], event["type"], "fanout", [(d.department, d.masked) for d in deliveries])
+            outputs += [Output(self.audit_topic, value, self.audit.kafka_key) for value in audited]
         labelled(AUDITED, "fanout").inc(len(deliveries))
         return outputs
 
@@ -163,3 +167,4 @@ class FanoutStage(Stage):
 
     def after_abort(self) -> None:
         self._delivered_in_batch = {}
+        self.audit = AuditChain.restored(self.ctx.settings, self.ctx.bootstrap, FANOUT_WRITER)  # follow what the log shows

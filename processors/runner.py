@@ -32,6 +32,7 @@ from civicbus.dlq import DeadLetter, Reason
 from civicbus.kafka import make_consumer, producer_config
 from civicbus.metrics import REJECTED, STAGE_BATCH_SECONDS, STAGE_RECORDS, labelled
 from civicbus.quirks import EMBEDDED_COMMIT_SPACING_PER_BATCH_US, is_embedded
+from civicbus.signing import SIGNATURE_HEADER, RecordSigner
 from civicbus.topology import DLQ
 
 log = logging.getLogger(__name__)
@@ -142,6 +143,7 @@ class TransactionalRunner:
         self._open: list[Message] = []  # the records of the open transaction
         self._started = 0.0  # perf_counter when the open transaction began
         self._last_commit = 0.0
+        self.signer = RecordSigner.of_stack(ctx.settings)
 
     def run(self, stop: threading.Event) -> None:
         linger_ms = max(2, int(self.spacing.maximum_s * 1000))  # a commit flushes: one batch per partition
@@ -247,12 +249,14 @@ class TransactionalRunner:
         self._rewind(self._consumer)
 
     def _produce(self, out: Output) -> None:
-        """Produce; delivery reports (which note the partition written) are served once per
-        batch, and here when librdkafka's queue is full."""
+        """Produce, signed when bound for an internal topic (civicbus.signing); delivery reports
+        (which note the partition written) are served once per batch, and here when librdkafka's
+        queue is full."""
+        headers = self.signer.sign(out.topic, out.key, out.value, out.headers) if self.signer.covers(out.topic) else out.headers
         partition = {} if out.partition is None else {"partition": out.partition}
         while True:
             try:
-                self._producer.produce(out.topic, out.value, out.key, headers=out.headers, on_delivery=self._delivered, **partition)
+                self._producer.produce(out.topic, out.value, out.key, headers=headers, on_delivery=self._delivered, **partition)
                 return
             except BufferError:
                 self._producer.poll(0.05)
@@ -262,6 +266,9 @@ class TransactionalRunner:
             self._written.add((message.topic(), message.partition()))
 
     def _safe_process(self, message: Message) -> Iterable[Output]:
+        if self.signer.covers(message.topic()) and not self.signer.verifies_message(message):
+            detail = f"no valid {SIGNATURE_HEADER} header: not written by a stage of this stack, or changed since"
+            return [dead_letter_output(self.ctx, self.stage.name, message, Reason.FORGED, detail)]
         try:
             return list(self.stage.process(message))
         except Exception as e:  # a bug or an unforeseen input must not stop the city's pipeline

@@ -21,6 +21,7 @@ from confluent_kafka import Consumer, Message, TopicPartition
 from civicbus.broker import free_port
 from civicbus.context import BusContext
 from civicbus.processes import stop_process
+from civicbus.signing import RecordSigner
 from civicbus.settings import REPO_ROOT
 
 
@@ -67,6 +68,12 @@ def read_topic(
     if until is None:
         return messages
     raise AssertionError(f"timed out after {timeout_s}s reading {topic}: {len(messages)} records")
+
+
+def produce_signed(ctx: BusContext, producer, topic: str, value: bytes | None, key: bytes | None = None,
+                   headers: list | None = None, **kwargs) -> None:
+    """Produce as a civicbus stage does onto an internal topic: signed, so its readers accept it."""
+    producer.produce(topic, value, key, headers=RecordSigner.of_stack(ctx.settings).sign(topic, key, value, headers), **kwargs)
 
 
 def private_config(tmp_path: Path) -> Path:
@@ -116,6 +123,7 @@ def stage_env(ctx: BusContext) -> dict[str, str]:
         "CIVICBUS_BOOTSTRAP": ctx.bootstrap,
         "CIVICBUS_NAMESPACE": ctx.settings.namespace,
         "CIVICBUS_CONFIG": str(ctx.settings.config),
+        "CIVICBUS_STATE_DIR": str(ctx.settings.state_dir),  # one stack: the same keys (civicbus.signing)
         "CIVICBUS_SESSION_TIMEOUT_MS": str(ctx.settings.session_timeout_ms),
     }
 

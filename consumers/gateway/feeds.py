@@ -9,7 +9,6 @@ before the answer is sent: an event the audit did not acknowledge is not deliver
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import threading
@@ -26,11 +25,12 @@ from fastapi.responses import Response
 from fastapi.sse import EventSourceResponse, ServerSentEvent
 from pydantic import BaseModel
 
-from civicbus.audit import AuditRecord
+from civicbus.audit import GatewayAudit
 from civicbus.context import BusContext
 from civicbus.kafka import AsyncProducer, consumer_config
+from civicbus.metrics import FORGED_SKIPPED
 from civicbus.serde import DecodeError, to_json
-from civicbus.topology import AUDIT
+from civicbus.signing import RecordSigner
 from civicbus.wire import read_masked
 from consumers.subscriber import delivered_before, offsets_at_time
 
@@ -130,6 +130,7 @@ class FeedReader:
 
     def __init__(self, ctx: BusContext):
         self.ctx = ctx
+        self.signer = RecordSigner.of_stack(ctx.settings)
         self._idle: dict[str, list[_TopicReader]] = {}
         self._lock = threading.Lock()
 
@@ -161,6 +162,10 @@ class FeedReader:
 
     def _item(self, fetched: tuple[Message, str]) -> FeedItem | None:
         message, cursor = fetched
+        if not self.signer.verifies_message(message):  # not written by the fan-out: never served
+            FORGED_SKIPPED.labels("gateway").inc()
+            log.error("forged record %s[%d]@%d skipped: no valid signature", message.topic(), message.partition(), message.offset())
+            return None
         try:
             event = self.ctx.serde.decode(message.value(), message.topic())
         except DecodeError as e:  # cannot happen for records the fan-out wrote; never fail a page on it
@@ -189,11 +194,12 @@ class FeedAccess:
     reader: Callable[[], FeedReader]
     producer: Callable[[], AsyncProducer]
 
+    def __post_init__(self) -> None:
+        self.audit_log = GatewayAudit(self.ctx, self.producer)
+
     async def audited(self, department: str, items: list[FeedItem]) -> None:
         """Record every event handed out; raises (and nothing is handed out) unless all acknowledged."""
-        topic = self.ctx.topology.name(AUDIT)
-        records = [AuditRecord.now(i.event["id"], i.event["type"], department, i.masked, "gateway") for i in items]
-        await asyncio.gather(*(self.producer().send(topic, r.encode(), r.event_id.encode()) for r in records))
+        await self.audit_log.record(department, [(i.event["id"], i.event["type"], i.masked) for i in items])
 
     async def page(self, department: str, cursor: str | None, since: datetime | None, limit: int, wait_s: float) -> FeedPage:
         if cursor is not None and since is not None:

@@ -16,14 +16,13 @@ from tests.support import stage_env, wait_for
 
 
 def test_publish_over_http_then_read_the_masked_feed_by_long_poll_and_sse(bus, pipeline, tmp_path):
-    bus.settings.state_dir = tmp_path
-    tokens = TokenStore(tmp_path)
+    tokens = TokenStore(bus.settings.state_dir)  # the pipeline's: the gateway checks the fan-out's signatures
     hotline, citymgmt = (f"Bearer {tokens.issue(d)}" for d in ("hotline12345", "citymgmt"))
     port = free_port()
     log = open(tmp_path / "gateway.log", "w+b")
     server = subprocess.Popen(
         [sys.executable, "-m", "civicbus.cli", "gateway", "--port", str(port)],
-        env={**stage_env(bus), "CIVICBUS_STATE_DIR": str(tmp_path)}, stdout=log, stderr=subprocess.STDOUT,
+        env=stage_env(bus), stdout=log, stderr=subprocess.STDOUT,
     )
     base = f"http://127.0.0.1:{port}"
     try:

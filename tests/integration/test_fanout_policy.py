@@ -9,7 +9,7 @@ import yaml
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
-from civicbus.audit import AuditRecord
+from civicbus.audit import AuditRecord, decode_entry
 from civicbus.config import load_city
 from civicbus.context import BusContext
 from civicbus.kafka import apply_topics, make_producer
@@ -19,7 +19,7 @@ from civicbus.topology import AUDIT, DIST_EVENTS, DLQ
 from civicbus.wire import read_dead_letter, read_masked
 from tests.conftest import make_settings
 from tests.policy_strategies import CATALOG, Areas, events, expected_receivers, policy_documents
-from tests.support import PipelineProcesses, committed_offset, private_config, read_topic, wait_for
+from tests.support import PipelineProcesses, committed_offset, private_config, produce_signed, read_topic, wait_for
 
 DEPARTMENTS = tuple(load_city(REPO_ROOT / "config").department_ids())
 AREAS = Areas(
@@ -44,7 +44,7 @@ def publish_to_distribution(ctx: BusContext, batch: list[dict]) -> int:
     offsets = []
     for event in batch:
         value, headers = ctx.serde.encode(event, topic)
-        producer.produce(topic, value, event["id"].encode(), headers=headers, on_delivery=lambda _e, m: offsets.append(m.offset()))
+        produce_signed(ctx, producer, topic, value, event["id"].encode(), headers, on_delivery=lambda _e, m: offsets.append(m.offset()))
     producer.flush(10)
     return max(offsets) + 1
 
@@ -84,7 +84,8 @@ def test_feeds_masks_and_audit_follow_each_policy_through_the_real_fanout(broker
     try:
         apply_policy_then_publish()
         records = read_topic(ctx, feeds, idle_s=2.0)  # everything, and nothing more arrives
-        audit = [AuditRecord.decode(m.value()) for m in read_topic(ctx, ctx.topology.name(AUDIT), idle_s=1.0)]
+        logged = [decode_entry(m.value()) for m in read_topic(ctx, ctx.topology.name(AUDIT), idle_s=1.0)]
+        audit = [entry for entry in logged if isinstance(entry, AuditRecord)]
         dead_letters = read_topic(ctx, ctx.topology.name(DLQ), idle_s=1.0)
     finally:
         assert fanout.stop_all() == {"fanout": 0}, fanout.logs()
@@ -104,8 +105,9 @@ def test_feeds_masks_and_audit_follow_each_policy_through_the_real_fanout(broker
                 assert event["data"][name] == original["data"][name]
     assert delivered == expected
     assert len(expected) > 20 and any(expected.values()), "the drawn policies delivered or masked too little to prove much"
-    assert len(audit) == len(expected) and {r.path for r in audit} == {"fanout"}
-    assert {(r.event_id, r.department): frozenset(r.masked_fields) for r in audit} == expected
+    # one audit record per delivered event, naming every department it reached
+    assert len(audit) == len({event_id for event_id, _ in expected}) and {r.path for r in audit} == {"fanout"}
+    assert {(r.event_id, d.department): frozenset(d.masked_fields) for r in audit for d in r.deliveries} == expected
     # an event no department may receive is dead-lettered, never dropped in silence
     received = {event_id for event_id, _ in expected}
     assert {m.key().decode(): read_dead_letter(m.headers())["reason"] for m in dead_letters} == {

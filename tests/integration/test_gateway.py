@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from confluent_kafka.admin import AdminClient
 from typer.testing import CliRunner
 
-from civicbus.audit import AuditRecord
+from civicbus.audit import AuditRecord, decode_entry
 from civicbus.broker import EmbeddedBroker
 from civicbus.cli import app as cli
 from civicbus.kafka import make_producer
@@ -25,7 +25,7 @@ from civicbus.topology import AUDIT
 from civicbus.wire import masked_header
 from consumers.gateway.app import MAX_BODY_BYTES, create_app
 from consumers.subscriber import FeedSubscriber
-from tests.support import case_report, headers_of, read_topic
+from tests.support import case_report, headers_of, produce_signed, read_topic
 
 
 @pytest.fixture
@@ -54,7 +54,7 @@ def seed_feed(bus, department: str, count: int, timestamp_ms: int | None = None,
         event = feed_event(bus, targets=[department])
         value, headers = bus.serde.encode(event, topic)
         extra = [masked_header(masked)] if masked else []
-        producer.produce(topic, value, event["id"].encode(), headers=headers + extra, timestamp=timestamp_ms or 0)
+        produce_signed(bus, producer, topic, value, event["id"].encode(), headers + extra, timestamp=timestamp_ms or 0)
         ids.append(event["id"])
     producer.flush(10)
     return ids
@@ -183,10 +183,13 @@ def test_feed_pages_by_cursor_long_polls_and_every_read_is_audited(bus, gateway)
     waiting.join(60)
     assert [e["id"] for e in later["r"].json()["events"]] == [new_id] and later["r"].json()["cursor"] == "0:6"
 
-    records = [AuditRecord.decode(m.value()) for m in read_topic(bus, bus.topology.name(AUDIT), until=lambda m: len(m) >= 6)]
+    def delivery_records(messages):
+        return [e for e in map(decode_entry, (m.value() for m in messages)) if isinstance(e, AuditRecord)]
+
+    records = delivery_records(read_topic(bus, bus.topology.name(AUDIT), until=lambda m: len(delivery_records(m)) >= 6))
     assert [r.event_id for r in records] == ids + [new_id]
-    assert {(r.department, r.path) for r in records} == {("citymgmt", "gateway")}
-    assert [r.masked_fields for r in records] == [("reporter_name",)] * 5 + [()]
+    assert {(d.department, r.path) for r in records for d in r.deliveries} == {("citymgmt", "gateway")}
+    assert [d.masked_fields for r in records for d in r.deliveries] == [("reporter_name",)] * 5 + [()]
 
 
 def test_replay_from_a_time_or_an_offset_through_gateway_and_sdk(bus, gateway):

@@ -5,7 +5,7 @@ import pytest
 from civicbus.schemas import EventValidationError
 from consumers.subscriber import FeedSubscriber
 from producers.sdk import Publisher, PublishError
-from tests.support import case_report, headers_of, read_topic
+from tests.support import case_report, headers_of, produce_signed, read_topic
 
 
 def test_publish_returns_after_ack_with_wire_format_and_cloudevent_headers(bus):
@@ -48,7 +48,7 @@ def test_subscriber_commits_only_after_the_handler_returns(bus):
     producer = make_producer(bus.bootstrap)
     for i in range(3):
         value, headers = bus.serde.encode({**event, "id": f"0f0e0d0c-0b0a-4908-8706-05040302010{i}"}, feed_topic)
-        producer.produce(feed_topic, value, headers=headers)
+        produce_signed(bus, producer, feed_topic, value, None, headers)
     producer.flush(10)
     group = bus.topology.group("dept-test")
     seen = []

@@ -9,7 +9,7 @@ from confluent_kafka.admin import AdminClient
 
 from civicbus.kafka import make_producer
 from producers.sdk import complete_event
-from tests.support import case_report, now, stage_env
+from tests.support import case_report, now, produce_signed, stage_env
 
 SENSOR_ALERT = {"type": "sensor.alert.raised", "location": {"raw_address": "东城区安定门内大街1号", "lat": 39.9475, "lon": 116.4075},
                 "data": {"sensor_id": "s-00000001", "kind": "manhole_cover", "severity": "high"}}
@@ -21,7 +21,7 @@ def write_feed(bus, events):
     topic = bus.topology.feed("citymgmt")
     for event in events:
         value, headers = bus.serde.encode(event, topic)
-        producer.produce(topic, value, event["id"].encode(), headers=headers)
+        produce_signed(bus, producer, topic, value, event["id"].encode(), headers)  # as the fan-out writes feeds
         producer.flush(10)
 
 
