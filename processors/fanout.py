@@ -2,9 +2,10 @@
 
 Who receives what is the policy's decision (civicbus.policy: dispatched or granted, within
 clearance and jurisdiction), re-read when config/policy.yaml changes, so an edit applies to the
-next event. Personal fields a department holds no grant for are masked in its copy (the record
-then carries the `civic_masked` header), and every delivery is recorded in civic.audit in the
-same transaction as the feed record.
+next event. Personal fields a department holds no grant for are masked in its copy, free text it
+holds no grant for is scanned and masked where it identifies a person (civicbus.policy.masking;
+the record then carries the `civic_masked` header saying what), and every delivery is recorded
+in civic.audit in the same transaction as the feed record.
 
 An event the policy lets no department receive (dispatched only to departments not cleared
 for it, say) goes to civic.dlq as UNDELIVERABLE rather than vanishing.
@@ -12,7 +13,8 @@ for it, say) goes to civic.dlq as UNDELIVERABLE rather than vanishing.
 Exactly once into the feeds. The stage runs in Kafka transactions, and it also drops events it
 has already delivered, by id: the case stage is at-least-once (faust) and may emit an event
 twice after a restart, and the embedded broker exposes records of aborted transactions (see
-DESIGN notes in README). Delivered ids are kept in memory and in civic.state.fanout-seen,
+DESIGN notes in README). An id is its publisher's (civicbus.ids): the same id from another
+department, or with other content, is no duplicate but a conflict, dead-lettered as ID_CONFLICT. Delivered ids are kept in memory and in civic.state.fanout-seen,
 written in the same transaction *after* the feed records were acknowledged, so the set restored
 after a crash never claims an event the feeds do not hold.
 """
@@ -28,9 +30,10 @@ from confluent_kafka import Message, Producer, TopicPartition
 from civicbus.audit import AuditRecord, masked_header
 from civicbus.context import BusContext
 from civicbus.dlq import Reason
+from civicbus.ids import Publication, id_conflict
 from civicbus.kafka import make_consumer, read_to_end
 from civicbus.metrics import AUDITED, DELIVERED, DUPLICATES_DROPPED, END_TO_END_LATENCY, MASKED, labelled
-from civicbus.policy import Policy, masked_event
+from civicbus.policy import Delivery, Policy, masked_event
 from civicbus.topology import AUDIT, DIST_EVENTS, STATE_FANOUT_SEEN
 from processors.ingest import PUBLISHED_AT_HEADER
 from processors.runner import Output, Stage, dead_letter_output
@@ -49,17 +52,20 @@ def header(message: Message, name: str) -> bytes | None:
 
 
 class SeenIds:
-    """A bounded, insertion-ordered set of event ids."""
+    """A bounded, insertion-ordered map of event ids to their first publication."""
 
     def __init__(self, capacity: int = SEEN_CAPACITY):
         self.capacity = capacity
-        self._ids: OrderedDict[bytes, None] = OrderedDict()
+        self._ids: OrderedDict[bytes, Publication] = OrderedDict()
 
     def __contains__(self, event_id: bytes) -> bool:
         return event_id in self._ids
 
-    def add(self, event_id: bytes) -> None:
-        self._ids[event_id] = None
+    def get(self, event_id: bytes) -> Publication | None:
+        return self._ids.get(event_id)
+
+    def add(self, event_id: bytes, publication: Publication) -> None:
+        self._ids[event_id] = publication
         if len(self._ids) > self.capacity:
             self._ids.popitem(last=False)
 
@@ -78,7 +84,7 @@ class FanoutStage(Stage):
         self.seen = SeenIds()
         # Ids delivered by the open transaction: they join `seen` only once it commits, so an
         # aborted batch is replayed in full rather than dropped as duplicates.
-        self._delivered_in_batch: dict[bytes, None] = {}
+        self._delivered_in_batch: dict[bytes, Publication] = {}
         self._policy: Policy = ctx.policy.get()
         # Event id -> departments whose feed shows it already, read from the feeds' tails on start.
         self._in_feeds: dict[bytes, set[str]] = {}
@@ -115,7 +121,8 @@ class FanoutStage(Stage):
 
     def _restore_record(self, message: Message) -> None:
         if message.topic() == self.seen_topic:
-            self.seen.add(message.key())
+            source, _, digest = (message.value() or b"").decode().partition(" ")
+            self.seen.add(message.key(), Publication(source, digest))
         else:
             self._in_feeds.setdefault(message.key(), set()).add(message.topic())
 
@@ -124,12 +131,17 @@ class FanoutStage(Stage):
 
     def process(self, message: Message) -> Iterable[Output]:
         event_id = message.key()
-        if event_id in self.seen or event_id in self._delivered_in_batch:
-            labelled(DUPLICATES_DROPPED, self.name).inc()
-            return []
-        self._delivered_in_batch[event_id] = None
         # Written by ingest or the case stage, which validated it: decoding is enough.
         event = self.ctx.serde.decode(message.value(), message.topic(), validate=False)
+        publication = Publication.of(event, self.ctx.catalog[event["type"]])
+        first = self.seen.get(event_id) or self._delivered_in_batch.get(event_id)
+        if first is not None:
+            conflict = id_conflict(event["id"], first, publication)
+            if conflict:
+                return [dead_letter_output(self.ctx, self.name, message, Reason.ID_CONFLICT, conflict)]
+            labelled(DUPLICATES_DROPPED, self.name).inc()
+            return []
+        self._delivered_in_batch[event_id] = publication
         deliveries = self._policy.deliveries(event)
         if not deliveries:
             detail = f"dispatched to {', '.join(event.get('targets') or ()) or 'nobody'}; no department may receive a {event['classification']} {event['type']} there"
@@ -139,20 +151,17 @@ class FanoutStage(Stage):
             deliveries = [d for d in deliveries if self.topology.feed(d.department) not in shown]
         published_ms = header(message, PUBLISHED_AT_HEADER)
         latency_s = max(0.0, time.time() - int(published_ms) / 1000) if published_ms else None
-        masked_copies: dict[tuple[str, ...], tuple[bytes, list]] = {}  # one encoding per set of masked fields
+        copies: dict[tuple, tuple[bytes, list, tuple[str, ...]]] = {}  # one encoding per masking
         outputs = []
         for delivery in deliveries:
             department = delivery.department
-            feed = self.topology.feed(department)
-            if not delivery.masked:
-                outputs.append(Output(feed, message.value(), event_id, message.headers()))
-            else:
-                if delivery.masked not in masked_copies:
-                    masked_copies[delivery.masked] = self._masked(message, event, delivery.masked)
-                value, headers = masked_copies[delivery.masked]
-                outputs.append(Output(feed, value, event_id, headers))
-                labelled(MASKED, department, event["type"]).inc(len(delivery.masked))
-            audit = AuditRecord.now(event["id"], event["type"], department, delivery.masked, "fanout")
+            if delivery.masking not in copies:
+                copies[delivery.masking] = self._copy(message, event, delivery)
+            value, headers, masked = copies[delivery.masking]
+            outputs.append(Output(self.topology.feed(department), value, event_id, headers))
+            if masked:
+                labelled(MASKED, department, event["type"]).inc(len(masked))
+            audit = AuditRecord.now(event["id"], event["type"], department, masked, "fanout")
             outputs.append(Output(self.audit_topic, audit.encode(), event_id))
             labelled(DELIVERED, department, event["type"]).inc()
             if latency_s is not None:
@@ -160,21 +169,24 @@ class FanoutStage(Stage):
         labelled(AUDITED, "fanout").inc(len(deliveries))
         return outputs
 
-    def _masked(self, message: Message, event: dict, masked: tuple[str, ...]) -> tuple[bytes, list]:
-        """The event with `masked` fields masked, re-encoded, and its headers naming them."""
-        value, _ = self.ctx.serde.encode(masked_event(event, self.ctx.catalog[event["type"]], masked), message.topic())
-        return value, (message.headers() or []) + [masked_header(masked)]
+    def _copy(self, message: Message, event: dict, delivery: Delivery) -> tuple[bytes, list, tuple[str, ...]]:
+        """A department's copy (the record itself when nothing is masked), its headers, and what was masked."""
+        copy, masked = masked_event(event, self.ctx.catalog[event["type"]], delivery.masked, delivery.scanned)
+        if not masked:
+            return message.value(), message.headers(), ()
+        value, _ = self.ctx.serde.encode(copy, message.topic())
+        return value, (message.headers() or []) + [masked_header(masked)], masked
 
     def before_commit(self, producer: Producer) -> None:
         if not self._delivered_in_batch:
             return
         producer.flush()  # the feed records first: see the module docstring
-        for event_id in self._delivered_in_batch:
-            producer.produce(self.seen_topic, b"", event_id)
+        for event_id, publication in self._delivered_in_batch.items():
+            producer.produce(self.seen_topic, f"{publication.source} {publication.digest}".encode(), event_id)
 
     def after_commit(self) -> None:
-        for event_id in self._delivered_in_batch:
-            self.seen.add(event_id)
+        for event_id, publication in self._delivered_in_batch.items():
+            self.seen.add(event_id, publication)
         self._delivered_in_batch = {}
 
     def after_abort(self) -> None:

@@ -140,7 +140,7 @@ def test_lock_refuses_incompatible_change_and_appends_compatible_one(tmp_path):
     source["fields"].append({"name": "eta_hours", "type": ["null", "int"], "default": None})
     path.write_text(json.dumps(source))
     assert lock_schemas(EventCatalog(tmp_path)) == ["civicbus.events.CaseStatusUpdatedEvent v2 id 2"]
-    source["fields"].append({"name": "mandatory", "type": "string"})
+    source["fields"].append({"name": "mandatory", "type": "string", "civicbus.text": "safe"})
     path.write_text(json.dumps(source))
     with pytest.raises(ValueError, match="mandatory: new field without a default"):
         lock_schemas(EventCatalog(tmp_path))
