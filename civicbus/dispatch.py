@@ -6,8 +6,8 @@
   its category's departments, else the hub) and the street and district offices of its place
   (市—区—街道), unless the case rule says `offices: false`.
 - Whatever no rule claims, and every event whose place could not be determined, also goes to the hub.
-- A status update is relayed to everyone on the case but its sender; a department handing a case
-  back (HANDING_BACK) makes the hub responsible as well.
+- A status update is relayed to everyone on the case but its sender (to the sender when it is
+  alone on it); a department handing a case back (HANDING_BACK) makes the hub responsible as well.
 - An escalation goes to the responsible departments, the district office (when the case has
   offices) and the reporting departments.
 - A case of a type with a case rule, or opened by a CONFIDENTIAL report, stands alone: no other
@@ -97,8 +97,11 @@ class Dispatch:
 
     @staticmethod
     def relay_targets(originators: list[str], targets: list[str], sender: str | None) -> list[str]:
-        """Who hears of a status update: the reporters first, then everyone dispatched, not its sender."""
-        return [d for d in _unique(originators + targets) if d != sender]
+        """Who hears of a status update: the reporters first, then everyone dispatched, not its
+        sender; the sender itself when it is alone on the case (a petitions bureau on its own
+        petition), so the update is delivered and audited rather than undeliverable."""
+        others = [d for d in _unique(originators + targets) if d != sender]
+        return others or [d for d in (sender,) if d is not None]
 
     def escalation_targets(self, event_type: str, responsible: list[str], originators: list[str], place: Place) -> list[str]:
         return _unique(responsible + self._case_offices(event_type, list(place.districts)) + originators)

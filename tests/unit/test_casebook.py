@@ -184,7 +184,7 @@ def test_updates_and_escalations_of_a_confidential_case_are_confidential_whateve
     petition = handle(book, event("petition.filed", source="petition", **PETITION))
     assert petition["targets"] == ["petition"]  # a noise petition does not go to ecoenv or the offices
     note = handle(book, status(petition["id"], "accepted", source="petition", note="已联系当事人13812345678"))
-    assert note["classification"] == "CONFIDENTIAL" and note["targets"] == []  # the petitions bureau is alone on it
+    assert note["classification"] == "CONFIDENTIAL" and note["targets"] == ["petition"]  # the bureau is alone on it
     [escalation] = book.tick(to_ms(T0 + CITY.categories.lookup("noise").deadlines.resolve)).events
     assert escalation["classification"] == "CONFIDENTIAL" and escalation["targets"] == ["petition"]
 
