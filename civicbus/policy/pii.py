@@ -38,13 +38,14 @@ _ID_WEIGHTS = (7, 9, 10, 5, 8, 4, 2, 1, 6, 3, 7, 9, 10, 5, 8, 4, 2)
 _PLATE_REGIONS = "京津沪渝冀豫云辽黑湘皖鲁新苏浙赣鄂桂甘晋蒙陕吉闽贵粤青藏川宁琼"
 _PLATE_LETTER = "A-HJ-NP-Z"  # no I or O on plates
 
+_ANY = re.compile(r"[0-9@]")  # every kind holds a digit, but e-mail addresses, which hold an @
 _EMAIL = re.compile(r"[A-Za-z0-9._%+\-]+@[A-Za-z0-9\-]+(?:\.[A-Za-z0-9\-]+)*\.[A-Za-z]{2,}")
 _ID18 = re.compile(r"(?<![0-9])[1-9]\d{5} ?(?:19|20)\d{6} ?\d{3}[0-9Xx](?![0-9A-Za-z])")
 _ID15 = re.compile(r"(?<![0-9])[1-9]\d{14}(?![0-9A-Za-z])")
 _CARD = re.compile(r"(?<![0-9])[3-6]\d{3}(?:[ \-]?\d){12,15}(?![0-9])")
-_MOBILE = re.compile(rf"(?<![0-9]){_COUNTRY}?1[3-9]\d(?:{_SEP}\d){{8}}(?![0-9])")
+_MOBILE = re.compile(rf"(?<![0-9])(?=[(+01]){_COUNTRY}?1[3-9]\d(?:{_SEP}\d){{8}}(?![0-9])")
 _LANDLINE = re.compile(
-    rf"(?<![0-9])(?:{_COUNTRY}\(?{_AREA}\)?|\(?0{_AREA}\)?){_SEP}[2-9]\d{{2,3}}{_SEP}\d{{4}}(?![0-9])"
+    rf"(?<![0-9])(?=[(+0])(?:{_COUNTRY}\(?{_AREA}\)?|\(?0{_AREA}\)?){_SEP}[2-9]\d{{2,3}}{_SEP}\d{{4}}(?![0-9])"
 )
 _PLATE = re.compile(
     rf"[{_PLATE_REGIONS}][{_PLATE_LETTER}][·•\- ]?"
@@ -105,7 +106,7 @@ def _plate(text: str) -> bool:
 
 
 _DETECTORS = (  # in order: a span found by an earlier one is not looked at again
-    ("email", _EMAIL, lambda s: True),
+    ("email", _EMAIL, lambda s: True),  # (looked for only in a text with an @: see find_personal)
     ("id_number", _ID18, lambda s: valid_id_number(_digits(s))),
     ("id_number", _ID15, valid_id_number),
     ("bank_card", _CARD, lambda s: 16 <= len(_digits(s)) <= 19 and luhn(_digits(s))),
@@ -118,8 +119,12 @@ _DETECTORS = (  # in order: a span found by an earlier one is not looked at agai
 def find_personal(text: str) -> list[Finding]:
     """Every identifier of a person in `text`, in order of position, none overlapping."""
     normal = normalise(text)
+    if not _ANY.search(normal):
+        return []
     found: list[Finding] = []
     for kind, pattern, valid in _DETECTORS:
+        if kind == "email" and "@" not in normal:
+            continue
         for match in pattern.finditer(normal):
             if valid(match.group()) and not any(f.start < match.end() and match.start() < f.end for f in found):
                 found.append(Finding(kind, match.start(), match.end()))
