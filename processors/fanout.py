@@ -52,11 +52,12 @@ def header(message: Message, name: str) -> bytes | None:
 
 
 class SeenIds:
-    """A bounded, insertion-ordered map of event ids to their first publication."""
+    """A bounded, insertion-ordered map of event ids to their first publication (None: a record
+    of the changelog written before publications were kept, taken as the same publication)."""
 
     def __init__(self, capacity: int = SEEN_CAPACITY):
         self.capacity = capacity
-        self._ids: OrderedDict[bytes, Publication] = OrderedDict()
+        self._ids: OrderedDict[bytes, Publication | None] = OrderedDict()
 
     def __contains__(self, event_id: bytes) -> bool:
         return event_id in self._ids
@@ -64,7 +65,7 @@ class SeenIds:
     def get(self, event_id: bytes) -> Publication | None:
         return self._ids.get(event_id)
 
-    def add(self, event_id: bytes, publication: Publication) -> None:
+    def add(self, event_id: bytes, publication: Publication | None) -> None:
         self._ids[event_id] = publication
         if len(self._ids) > self.capacity:
             self._ids.popitem(last=False)
@@ -122,7 +123,7 @@ class FanoutStage(Stage):
     def _restore_record(self, message: Message) -> None:
         if message.topic() == self.seen_topic:
             source, _, digest = (message.value() or b"").decode().partition(" ")
-            self.seen.add(message.key(), Publication(source, digest))
+            self.seen.add(message.key(), Publication(source, digest) if digest else None)
         else:
             self._in_feeds.setdefault(message.key(), set()).add(message.topic())
 
@@ -134,9 +135,9 @@ class FanoutStage(Stage):
         # Written by ingest or the case stage, which validated it: decoding is enough.
         event = self.ctx.serde.decode(message.value(), message.topic(), validate=False)
         publication = Publication.of(event, self.ctx.catalog[event["type"]])
-        first = self.seen.get(event_id) or self._delivered_in_batch.get(event_id)
-        if first is not None:
-            conflict = id_conflict(event["id"], first, publication)
+        if event_id in self.seen or event_id in self._delivered_in_batch:
+            first = self.seen.get(event_id) or self._delivered_in_batch.get(event_id)
+            conflict = first and id_conflict(event["id"], first, publication)
             if conflict:
                 return [dead_letter_output(self.ctx, self.name, message, Reason.ID_CONFLICT, conflict)]
             labelled(DUPLICATES_DROPPED, self.name).inc()

@@ -160,7 +160,8 @@ class Policy:
     def receivers(self, event_type: EventType) -> dict[str, list[str]]:
         """Who may receive a type at its default classification: by grant, or when dispatched."""
         cleared = [d for d, r in self.document.departments.items() if RANK[r.clearance] >= RANK[event_type.classification]]
-        granted = [d for d in cleared if any(g.type == event_type.name for g in self.rules(d).receives)]
+        confidential = event_type.classification == "CONFIDENTIAL"
+        granted = [d for d in cleared if any(g.type == event_type.name and (g.confidential or not confidential) for g in self.rules(d).receives)]
         return {"by_grant": granted, "when_dispatched": cleared}
 
 
