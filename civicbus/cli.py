@@ -64,8 +64,13 @@ def topics_apply() -> None:
 
 @schemas_app.command("check")
 def schemas_check() -> None:
-    """Fail unless every schema is in the lock and every change is backward compatible."""
-    result = check_schemas(bus_context().catalog)
+    """Fail unless every string field says what it holds, every schema is in the lock and every
+    change is backward compatible."""
+    try:
+        catalog = bus_context().catalog
+    except ValueError as e:  # a schema the catalog refuses, e.g. a string field without civicbus.text
+        fail(str(e))
+    result = check_schemas(catalog)
     for reason in result.incompatible:
         typer.secho(f"incompatible: {reason}", fg=typer.colors.RED, err=True)
     for subject in result.new:

@@ -43,9 +43,23 @@ class DispatchRule(BaseModel):
     offices: bool = False  # add the street and district offices of the event's location
 
 
+class CaseRule(BaseModel):
+    """Owners of every case a type opens, whatever its category (petitions: the petitions bureau)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    type: str
+    to: tuple[str, ...] = Field(min_length=1)
+    offices: bool = True  # dispatch the case to the street and district offices of its place too
+
+
 class DispatchTable(BaseModel):
     hub: str
     rules: tuple[DispatchRule, ...] = ()
+    cases: tuple[CaseRule, ...] = ()
+
+    def case_rule(self, event_type: str) -> CaseRule | None:
+        return next((rule for rule in self.cases if rule.type == event_type), None)
 
 
 class Deadlines(BaseModel):
@@ -171,7 +185,8 @@ class CityConfig(BaseModel):
     @model_validator(mode="after")
     def _names_are_departments(self) -> CityConfig:
         known = {d.id for d in self.departments}
-        named = {self.dispatch.hub} | {t for r in self.dispatch.rules for t in r.to} | self.categories.named_departments()
+        named = {self.dispatch.hub} | {t for r in (*self.dispatch.rules, *self.dispatch.cases) for t in r.to}
+        named |= self.categories.named_departments()
         named |= {*self.map.street_offices(), *self.map.district_offices()}
         unknown = sorted(named - known)
         if unknown:

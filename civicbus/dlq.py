@@ -22,8 +22,10 @@ class Reason(str, Enum):
     INVALID_EVENT = "INVALID_EVENT"  # decodes, but fails validation (fields named in detail)
     SOURCE_MISMATCH = "SOURCE_MISMATCH"  # envelope source is not the department owning the topic
     TYPE_NOT_PERMITTED = "TYPE_NOT_PERMITTED"  # department may not publish this type
+    CLASSIFICATION_TOO_LOW = "CLASSIFICATION_TOO_LOW"  # below its type's default classification (field named in detail)
+    ID_CONFLICT = "ID_CONFLICT"  # an id already published by another department, or by the same one for other content
     UNKNOWN_CASE = "UNKNOWN_CASE"  # a status update for a case the bus never opened
-    NOT_RESPONSIBLE = "NOT_RESPONSIBLE"  # a status update from a department not on the case
+    NOT_RESPONSIBLE = "NOT_RESPONSIBLE"  # a status update its sender's role on the case does not allow
     UNDELIVERABLE = "UNDELIVERABLE"  # the policy lets no department receive it (a dispatch the clearances refuse)
     FORGED = "FORGED"  # on an internal topic without a valid signature of this stack (civicbus.signing)
     PROCESSING_ERROR = "PROCESSING_ERROR"  # a stage failed on this record; the stage keeps running

@@ -4,7 +4,9 @@ Each event type's wire schema is the envelope (schemas/envelope.avsc) with its `
 typed by schemas/events/<type>.avsc. The pydantic model used for validation is generated from
 that same Avro schema, so the two cannot drift apart. Event-type properties (default
 classification, personal fields, whether it forms a case) are declared in the .avsc itself
-with `civicbus.*` attributes: `civicbus.classification`, `civicbus.personal` (on a field),
+with `civicbus.*` attributes: `civicbus.classification`, `civicbus.text` (on every string field,
+envelope.avsc's too: `personal` data about a person, masked whole for a receiver without a grant;
+`free` text, scanned for personal data and masked where found; `safe` codes and references),
 `civicbus.forms_case` / `civicbus.updates_case`, `civicbus.case_category` / `civicbus.case_family`
 (the data fields naming a case's category and family) and `civicbus.enrich` (on a field the
 pipeline fills from master data: {"from": dataset, "by": key path, "take": attribute}).
@@ -16,6 +18,7 @@ import copy
 import hashlib
 import json
 from dataclasses import dataclass
+from functools import cached_property
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, Literal, Optional
@@ -28,6 +31,9 @@ CLASSIFICATIONS = ("PUBLIC", "INTERNAL", "RESTRICTED", "CONFIDENTIAL")
 
 # The type the case stage emits, as the hub, when a case misses a deadline.
 ESCALATION_TYPE = "case.escalated"
+
+# What a string field holds (`civicbus.text`): see the module docstring and civicbus.policy.masking.
+TEXT_KINDS = ("personal", "free", "safe")
 
 # How far in the future an event's time may lie before it is rejected: clocks drift, years don't.
 MAX_CLOCK_SKEW = timedelta(hours=1)
@@ -71,6 +77,14 @@ class EventType:
     case_category_field: str | None = None  # data field holding the case category
     case_family_field: str | None = None  # data field holding its family, if the type has one
     enrichments: tuple[Enrichment, ...] = ()
+    free_text_fields: tuple[str, ...] = ()  # names inside `data` scanned for personal data
+    envelope_free_text: tuple[str, ...] = ()  # envelope fields scanned too: `subject`, `location.raw_address`
+
+    @cached_property
+    def data_fields(self) -> dict[str, dict]:
+        """The Avro fields of `data`, by name."""
+        data = next(f for f in self.wire_schema["fields"] if f["name"] == "data")
+        return {f["name"]: f for f in data["type"]["fields"]}
 
     @property
     def subject(self) -> str:
@@ -104,9 +118,11 @@ class EventCatalog:
     def __init__(self, schemas_dir: Path):
         self.schemas_dir = schemas_dir
         envelope = json.loads((schemas_dir / "envelope.avsc").read_text(encoding="utf-8"))
+        _check_text_declarations(schemas_dir / "envelope.avsc", envelope)
         self.types: dict[str, EventType] = {}
         for path in sorted((schemas_dir / "events").glob("*.avsc")):
             data_schema = json.loads(path.read_text(encoding="utf-8"))
+            _check_text_declarations(path, data_schema)
             event_type = _build_event_type(envelope, data_schema)
             if event_type.name in self.types:
                 raise ValueError(f"{path}: event type {event_type.name} is declared twice")
@@ -151,7 +167,9 @@ def _build_event_type(envelope: dict, data_schema: dict) -> EventType:
     for f in wire["fields"]:
         if f["name"] == "data":
             f["type"] = data_schema
-    personal = tuple(f["name"] for f in data_schema["fields"] if f.get("civicbus.personal"))
+    personal = tuple(f["name"] for f in data_schema["fields"] if f.get("civicbus.text") == "personal")
+    free_text = tuple(f["name"] for f in data_schema["fields"] if f.get("civicbus.text") == "free")
+    envelope_free_text = tuple(path for path, kind in _text_fields(envelope) if kind == "free")
     model = _envelope_model(type_name, wire, data_schema)
     return EventType(
         name=type_name,
@@ -170,7 +188,41 @@ def _build_event_type(envelope: dict, data_schema: dict) -> EventType:
             for f in data_schema["fields"]
             if "civicbus.enrich" in f
         ),
+        free_text_fields=free_text,
+        envelope_free_text=envelope_free_text,
     )
+
+
+def _holds_strings(avro: Any) -> bool:
+    """A string, a union with a string branch, or an array of strings."""
+    if isinstance(avro, list):
+        return any(_holds_strings(branch) for branch in avro)
+    if isinstance(avro, dict):
+        return avro.get("type") == "array" and _holds_strings(avro["items"])
+    return avro == "string"
+
+
+def _text_fields(record: dict, prefix: str = "") -> list[tuple[str, str | None]]:
+    """(dotted path, civicbus.text) of every string field of a record and its nested records."""
+    found = []
+    for f in record["fields"]:
+        path = prefix + f["name"]
+        if _holds_strings(f["type"]):
+            found.append((path, f.get("civicbus.text")))
+        branches = f["type"] if isinstance(f["type"], list) else [f["type"]]
+        for branch in branches:
+            if isinstance(branch, dict) and branch.get("type") == "record":
+                found += _text_fields(branch, path + ".")
+    return found
+
+
+def _check_text_declarations(path: Path, schema: dict) -> None:
+    """Every string field says what it holds, so nothing personal travels unscanned by oversight."""
+    undeclared = [f"{name} ({kind!r})" if kind else name for name, kind in _text_fields(schema) if kind not in TEXT_KINDS]
+    if undeclared:
+        raise ValueError(
+            f"{path}: string fields without `civicbus.text` ({' | '.join(TEXT_KINDS)}): {', '.join(undeclared)}"
+        )
 
 
 # ---- pydantic models generated from Avro -------------------------------------------------

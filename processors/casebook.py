@@ -9,7 +9,10 @@ place for merging) live in memory only and are rebuilt from the table after a re
   `merge.distance_m` and whose latest report lies within `merge.window` (nearest first); else it
   opens a case whose id is its own event id. No report is dropped: each is emitted with the
   case's correlation_id and targets.
-- Dispatch: the category's departments plus the location's street and district offices.
+- Dispatch (civicbus.dispatch): the responsible departments plus the place's street and district
+  offices. A case that stands alone there (a petition, anything CONFIDENTIAL) is never merged.
+- Classification: a case is as classified as the most classified of its reports, and its status
+  updates and escalations carry that classification whatever the update claims.
 - Deadlines: `tick(now)` escalates each case that missed acceptance or resolution, once per
   deadline, to the responsible departments, the district office and the originators. Due times
   sit in a heap (the deadline index), so a tick costs what falls due, not a scan of every case;
@@ -17,8 +20,12 @@ place for merging) live in memory only and are rebuilt from the table after a re
 - Retention: a resolved case is forgotten `retention` after it was resolved, and one nobody
   resolves `retention` after its resolution deadline, so what the stage holds is bounded by
   the traffic of one retention period, however long it runs.
-- Feedback: a status update from a department on the case is attached and relayed to everyone on
+- Feedback: only the responsible departments (and the hub) accept, progress, resolve, reject or
+  reassign a case; the others on it (reporters, dispatched offices) may add notes (`commented`);
+  anything else is refused as NOT_RESPONSIBLE. An update is attached and relayed to everyone on
   the case (originators first), except its sender.
+- Ids (civicbus.ids): a report or status id the case already holds is a replay only when the same
+  publisher said the same under it; otherwise it is refused as ID_CONFLICT, naming both.
 
 Replays are idempotent: the case stage is at-least-once, so after a restart it may see inputs
 whose effect its restored state already holds. It then emits the same events again, with the
@@ -36,10 +43,11 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
-from civicbus.config import CategoryTable, CityConfig, district_office
+from civicbus.config import CategoryTable, CityConfig
+from civicbus.dispatch import HANDING_BACK, Dispatch, Place, highest
 from civicbus.dlq import Reason
+from civicbus.ids import Publication, id_conflict
 from civicbus.schemas import ESCALATION_TYPE, EventType
-from processors.dispatch import case_targets, responsible_departments
 
 # Namespace for ids the pipeline derives from its inputs (uuid5): the same input always
 # yields the same output id, which is what lets the fan-out drop re-emitted events.
@@ -47,7 +55,7 @@ DERIVED_ID_NAMESPACE = uuid.UUID("6f1c1d52-2f0e-4b1e-9a57-1c1b6a2f1e00")
 METRES_PER_DEGREE = 111_320.0
 DEADLINES = (("acceptance", "accept_due_ms", "accepted_ms"), ("resolution", "resolve_due_ms", "resolved_ms"))
 ACCEPTING = {"accepted", "in_progress", "resolved"}
-HANDING_BACK = {"rejected", "reassigned"}  # the department says it is not theirs: the hub re-dispatches
+NOTE = "commented"  # a note or feedback: changes nothing on the case, anyone on it may add one
 
 
 def derived_id(*parts: str) -> str:
@@ -76,10 +84,11 @@ class CaseRules:
     categories: CategoryTable
     hub: str
     escalation_classification: str
+    dispatch: Dispatch
 
     @classmethod
     def from_city(cls, city: CityConfig, escalation_type: EventType) -> CaseRules:
-        return cls(city.categories, city.dispatch.hub, escalation_type.classification)
+        return cls(city.categories, city.dispatch.hub, escalation_type.classification, Dispatch(city))
 
 
 @dataclass
@@ -119,44 +128,80 @@ class CaseBook:
     def handle(self, event: dict[str, Any], event_type: EventType) -> list[dict[str, Any]]:
         """The events to distribute for one case event; raises CaseError for a refused one."""
         if event_type.updates_case:
-            return [self.update_status(event)]
+            return [self.update_status(event, event_type)]
         return [self.report(event, event_type)]
 
     def report(self, event: dict[str, Any], event_type: EventType) -> dict[str, Any]:
+        publication = Publication.of(event, event_type)
         known = self.reports().get(event["id"])
-        if known is not None:  # a replay: the case already holds it
-            return self._as_case_event(event, self.cases[known], self.cases[known]["targets"])
+        if known is not None:
+            self._refuse_conflict(event["id"], self._report_publication(self.cases[known], event["id"]), publication)
+            return self._as_case_event(event, self.cases[known], self.cases[known]["targets"])  # a replay
         data = event["data"]
         category_id = data.get(event_type.case_category_field) if event_type.case_category_field else None
         family = data.get(event_type.case_family_field) if event_type.case_family_field else None
         reported_ms = to_ms(event["time"])
         location = event.get("location")
-        case = self._mergeable_case(category_id, location, reported_ms)
+        alone = self.rules.dispatch.stands_alone(event_type.name, event["classification"])
+        case = None if alone else self._mergeable_case(category_id, location, reported_ms)
         if case is None:
-            case = self._open(event, category_id or "unknown", family, reported_ms)
+            case = self._open(event, event_type, category_id or "unknown", family, reported_ms)
         else:
             case["reports"].append(event["id"])
             if event["source"] not in case["originators"]:
                 case["originators"].append(event["source"])
             case["last_report_ms"] = max(case["last_report_ms"], reported_ms)
+            case["classification"] = highest(case["classification"], event["classification"])
+        case["report_origins"][event["id"]] = {"source": publication.source, "digest": publication.digest}
         self.cases[case["id"]] = case
         self.reports()[event["id"]] = case["id"]
         return self._as_case_event(event, case, case["targets"])
 
-    def update_status(self, event: dict[str, Any]) -> dict[str, Any]:
+    def update_status(self, event: dict[str, Any], event_type: EventType) -> dict[str, Any]:
         reference = event["data"]["case_id"]
         case_id = reference if reference in self.cases else self.reports().get(reference)
         if case_id is None:
             raise CaseError(Reason.UNKNOWN_CASE, f"no case {reference!r} is open or remembered")
+        publication = Publication.of(event, event_type)
+        report_case = self.reports().get(event["id"])
+        if report_case is not None:  # the id of a report: never a status update as well
+            self._refuse_conflict(event["id"], self._report_publication(self.cases[report_case], event["id"]), publication)
         case = self.cases[case_id]
-        sender = event["source"]
-        if sender not in case["targets"] and sender not in case["originators"] and sender != self.rules.hub:
-            raise CaseError(Reason.NOT_RESPONSIBLE, f"{sender} is neither dispatched to nor a reporter of case {case_id}")
-        if all(s["id"] != event["id"] for s in case["statuses"]):
-            self._apply_status(case, event)
+        earlier = next((s for s in case["statuses"] if s["id"] == event["id"]), None)
+        if earlier is not None:
+            self._refuse_conflict(event["id"], Publication(earlier["source"], earlier["digest"]), publication)
+        refused = self._refused_role(case, event["source"], event["data"]["status"])
+        if refused:
+            raise CaseError(Reason.NOT_RESPONSIBLE, refused)
+        if earlier is None:
+            self._apply_status(case, event, publication.digest)
             self.cases[case_id] = case
-        relay_to = [d for d in dict.fromkeys(case["originators"] + case["targets"]) if d != sender]
-        return self._as_case_event(event, case, relay_to)
+        relayed = self._as_case_event(event, case, self.rules.dispatch.relay_targets(case["originators"], case["targets"], event["source"]))
+        relayed["classification"] = highest(event["classification"], case["classification"])
+        return relayed
+
+    def _refused_role(self, case: dict, sender: str, status: str) -> str | None:
+        """Why `sender` may not set `status` on `case`; None when it may."""
+        if sender in case["responsible"] or sender == self.rules.hub:
+            return None
+        on_case = sender in case["originators"] or sender in case["targets"]
+        if on_case and status == NOTE:
+            return None
+        if on_case:
+            role = "a reporter of" if sender in case["originators"] else "dispatched to"
+            return (f"{sender} is {role} case {case['id']} but not responsible for it: only "
+                    f"{', '.join(case['responsible'])} or {self.rules.hub} may mark it {status}; {sender} may add a note ({NOTE})")
+        return f"{sender} is neither dispatched to nor a reporter of case {case['id']}"
+
+    @staticmethod
+    def _report_publication(case: dict, report_id: str) -> Publication:
+        return Publication(**case["report_origins"][report_id])
+
+    @staticmethod
+    def _refuse_conflict(event_id: str, first: Publication, again: Publication) -> None:
+        conflict = id_conflict(event_id, first, again)
+        if conflict:
+            raise CaseError(Reason.ID_CONFLICT, conflict)
 
     def tick(self, now_ms: int) -> TickResult:
         """Escalate missed deadlines as of `now_ms`, forget cases past retention, count open ones.
@@ -201,22 +246,26 @@ class CaseBook:
 
     # ---- case state --------------------------------------------------------------------
 
-    def _open(self, event: dict[str, Any], category_id: str, family: str | None, reported_ms: int) -> dict:
+    def _open(self, event: dict[str, Any], event_type: EventType, category_id: str, family: str | None, reported_ms: int) -> dict:
         category = self.rules.categories.lookup(category_id, family)
         deadlines = category.deadlines if category is not None else self.rules.categories.unknown
-        responsible = responsible_departments(category, self.rules.hub)
+        responsible = self.rules.dispatch.responsible(event_type.name, category)
         location = event.get("location")
+        alone = self.rules.dispatch.stands_alone(event_type.name, event["classification"])
         case = {
             "id": event["id"],
+            "type": event_type.name,
             "category": category_id,
+            "classification": event["classification"],
             "responsible": responsible,
-            "targets": case_targets(responsible, self.rules.hub, location),
+            "targets": self.rules.dispatch.case_targets(event_type.name, responsible, Place.of(location)),
             "originators": [event["source"]],
             "reports": [event["id"]],
+            "report_origins": {},  # report id -> its publisher and content digest (civicbus.ids)
             "statuses": [],
             "last_status": None,
             "location": location,
-            "mergeable": category is not None and category.merge and location is not None and location.get("lat") is not None,
+            "mergeable": not alone and category is not None and category.merge and location is not None and location.get("lat") is not None,
             "opened_ms": reported_ms,
             "last_report_ms": reported_ms,
             "accept_due_ms": reported_ms + int(deadlines.accept.total_seconds() * 1000),
@@ -232,15 +281,17 @@ class CaseBook:
         self._count(case, +1)
         return case
 
-    def _apply_status(self, case: dict, event: dict[str, Any]) -> None:
+    def _apply_status(self, case: dict, event: dict[str, Any], digest: str) -> None:
         self._count(case, -1)
-        self._apply(case, event)
+        self._apply(case, event, digest)
         self._count(case, +1)
         self._schedule(case)
 
-    def _apply(self, case: dict, event: dict[str, Any]) -> None:
+    def _apply(self, case: dict, event: dict[str, Any], digest: str) -> None:
         status, at_ms = event["data"]["status"], to_ms(event["time"])
-        case["statuses"].append({"id": event["id"], "status": status, "source": event["source"], "time_ms": at_ms})
+        case["statuses"].append({"id": event["id"], "status": status, "source": event["source"], "time_ms": at_ms, "digest": digest})
+        if status == NOTE:
+            return
         case["last_status"] = status
         if status in ACCEPTING and case["accepted_ms"] is None:
             case["accepted_ms"] = at_ms
@@ -249,8 +300,7 @@ class CaseBook:
             if case["mergeable"]:
                 self._merge_index().get(self._key(case), set()).discard(case["id"])
         if status in HANDING_BACK:
-            case["responsible"] = list(dict.fromkeys(case["responsible"] + [self.rules.hub]))
-            case["targets"] = list(dict.fromkeys(case["targets"] + [self.rules.hub]))
+            case["responsible"], case["targets"] = self.rules.dispatch.handed_back(case["responsible"], case["targets"])
 
     def _forget_at(self, case: dict) -> int:
         """When a case is dropped: `retention` after its resolution, or after its resolution
@@ -358,7 +408,6 @@ class CaseBook:
 
     def _escalation(self, case: dict, deadline: str, now_ms: int) -> dict[str, Any]:
         location = case["location"]
-        offices = [district_office(location["district"])] if location and location.get("resolved") else []
         due_key = "accept_due_ms" if deadline == "acceptance" else "resolve_due_ms"
         return {
             "id": derived_id(case["id"], "escalated", deadline),
@@ -366,7 +415,7 @@ class CaseBook:
             "source": self.rules.hub,
             "time": from_ms(now_ms),
             "subject": case["id"],
-            "classification": self.rules.escalation_classification,
+            "classification": highest(self.rules.escalation_classification, case["classification"]),
             "location": location,
             "data": {
                 "case_id": case["id"],
@@ -378,6 +427,6 @@ class CaseBook:
                 "last_status": case["last_status"],
             },
             "correlation_id": case["id"],
-            "targets": list(dict.fromkeys(case["responsible"] + offices + case["originators"])),
+            "targets": self.rules.dispatch.escalation_targets(case["type"], case["responsible"], case["originators"], Place.of(location)),
             "due": self._next_due(case),
         }

@@ -2,10 +2,11 @@
 
 Who receives what is the policy's decision (civicbus.policy: dispatched or granted, within
 clearance and jurisdiction), re-read when config/policy.yaml changes, so an edit applies to the
-next event. Personal fields a department holds no grant for are masked in its copy (the record
-then carries the `civic_masked` header), and each delivered event is recorded in civic.audit
-(one record naming every department it reached; civicbus.audit) in the same transaction as the
-feed records.
+next event. Personal fields a department holds no grant for are masked in its copy, free text it
+holds no grant for is scanned and masked where it identifies a person (civicbus.policy.masking;
+the record then carries the `civic_masked` header saying what), and each delivered event is
+recorded in civic.audit (one record naming every department it reached; civicbus.audit) in the
+same transaction as the feed records.
 
 An event the policy lets no department receive (dispatched only to departments not cleared
 for it, say) goes to civic.dlq as UNDELIVERABLE rather than vanishing.
@@ -13,8 +14,10 @@ for it, say) goes to civic.dlq as UNDELIVERABLE rather than vanishing.
 Exactly once into the feeds. The stage runs in Kafka transactions, and it also drops events it
 has already delivered, by id: the case stage writes its events at-least-once (processors.cases)
 and may emit an event twice after a crash, and the embedded broker exposes records of aborted
-transactions (see DESIGN notes in README). Delivered ids are kept in memory while the stage runs
-and, on start, read back from the tail of every feed: what a restarted case stage re-emits is
+transactions (see DESIGN notes in README). An id is its publisher's (civicbus.ids): the same id
+from another department, or with other content, is no duplicate but a conflict, dead-lettered as
+ID_CONFLICT. Delivered ids are kept in memory while the stage runs and, on start, read back from
+the tail of every feed (as the same publication, since a masked copy is not what was published): what a restarted case stage re-emits is
 what it emitted since its last commit, seconds ago, well inside those tails. (A separate
 delivered-id log was written here before; it cost every transaction one more batch and marker
 and a flush, and told nothing the feeds' tails do not.)
@@ -31,9 +34,10 @@ from confluent_kafka import Message, TopicPartition
 from civicbus.audit import FANOUT_WRITER, AuditChain
 from civicbus.context import BusContext
 from civicbus.dlq import Reason
+from civicbus.ids import Publication, id_conflict
 from civicbus.kafka import make_consumer, read_to_end
 from civicbus.metrics import AUDITED, DELIVERED, DUPLICATES_DROPPED, END_TO_END_LATENCY, MASKED, labelled
-from civicbus.policy import Policy, masked_event
+from civicbus.policy import Delivery, Policy, masked_event
 from civicbus.quirks import FEED_TAIL_RECORDS
 from civicbus.topology import AUDIT, DIST_EVENTS
 from civicbus.wire import masked_header, read_published_ms
@@ -44,17 +48,21 @@ SEEN_CAPACITY = 1_000_000
 
 
 class SeenIds:
-    """A bounded, insertion-ordered set of event ids."""
+    """A bounded, insertion-ordered map of event ids to their first publication (None: an id read
+    back from a feed's tail, taken as the same publication)."""
 
     def __init__(self, capacity: int = SEEN_CAPACITY):
         self.capacity = capacity
-        self._ids: OrderedDict[bytes, None] = OrderedDict()
+        self._ids: OrderedDict[bytes, Publication | None] = OrderedDict()
 
     def __contains__(self, event_id: bytes) -> bool:
         return event_id in self._ids
 
-    def add(self, event_id: bytes) -> None:
-        self._ids[event_id] = None
+    def get(self, event_id: bytes) -> Publication | None:
+        return self._ids.get(event_id)
+
+    def add(self, event_id: bytes, publication: Publication | None) -> None:
+        self._ids[event_id] = publication
         if len(self._ids) > self.capacity:
             self._ids.popitem(last=False)
 
@@ -72,7 +80,7 @@ class FanoutStage(Stage):
         self.seen = SeenIds()
         # Ids delivered by the open transaction: they join `seen` only once it commits, so an
         # aborted batch is replayed in full rather than dropped as duplicates.
-        self._delivered_in_batch: dict[bytes, None] = {}
+        self._delivered_in_batch: dict[bytes, Publication] = {}
         self._policy: Policy = ctx.policy.get()
         # Event id -> departments whose feed shows it already, read from the feeds' tails on start.
         self._in_feeds: dict[bytes, set[str]] = {}
@@ -115,12 +123,17 @@ class FanoutStage(Stage):
 
     def process(self, message: Message) -> Iterable[Output]:
         event_id = message.key()
-        if event_id in self.seen or event_id in self._delivered_in_batch:
-            labelled(DUPLICATES_DROPPED, self.name).inc()
-            return []
-        self._delivered_in_batch[event_id] = None
         # Written by ingest or the case stage, which validated it: decoding is enough.
         event = self.ctx.serde.decode(message.value(), message.topic(), validate=False)
+        publication = Publication.of(event, self.ctx.catalog[event["type"]])
+        if event_id in self.seen or event_id in self._delivered_in_batch:
+            first = self.seen.get(event_id) or self._delivered_in_batch.get(event_id)
+            conflict = first and id_conflict(event["id"], first, publication)
+            if conflict:
+                return [dead_letter_output(self.ctx, self.name, message, Reason.ID_CONFLICT, conflict)]
+            labelled(DUPLICATES_DROPPED, self.name).inc()
+            return []
+        self._delivered_in_batch[event_id] = publication
         deliveries = self._policy.deliveries(event)
         if not deliveries:
             detail = f"dispatched to {', '.join(event.get('targets') or ()) or 'nobody'}; no department may receive a {event['classification']} {event['type']} there"
@@ -133,36 +146,37 @@ class FanoutStage(Stage):
                 return []
         published_ms = read_published_ms(message.headers())
         latency_s = max(0.0, time.time() - published_ms / 1000) if published_ms else None
-        masked_copies: dict[tuple[str, ...], tuple[bytes, list]] = {}  # one encoding per set of masked fields
+        copies: dict[tuple, tuple[bytes, list, tuple[str, ...]]] = {}  # one encoding per masking
         outputs = []
+        masked_for: list[tuple[str, tuple[str, ...]]] = []
         for delivery in deliveries:
             department = delivery.department
-            feed = self.topology.feed(department)
-            if not delivery.masked:
-                outputs.append(Output(feed, message.value(), event_id, message.headers()))
-            else:
-                if delivery.masked not in masked_copies:
-                    masked_copies[delivery.masked] = self._masked(message, event, delivery.masked)
-                value, headers = masked_copies[delivery.masked]
-                outputs.append(Output(feed, value, event_id, headers))
-                labelled(MASKED, department, event["type"]).inc(len(delivery.masked))
+            if delivery.masking not in copies:
+                copies[delivery.masking] = self._copy(message, event, delivery)
+            value, headers, masked = copies[delivery.masking]
+            outputs.append(Output(self.topology.feed(department), value, event_id, headers))
+            masked_for.append((department, masked))
+            if masked:
+                labelled(MASKED, department, event["type"]).inc(len(masked))
             labelled(DELIVERED, department, event["type"]).inc()
             if latency_s is not None:
                 labelled(END_TO_END_LATENCY, department).observe(latency_s)
-        if deliveries:  # none left when an aborted batch's records already show it everywhere (see prepare)
-            audited = self.audit.record(event["id"], event["type"], "fanout", [(d.department, d.masked) for d in deliveries])
-            outputs += [Output(self.audit_topic, value, self.audit.kafka_key) for value in audited]
+        audited = self.audit.record(event["id"], event["type"], "fanout", masked_for)
+        outputs += [Output(self.audit_topic, value, self.audit.kafka_key) for value in audited]
         labelled(AUDITED, "fanout").inc(len(deliveries))
         return outputs
 
-    def _masked(self, message: Message, event: dict, masked: tuple[str, ...]) -> tuple[bytes, list]:
-        """The event with `masked` fields masked, re-encoded, and its headers naming them."""
-        value, _ = self.ctx.serde.encode(masked_event(event, self.ctx.catalog[event["type"]], masked), message.topic())
-        return value, (message.headers() or []) + [masked_header(masked)]
+    def _copy(self, message: Message, event: dict, delivery: Delivery) -> tuple[bytes, list, tuple[str, ...]]:
+        """A department's copy (the record itself when nothing is masked), its headers, and what was masked."""
+        copy, masked = masked_event(event, self.ctx.catalog[event["type"]], delivery.masked, delivery.scanned)
+        if not masked:
+            return message.value(), message.headers(), ()
+        value, _ = self.ctx.serde.encode(copy, message.topic())
+        return value, (message.headers() or []) + [masked_header(masked)], masked
 
     def after_commit(self) -> None:
-        for event_id in self._delivered_in_batch:
-            self.seen.add(event_id)
+        for event_id, publication in self._delivered_in_batch.items():
+            self.seen.add(event_id, publication)
         self._delivered_in_batch = {}
 
     def after_abort(self) -> None:

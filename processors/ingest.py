@@ -16,22 +16,24 @@ from typing import Any
 from confluent_kafka import Message
 
 from civicbus.context import BusContext
+from civicbus.dispatch import Dispatch, Place
 from civicbus.dlq import Reason
 from civicbus.kafka import make_admin
 from civicbus.metrics import PUBLISHED, ROUTED, labelled
-from civicbus.policy import Policy
+from civicbus.policy import Policy, below_floor
+from civicbus.schemas import EventType
 from civicbus.serde import DecodeError
 from civicbus.topology import DIST_EVENTS, PIPE_CASES
 from civicbus.wire import published_at_header
-from processors.dispatch import event_targets
 from processors.enrich import ReferenceFollower, ReferenceTables, enrich
 from processors.routing import CaseRouter
 from processors.runner import Output, Stage, dead_letter_output
 from processors.standardise import Standardiser
 
 
-def check_publisher(policy: Policy, department: str, event: dict[str, Any]) -> tuple[Reason, str] | None:
-    """The envelope's source must be the department owning the topic, and the type one it may publish."""
+def check_publisher(policy: Policy, department: str, event: dict[str, Any], event_type: EventType) -> tuple[Reason, str] | None:
+    """The envelope's source must be the department owning the topic, the type one it may publish,
+    at no less than the type's default classification."""
     if event["source"] != department:
         return Reason.SOURCE_MISMATCH, f"source {event['source']!r} published on the topic of {department!r}"
     if department not in policy.departments:
@@ -39,6 +41,9 @@ def check_publisher(policy: Policy, department: str, event: dict[str, Any]) -> t
     if not policy.may_publish(department, event["type"]):
         allowed = policy.rules(department).publishes
         return Reason.TYPE_NOT_PERMITTED, f"{department} may not publish {event['type']} (may: {', '.join(allowed)})"
+    too_low = below_floor(event, event_type)
+    if too_low:
+        return Reason.CLASSIFICATION_TOO_LOW, too_low
     return None
 
 
@@ -51,6 +56,7 @@ class IngestStage(Stage):
         self.pipe_topic = self.topology.name(PIPE_CASES)
         self.dist_topic = self.topology.name(DIST_EVENTS)
         self.standardiser = Standardiser.from_config(ctx.settings.config)
+        self.dispatch = Dispatch(ctx.city)
         self.reference = ReferenceTables()
         self._follower: ReferenceFollower | None = None
         self.router: CaseRouter | None = None
@@ -82,11 +88,11 @@ class IngestStage(Stage):
         except DecodeError as e:
             return [dead_letter_output(self.ctx, self.name, message, e.reason, e.detail)]
         department = self.topology.department_of_inbound(message.topic())
-        refused = check_publisher(self._policy, department, event)
+        event_type = self.ctx.catalog[event["type"]]
+        refused = check_publisher(self._policy, department, event, event_type)
         if refused:
             return [dead_letter_output(self.ctx, self.name, message, *refused)]
         labelled(PUBLISHED, department, event["type"]).inc()
-        event_type = self.ctx.catalog[event["type"]]
         event["location"] = self.standardiser.standardise(event["location"])
         enrich(event, event_type, self.reference)
         published_at = published_at_header(message.timestamp()[1])
@@ -94,7 +100,7 @@ class IngestStage(Stage):
             value, headers = self.ctx.serde.encode(event, self.pipe_topic)
             partition = self.router.update(event["data"]["case_id"]) if event_type.updates_case else self.router.report(event)
             return [Output(self.pipe_topic, value, event["id"].encode(), headers + [published_at], partition)]
-        event["targets"] = event_targets(self.ctx.city.dispatch, event)
+        event["targets"] = self.dispatch.event_targets(event["type"], Place.of(event["location"]))
         labelled(ROUTED, event["type"]).inc()
         value, headers = self.ctx.serde.encode(event, self.dist_topic)
         return [Output(self.dist_topic, value, event["id"].encode(), headers + [published_at])]

@@ -19,8 +19,17 @@ from civicbus.settings import REPO_ROOT
 
 CATALOG = EventCatalog(REPO_ROOT / "schemas")
 TYPES = sorted(CATALOG.types)
-# Who the sample city's dispatch can send each type to (the drawn policies publish nothing).
+# Who the sample city's dispatch can send each type to, at which classification (the drawn
+# policies publish nothing).
 REACH = dispatch_reach(PolicyDocument(departments={}), load_city(REPO_ROOT / "config"), CATALOG)
+# Free text as people write it, with what identifies a person in it (what masking must find).
+FREE_TEXTS = {
+    "路面坑洼，3号楼2单元501室门口": (),
+    "市民来电，请回电13812345678": ("phone",),
+    "身份证110101199003074514，座机010-65123456": ("id_number", "landline"),
+    "肇事车辆京A12345已驶离": ("plate",),
+    "2026年12月1日第3次反映，工单号2026120100123": (),
+}
 
 
 @dataclass(frozen=True)
@@ -68,17 +77,19 @@ def department_rules(draw, department: str, areas: Areas, consistent: bool) -> d
         st.builds(lambda s: {"street": s}, st.sampled_from(areas.streets)),
     )
     area = {"district": {"district": name}, "street": {"street": name}}.get(kind) or draw(any_area)
-    dispatched = [RANK[CATALOG[t].classification] for t, departments in REACH.items() if department in departments]
+    dispatched = [RANK[classification] for (_, classification), departments in REACH.items() if department in departments]
     clearance = draw(st.sampled_from(CLASSIFICATIONS[max(dispatched, default=0) if consistent else 0:]))
     grantable = [t for t in TYPES if not consistent or RANK[CATALOG[t].classification] <= RANK[clearance]]
     grants = []
     for type_name in draw(st.lists(st.sampled_from(grantable), unique=True, max_size=3)) if grantable else []:
         symbols = category_symbols(type_name)
         categories = draw(st.lists(st.sampled_from(symbols), unique=True, max_size=2)) if symbols else []
-        grants.append({"type": type_name, "categories": categories})
+        confidential = draw(st.booleans()) and (clearance == "CONFIDENTIAL" or not consistent)
+        grants.append({"type": type_name, "categories": categories, "confidential": confidential})
     personal = {}
     for type_name in draw(st.lists(st.sampled_from(grantable), unique=True, max_size=2)) if grantable else []:
-        fields = [*CATALOG[type_name].personal_fields, "*"]
+        event_type = CATALOG[type_name]
+        fields = [*event_type.personal_fields, *event_type.free_text_fields, *event_type.envelope_free_text, "*"]
         personal[type_name] = draw(st.lists(st.sampled_from(fields), unique=True, min_size=1))
     return {"clearance": clearance, "jurisdiction": area, "receives": grants, "personal": personal}
 
@@ -95,8 +106,12 @@ def events(draw, departments: tuple[str, ...], areas: Areas, source: str = "city
     type_name = draw(st.sampled_from(TYPES))
     event_type = CATALOG[type_name]
     data = {}
+    free_texts = st.sampled_from(sorted(FREE_TEXTS))
     for field in data_fields(type_name):
-        if field["name"] in event_type.personal_fields:
+        if field["name"] in event_type.free_text_fields:
+            nullable = isinstance(field["type"], list) and "null" in field["type"]
+            data[field["name"]] = draw(st.one_of(st.none(), free_texts) if nullable else free_texts)
+        elif field["name"] in event_type.personal_fields:
             texts = st.one_of(st.just("13812345678"), st.text(min_size=1, max_size=8))
             nullable = isinstance(field["type"], list) and "null" in field["type"]
             data[field["name"]] = draw(st.one_of(st.none(), texts) if nullable else texts)
@@ -104,22 +119,37 @@ def events(draw, departments: tuple[str, ...], areas: Areas, source: str = "city
             data[field["name"]] = plain_value(draw, field["type"])
     street = draw(st.one_of(st.none(), st.sampled_from(areas.streets)))
     district = street.split(".")[0] if street else draw(st.one_of(st.none(), st.sampled_from(areas.districts)))
-    location = None if street is None and draw(st.booleans()) else {"street": street, "district": district}
+    raw_address = draw(st.one_of(st.none(), free_texts))
+    location = None if street is None and draw(st.booleans()) else {"street": street, "district": district, "raw_address": raw_address}
     return CATALOG.validate({
         "id": str(uuid.uuid4()), "type": type_name, "source": source, "time": datetime(2026, 1, 1, tzinfo=timezone.utc),
+        "subject": draw(st.one_of(st.none(), free_texts)),
         "classification": draw(st.sampled_from(CLASSIFICATIONS)), "location": location, "data": data,
         "targets": draw(st.lists(st.sampled_from(departments), unique=True, max_size=3)),
     })
 
 
+def free_text(event: dict, field: str) -> str | None:
+    if field == "subject":
+        return event["subject"]
+    if field == "location.raw_address":
+        return (event["location"] or {}).get("raw_address")
+    return event["data"][field]
+
+
 def expected_receivers(document: PolicyDocument, event: dict) -> dict[str, set[str]]:
-    """The policy's promise, restated as sets: receiving department -> fields it sees masked."""
+    """The policy's promise, restated as sets: receiving department -> what it sees masked (the
+    personal fields, and `field:kind` for what free text it holds no grant for identifies)."""
     out = {}
     location = event["location"] or {}
+    event_type = CATALOG[event["type"]]
     for department, rules in document.departments.items():
         dispatched = department in event["targets"]
         category = event["data"].get("category")
-        granted = any(g.type == event["type"] and (not g.categories or category in g.categories) for g in rules.receives)
+        granted = any(
+            g.type == event["type"] and (not g.categories or category in g.categories) and (g.confidential or event["classification"] != "CONFIDENTIAL")
+            for g in rules.receives
+        )
         if not (dispatched or granted) or RANK[event["classification"]] > RANK[rules.clearance]:
             continue
         area = rules.jurisdiction
@@ -128,8 +158,10 @@ def expected_receivers(document: PolicyDocument, event: dict) -> dict[str, set[s
             if (placed is None and not dispatched) or (placed is not None and placed != (area.street or area.district)):
                 continue
         allowed = set(rules.personal.get(event["type"], ()))
-        out[department] = {
-            f for f in CATALOG[event["type"]].personal_fields
-            if event["data"].get(f) not in (None, "") and "*" not in allowed and f not in allowed
+        hidden = {f for f in (*event_type.personal_fields, *event_type.free_text_fields, *event_type.envelope_free_text)
+                  if "*" not in allowed and f not in allowed}
+        out[department] = {f for f in event_type.personal_fields if event["data"].get(f) not in (None, "") and f in hidden} | {
+            f"{f}:{kind}" for f in (*event_type.free_text_fields, *event_type.envelope_free_text) if f in hidden
+            for kind in FREE_TEXTS.get(free_text(event, f), ())
         }
     return out

@@ -34,8 +34,8 @@ def event(type_name, at=T0, location=ANDINGMEN, source=None, **data):
     }
 
 
-def status(case_id, status_, source="citymgmt", at=T0):
-    return event("case.status.updated", at=at, location=None, source=source, case_id=case_id, status=status_)
+def status(case_id, status_, source="citymgmt", at=T0, **data):
+    return event("case.status.updated", at=at, location=None, source=source, case_id=case_id, status=status_, **data)
 
 
 @pytest.fixture
@@ -85,7 +85,7 @@ def test_a_resolved_case_takes_no_new_reports_and_petitions_never_merge(book):
     one = handle(book, event("petition.filed", source="petition", **petition))
     two = handle(book, event("petition.filed", source="petition", **petition))
     assert one["correlation_id"] != two["correlation_id"]
-    assert one["targets"] == ["petition", "street.dongcheng.andingmen", "district.dongcheng"]
+    assert one["targets"] == ["petition"]  # dispatch.yaml: the petitions bureau owns petitions, no office sees them
 
 
 def test_unknown_category_goes_to_the_hub_with_default_deadlines(book):
@@ -197,3 +197,100 @@ def test_open_and_overdue_counts_follow_each_change_without_a_scan(book):
     assert open_[("citymgmt", "street_vending")] == 1 and overdue[("citymgmt", "street_vending")] == 1
     # a restarted book counts the same from the restored cases
     assert CaseBook(book.rules, book.cases).counts() == (open_, overdue)
+
+
+# ---- a case's classification -----------------------------------------------------------------
+
+PETITION = dict(issue="noise", channel="visit", summary="楼下商户噪声扰民", petitioner_name="王伟")
+
+
+def test_updates_and_escalations_of_a_confidential_case_are_confidential_whatever_they_claim(book):
+    petition = handle(book, event("petition.filed", source="petition", **PETITION))
+    assert petition["targets"] == ["petition"]  # a noise petition does not go to ecoenv or the offices
+    note = handle(book, status(petition["id"], "accepted", source="petition", note="已联系当事人13812345678"))
+    assert note["classification"] == "CONFIDENTIAL" and note["targets"] == ["petition"]  # the bureau is alone on it
+    [escalation] = book.tick(to_ms(T0 + CITY.categories.lookup("noise").deadlines.resolve)).events
+    assert escalation["classification"] == "CONFIDENTIAL" and escalation["targets"] == ["petition"]
+
+
+def test_a_confidential_report_opens_a_case_of_its_own_and_nothing_joins_it(book):
+    grid = handle(book, {**event("city.case.reported"), "classification": "CONFIDENTIAL"})
+    camera = handle(book, event("security.video.alert"))
+    call = handle(book, event("hotline.request.received"))
+    assert grid["correlation_id"] == grid["id"] and camera["correlation_id"] == camera["id"] == call["correlation_id"]
+    assert handle(book, status(grid["id"], "accepted"))["classification"] == "CONFIDENTIAL"
+
+
+def test_a_merged_case_carries_the_classification_of_its_most_classified_report(book):
+    grid = handle(book, event("city.case.reported"))  # INTERNAL
+    assert handle(book, status(grid["id"], "in_progress"))["classification"] == "INTERNAL"
+    handle(book, event("hotline.request.received"))  # RESTRICTED, merged into it
+    update = handle(book, status(grid["id"], "resolved"))
+    assert update["classification"] == "RESTRICTED"
+    assert update["targets"] == ["street.dongcheng.andingmen", "hotline12345", "police", "district.dongcheng"]
+
+
+# ---- roles on a case -------------------------------------------------------------------------
+
+STREETLIGHT = {"category": "municipal_facilities", "subcategory": "broken_streetlight", "description": "路灯不亮"}
+
+
+def refusal(book, update) -> CaseError:
+    with pytest.raises(CaseError) as info:
+        handle(book, update)
+    return info.value
+
+
+def test_a_department_merged_in_as_a_reporter_may_add_notes_but_not_resolve(book):
+    first = handle(book, event("city.case.reported", source="citymgmt", **STREETLIGHT))
+    near = {"lat": 39.94755, "lon": 116.40755}  # ~5 m away
+    merged = handle(book, event("city.case.reported", source="police", location=near, **STREETLIGHT))
+    assert merged["correlation_id"] == first["id"] and "police" in book.cases[first["id"]]["originators"]
+    for status_ in ("resolved", "accepted", "in_progress", "rejected", "reassigned"):
+        refused = refusal(book, status(first["id"], status_, source="police"))
+        assert refused.reason is Reason.NOT_RESPONSIBLE and "police is a reporter of" in refused.detail
+    assert book.cases[first["id"]]["statuses"] == [] and book.cases[first["id"]]["resolved_ms"] is None
+    note = handle(book, status(first["id"], "commented", source="police", note="现场还有一盏也不亮"))
+    assert note["targets"] == ["citymgmt", "transport", "street.dongcheng.andingmen", "district.dongcheng"]
+    assert book.cases[first["id"]]["last_status"] is None  # a note changes nothing
+
+
+def test_only_the_responsible_departments_and_the_hub_change_a_case(book):
+    case = handle(book, event("city.case.reported", source="citymgmt", **STREETLIGHT))
+    refused = refusal(book, status(case["id"], "resolved", source="street.dongcheng.andingmen"))  # dispatched, not responsible
+    assert refused.reason is Reason.NOT_RESPONSIBLE and "dispatched to" in refused.detail
+    assert refusal(book, status(case["id"], "commented", source="market")).reason is Reason.NOT_RESPONSIBLE  # not on it at all
+    handle(book, status(case["id"], "commented", source="street.dongcheng.andingmen"))
+    handle(book, status(case["id"], "accepted", source="transport"))
+    handle(book, status(case["id"], "rejected", source="citymgmt"))  # handed back: the hub joins the responsible
+    handle(book, status(case["id"], "resolved", source="triage"))
+    assert [(s["source"], s["status"]) for s in book.cases[case["id"]]["statuses"]] == [
+        ("street.dongcheng.andingmen", "commented"), ("transport", "accepted"), ("citymgmt", "rejected"), ("triage", "resolved")]
+
+
+# ---- ids belong to their publisher -----------------------------------------------------------
+
+
+def test_a_report_id_reused_by_another_department_is_a_conflict_naming_both(book):
+    first = event("city.case.reported", source="citymgmt", **STREETLIGHT)
+    handle(book, first)
+    before = repr(book.cases)
+    reused = {**event("city.case.reported", source="police", **STREETLIGHT), "id": first["id"]}
+    conflict = refusal(book, reused)
+    assert conflict.reason is Reason.ID_CONFLICT and "citymgmt" in conflict.detail and "police" in conflict.detail
+    changed = {**first, "data": {**first["data"], "description": "另一件事"}}
+    assert refusal(book, changed).reason is Reason.ID_CONFLICT  # the same publisher, other content
+    assert repr(book.cases) == before
+    assert handle(book, first)["correlation_id"] == first["id"]  # the very same event again: a replay
+
+
+def test_a_status_id_is_its_publishers_too(book):
+    case = handle(book, event("city.case.reported", source="citymgmt", **STREETLIGHT))
+    accepted = status(case["id"], "accepted", source="citymgmt")
+    handle(book, accepted)
+    reused = {**status(case["id"], "resolved", source="transport"), "id": accepted["id"]}
+    assert refusal(book, reused).reason is Reason.ID_CONFLICT
+    as_report_id = {**status(case["id"], "resolved", source="transport"), "id": case["id"]}
+    assert refusal(book, as_report_id).reason is Reason.ID_CONFLICT
+    assert [s["status"] for s in book.cases[case["id"]]["statuses"]] == ["accepted"]
+    assert handle(book, accepted)["id"] == accepted["id"]  # a replay is still fine

@@ -1,26 +1,35 @@
 from civicbus.config import district_office, load_city, load_grid, street_office
+from civicbus.dispatch import Dispatch, Place
 from civicbus.settings import REPO_ROOT
 from civicbus.topology import Topology
-from processors.dispatch import case_targets, event_targets
 
 CITY = load_city(REPO_ROOT / "config")
-PLACED = {"resolved": True, "street": "xicheng.shichahai", "district": "xicheng"}
+DISPATCH = Dispatch(CITY)
+PLACED = Place.of({"resolved": True, "street": "xicheng.shichahai", "district": "xicheng"})
 
 
 def test_type_rules_add_the_offices_of_the_location():
-    event = {"type": "housing.rental.registered", "location": PLACED}
-    assert event_targets(CITY.dispatch, event) == ["housing", "police", "street.xicheng.shichahai", "district.xicheng"]
+    assert DISPATCH.event_targets("housing.rental.registered", PLACED) == ["housing", "police", "street.xicheng.shichahai", "district.xicheng"]
 
 
 def test_unmatched_events_and_unplaced_locations_go_to_triage():
-    assert event_targets(CITY.dispatch, {"type": "petition.unheard.of", "location": None}) == ["triage"]
-    unplaced = {"type": "housing.rental.registered", "location": {"resolved": False}}
-    assert event_targets(CITY.dispatch, unplaced) == ["housing", "police", "triage"]
+    assert DISPATCH.event_targets("petition.unheard.of", Place.of(None)) == ["triage"]
+    assert DISPATCH.event_targets("housing.rental.registered", Place.of({"resolved": False})) == ["housing", "police", "triage"]
 
 
 def test_case_targets_are_responsible_departments_and_location_offices():
-    assert case_targets(["citymgmt"], "triage", PLACED) == ["citymgmt", "street.xicheng.shichahai", "district.xicheng"]
-    assert case_targets(["petition"], "triage", None) == ["petition"]
+    assert DISPATCH.case_targets("city.case.reported", ["citymgmt"], PLACED) == ["citymgmt", "street.xicheng.shichahai", "district.xicheng"]
+    assert DISPATCH.case_targets("hotline.request.received", ["ecoenv"], Place.of(None)) == ["ecoenv"]
+
+
+def test_a_case_rule_names_the_owners_of_a_type_and_keeps_its_cases_apart():
+    noise = CITY.categories.lookup("noise")
+    assert DISPATCH.responsible("petition.filed", noise) == ["petition"]  # not ecoenv: the petitions bureau owns it
+    assert DISPATCH.case_targets("petition.filed", ["petition"], PLACED) == ["petition"]  # offices: false
+    assert DISPATCH.escalation_targets("petition.filed", ["petition"], ["petition"], PLACED) == ["petition"]
+    assert DISPATCH.escalation_targets("hotline.request.received", ["ecoenv"], ["hotline12345"], PLACED) == ["ecoenv", "district.xicheng", "hotline12345"]
+    assert DISPATCH.stands_alone("petition.filed", "CONFIDENTIAL") and DISPATCH.stands_alone("city.case.reported", "CONFIDENTIAL")
+    assert not DISPATCH.stands_alone("city.case.reported", "RESTRICTED")
 
 
 def test_the_sample_city_is_big_enough_and_consistent():

@@ -1,4 +1,5 @@
 import json
+import shutil
 from datetime import datetime, timedelta, timezone
 
 import pytest
@@ -144,9 +145,53 @@ def test_lock_refuses_incompatible_change_and_appends_compatible_one(tmp_path):
     source["fields"].append({"name": "eta_hours", "type": ["null", "int"], "default": None})
     path.write_text(json.dumps(source))
     assert lock_schemas(EventCatalog(tmp_path)) == ["civicbus.events.CaseStatusUpdatedEvent v2 id 2"]
-    source["fields"].append({"name": "mandatory", "type": "string"})
+    source["fields"].append({"name": "mandatory", "type": "string", "civicbus.text": "safe"})
     path.write_text(json.dumps(source))
     with pytest.raises(ValueError, match="mandatory: new field without a default"):
         lock_schemas(EventCatalog(tmp_path))
     registry = FileSchemaRegistry(tmp_path)
     assert registry.get_versions("civicbus.events.CaseStatusUpdatedEvent") == [1, 2]
+
+
+def test_every_string_field_says_whether_it_is_personal_free_text_or_safe(catalog):
+    free_text = {t.name: set(t.free_text_fields) for t in catalog if t.free_text_fields}
+    assert free_text == {"city.case.reported": {"description"}, "hotline.request.received": {"content"},
+                         "petition.filed": {"summary"}, "case.status.updated": {"note"}}
+    assert all(t.envelope_free_text == ("subject", "location.raw_address") for t in catalog)
+    for event_type in catalog:
+        for name, field in event_type.data_fields.items():
+            kinds = field["type"] if isinstance(field["type"], list) else [field["type"]]
+            if "string" in kinds or {"type": "array", "items": "string"} in kinds:
+                assert field.get("civicbus.text") in ("personal", "free", "safe"), (event_type.name, name)
+
+
+def test_a_string_field_without_a_declaration_is_refused_naming_it(tmp_path):
+    (tmp_path / "events").mkdir()
+    (tmp_path / "envelope.avsc").write_text((SCHEMAS / "envelope.avsc").read_text())
+    source = json.loads((SCHEMAS / "events" / "hotline.request.received.avsc").read_text())
+    source["fields"].append({"name": "callback_note", "type": ["null", "string"], "default": None})
+    (tmp_path / "events" / "hotline.request.received.avsc").write_text(json.dumps(source))
+    with pytest.raises(ValueError, match=r"hotline.request.received.avsc: string fields without `civicbus.text`.*: callback_note"):
+        EventCatalog(tmp_path)
+    envelope = json.loads((SCHEMAS / "envelope.avsc").read_text())
+    del next(f for f in envelope["fields"] if f["name"] == "subject")["civicbus.text"]
+    (tmp_path / "envelope.avsc").write_text(json.dumps(envelope))
+    with pytest.raises(ValueError, match=r"envelope.avsc: string fields without `civicbus.text`.*: subject"):
+        EventCatalog(tmp_path)
+
+
+def test_schemas_check_names_an_undeclared_string_field(tmp_path):
+    from typer.testing import CliRunner
+
+    from civicbus.cli import app
+
+    schemas = tmp_path / "schemas"
+    shutil.copytree(SCHEMAS, schemas)
+    path = schemas / "events" / "petition.filed.avsc"
+    source = json.loads(path.read_text())
+    del next(f for f in source["fields"] if f["name"] == "summary")["civicbus.text"]
+    path.write_text(json.dumps(source))
+    result = CliRunner().invoke(app, ["schemas", "check"], env={"CIVICBUS_SCHEMAS_DIR": str(schemas)})
+    assert result.exit_code == 1 and "string fields without `civicbus.text`" in result.output and "summary" in result.output
+    ok = CliRunner().invoke(app, ["schemas", "check"], env={"CIVICBUS_SCHEMAS_DIR": str(SCHEMAS)})
+    assert ok.exit_code == 0 and "10 schemas locked and compatible" in ok.output

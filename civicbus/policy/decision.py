@@ -1,0 +1,167 @@
+"""The decision: may a department receive an event, and what of it does it see whole? (pure)
+
+A department receives an event when it was dispatched to it or holds a grant for it, AND the
+event's classification is within its clearance, AND the event lies inside its jurisdiction. An
+event whose place is unknown (not standardised) cannot be shown to lie inside a district or
+street: it reaches such a department only when dispatched to it, never through a grant. A
+CONFIDENTIAL event reaches, beyond the departments dispatched to its case, only those whose
+grant says `confidential: true` (DOMAIN.md: "owner and explicitly granted departments only").
+
+What is masked for the receiver (civicbus.policy.masking does it): every personal field it holds
+no grant for, whole; every free-text field it holds no grant for is scanned, and what identifies
+a person is masked where found.
+
+Publishing: a department publishes only the types policy.yaml lists for it, never below the
+type's default classification (`below_floor`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import KeysView
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, model_validator
+
+from civicbus.schemas import CLASSIFICATIONS, EventCatalog, EventType
+
+RANK = {level: rank for rank, level in enumerate(CLASSIFICATIONS)}
+ALL_FIELDS = "*"
+
+Classification = Literal["PUBLIC", "INTERNAL", "RESTRICTED", "CONFIDENTIAL"]
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class Area(_Frozen):
+    """A district (e.g. `dongcheng`) or a street (e.g. `dongcheng.andingmen`), as the
+    standardise stage writes them into `location.district` / `location.street`."""
+
+    district: str | None = None
+    street: str | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> Area:
+        if (self.district is None) == (self.street is None):
+            raise ValueError("give exactly one of `district` or `street` (or write `jurisdiction: city`)")
+        return self
+
+
+class ReceiveGrant(_Frozen):
+    type: str
+    categories: tuple[str, ...] = ()  # empty: every category of the type
+    confidential: bool = False  # the grant reaches CONFIDENTIAL events of the type too
+
+    def matches(self, event: dict[str, Any]) -> bool:
+        if event["type"] != self.type or (event["classification"] == "CONFIDENTIAL" and not self.confidential):
+            return False
+        return not self.categories or (event.get("data") or {}).get("category") in self.categories
+
+
+class DepartmentRules(_Frozen):
+    clearance: Classification
+    jurisdiction: Literal["city"] | Area
+    publishes: tuple[str, ...] = ()
+    receives: tuple[ReceiveGrant, ...] = ()
+    personal: dict[str, tuple[str, ...]] = {}  # event type -> personal and free-text fields seen whole ("*": all)
+
+    def inside(self, location: dict[str, Any] | None) -> bool | None:
+        """Whether the location lies in the jurisdiction; None when its place is unknown."""
+        if self.jurisdiction == "city":
+            return True
+        level, name = ("street", self.jurisdiction.street) if self.jurisdiction.street else ("district", self.jurisdiction.district)
+        placed = (location or {}).get(level)
+        return None if placed is None else placed == name
+
+    def sees_whole(self, event_type: str, field_name: str) -> bool:
+        granted = self.personal.get(event_type, ())
+        return ALL_FIELDS in granted or field_name in granted
+
+
+class PolicyDocument(_Frozen):
+    departments: dict[str, DepartmentRules]
+
+
+@dataclass(frozen=True)
+class Delivery:
+    department: str
+    masked: tuple[str, ...]  # personal fields of `data` masked whole for this department
+    scanned: tuple[str, ...] = ()  # free-text fields (of `data`, or `subject`, `location.raw_address`) scanned
+
+    @property
+    def masking(self) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        """What decides this department's copy: departments with the same masking share one."""
+        return self.masked, self.scanned
+
+
+def decide(department: str, rules: DepartmentRules, event: dict[str, Any], event_type: EventType) -> Delivery | None:
+    """May `department` receive `event`, and which of its fields are masked or scanned? (pure)"""
+    dispatched = department in (event.get("targets") or ())
+    if not (dispatched or any(grant.matches(event) for grant in rules.receives)):
+        return None
+    if RANK[event["classification"]] > RANK[rules.clearance]:
+        return None
+    inside = rules.inside(event.get("location"))
+    if inside is False or (inside is None and not dispatched):
+        return None
+    data = event.get("data") or {}
+    masked = tuple(
+        f for f in event_type.personal_fields if data.get(f) not in (None, "", []) and not rules.sees_whole(event_type.name, f)
+    )
+    scanned = tuple(
+        f for f in (*event_type.free_text_fields, *event_type.envelope_free_text) if not rules.sees_whole(event_type.name, f)
+    )
+    return Delivery(department, masked, scanned)
+
+
+def below_floor(event: dict[str, Any], event_type: EventType) -> str | None:
+    """Why an event may not be published at its classification (below its type's default), naming
+    the field; None when it may. Ingest dead-letters such an event, the HTTP gateway answers 403."""
+    if RANK[event["classification"]] < RANK[event_type.classification]:
+        return f"classification: {event['classification']} is below {event_type.classification}, the least a {event_type.name} may carry"
+    return None
+
+
+# ---- the policy as loaded --------------------------------------------------------------------
+
+
+class Policy:
+    """The checked policy of one city, with the catalog it was checked against."""
+
+    def __init__(self, document: PolicyDocument, catalog: EventCatalog):
+        self.document = document
+        self.catalog = catalog
+
+    @property
+    def departments(self) -> KeysView[str]:
+        return self.document.departments.keys()
+
+    def rules(self, department: str) -> DepartmentRules:
+        try:
+            return self.document.departments[department]
+        except KeyError:
+            raise KeyError(f"unknown department {department!r}") from None
+
+    def may_publish(self, department: str, event_type: str) -> bool:
+        rules = self.document.departments.get(department)
+        return rules is not None and event_type in rules.publishes
+
+    def deliveries(self, event: dict[str, Any]) -> list[Delivery]:
+        """Every department that receives `event`, in policy order."""
+        event_type = self.catalog[event["type"]]
+        decided = (decide(d, rules, event, event_type) for d, rules in self.document.departments.items())
+        return [delivery for delivery in decided if delivery is not None]
+
+    def publishers(self, event_type: str) -> list[str]:
+        return [d for d, rules in self.document.departments.items() if event_type in rules.publishes]
+
+    def receivers(self, event_type: EventType) -> dict[str, list[str]]:
+        """Who may receive a type at its default classification: by grant, or when dispatched."""
+        cleared = [d for d, r in self.document.departments.items() if RANK[r.clearance] >= RANK[event_type.classification]]
+        confidential = event_type.classification == "CONFIDENTIAL"
+        granted = [d for d in cleared if any(g.type == event_type.name and (g.confidential or not confidential) for g in self.rules(d).receives)]
+        return {"by_grant": granted, "when_dispatched": cleared}
+
+
