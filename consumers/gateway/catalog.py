@@ -85,14 +85,17 @@ def asyncapi(ctx: BusContext, policy: Policy) -> dict[str, Any]:
     return document
 
 
+UNAUTHORIZED: dict[int | str, dict[str, Any]] = {401: {"description": "No valid token"}}
+
+
 def catalog_router(ctx: BusContext, department_of_caller: Callable[..., str]) -> APIRouter:
     router = APIRouter(tags=["catalog"], dependencies=[Depends(department_of_caller)])
 
-    @router.get("/v1/catalog", summary="Event types, their classification, and who may publish and receive them")
+    @router.get("/v1/catalog", summary="Event types, their classification, and who may publish and receive them", responses=UNAUTHORIZED)
     def get_catalog() -> dict[str, Any]:
         return catalog(ctx, ctx.policy.get())
 
-    @router.get("/v1/asyncapi.json", summary="The AsyncAPI 3.0 document of the bus")
+    @router.get("/v1/asyncapi.json", summary="The AsyncAPI 3.0 document of the bus", responses=UNAUTHORIZED)
     def get_asyncapi() -> dict[str, Any]:
         return asyncapi(ctx, ctx.policy.get())
 
