@@ -6,23 +6,34 @@
 At-least-once: if the handler raises or the process dies, the event is delivered again.
 
 Replay (a department joining late, or recovering): `start=` a datetime reads the feed from the
-records delivered at or after that time, `start=` an offset from that offset; either applies
-to the first assignment only, then the group's committed offsets take over again.
+records delivered at or after that time, `start=` an offset from that offset, `start=` a cursor
+(`FeedEvent.cursor`, or the gateway's) from that position; each applies to the first assignment
+only, then the group's committed offsets take over again.
+
+Resets (consumers/feed_position.py): a feed recreated, or a new embedded broker, would let a
+position from before name other events. The subscriber raises `FeedResetError` instead: at start
+for a cursor of another epoch or an offset beyond the feed's end, and while running when the
+feed's topic id changes (checked before an event is handed out, at most EPOCH_CHECK_S apart).
 """
 
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
+from confluent_kafka.admin import OffsetSpec
 
 from civicbus.audit import read_masked_header
 from civicbus.context import BusContext
-from civicbus.kafka import make_consumer
+from civicbus.kafka import make_admin, make_consumer
+from consumers.feed_position import FeedPosition, FeedResetError, topic_epoch
+
+EPOCH_CHECK_S = 1.0
 
 
 def offsets_at_time(consumer: Consumer, topic: str, partitions: list[int], since_ms: int) -> dict[int, int]:
@@ -48,6 +59,12 @@ class FeedEvent:
     partition: int
     offset: int
     headers: dict[str, bytes]
+    epoch: str  # the feed's topic id when this event was read
+
+    @property
+    def cursor(self) -> str:
+        """The position after this event, for `start=` (or the gateway's `cursor=`) to resume from."""
+        return str(FeedPosition({self.partition: self.offset + 1}, self.epoch))
 
     @property
     def id(self) -> str:
@@ -70,15 +87,26 @@ class FeedSubscriber:
         department: str,
         group_id: str | None = None,
         poll_timeout_s: float = 0.5,
-        start: datetime | int | None = None,
+        start: datetime | int | str | None = None,
     ):
         ctx.city.department(department)  # KeyError for an unknown department
         self.ctx = ctx
         self.department = department
         self.topic = ctx.topology.feed(department)
         self.poll_timeout_s = poll_timeout_s
-        self._start = start
+        self._admin = make_admin(ctx.bootstrap)
+        self.epoch = topic_epoch(self._admin, self.topic)
+        self._checked_at = time.monotonic()
+        if isinstance(start, str):  # ValueError for text that is no cursor
+            position = FeedPosition.parse(start)
+            position.check_epoch(self.epoch, self.topic)
+            start = position
         self._since_ms = int(start.timestamp() * 1000) if isinstance(start, datetime) else None
+        if isinstance(start, int):
+            start = FeedPosition({p: start for p in self._ends()})
+        if isinstance(start, FeedPosition) and start.epoch is None:  # with an epoch, the epoch told
+            start.check_within(self._ends(), self.topic)
+        self._start: datetime | FeedPosition | None = start
         group = group_id or ctx.topology.department_group_prefix(department) + "subscriber"
         self._consumer = make_consumer(ctx.settings, ctx.bootstrap, group)
         self._consumer.subscribe([self.topic], on_assign=self._on_assign)
@@ -90,9 +118,25 @@ class FeedSubscriber:
         if self._since_ms is not None:
             offsets = offsets_at_time(consumer, self.topic, [tp.partition for tp in partitions], self._since_ms)
         else:
-            offsets = {tp.partition: self._start for tp in partitions}
+            offsets = {tp.partition: self._start.positions.get(tp.partition, 0) for tp in partitions}
         self._start = None
         consumer.assign([TopicPartition(self.topic, p, o) for p, o in offsets.items()])
+
+    def _ends(self) -> dict[int, int]:
+        partitions = self._admin.list_topics(self.topic, timeout=10).topics[self.topic].partitions
+        futures = self._admin.list_offsets({TopicPartition(self.topic, p): OffsetSpec.latest() for p in partitions}, request_timeout=10)
+        return {tp.partition: f.result().offset for tp, f in futures.items()}
+
+    def _check_epoch(self) -> None:
+        """FeedResetError when the feed is no longer the topic this subscriber started on."""
+        if time.monotonic() - self._checked_at < EPOCH_CHECK_S:
+            return
+        try:
+            current = topic_epoch(self._admin, self.topic)
+        except KafkaException:
+            return  # the broker is away: nothing is read either; checked again when it answers
+        self._checked_at = time.monotonic()
+        FeedPosition({}, self.epoch).check_epoch(current, self.topic)
 
     def _decode(self, message: Message) -> FeedEvent:
         return FeedEvent(
@@ -100,10 +144,12 @@ class FeedSubscriber:
             message.partition(),
             message.offset(),
             dict(message.headers() or []),
+            self.epoch,
         )
 
     def poll(self) -> tuple[FeedEvent, Message] | None:
         message = self._consumer.poll(self.poll_timeout_s)
+        self._check_epoch()
         if message is None:
             return None
         if message.error():

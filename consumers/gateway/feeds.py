@@ -50,6 +50,7 @@ log = logging.getLogger(__name__)
 # An answer with nothing new still waits this long for the first fetch after a seek: the
 # embedded broker understates the high watermark, so "nothing new" cannot be known sooner.
 MIN_FETCH_S = 0.5
+FIRST_FETCH_S = 5.0
 POLL_STEP_S = 0.02
 MAX_LIMIT = 1000
 MAX_WAIT_S = 60.0
@@ -181,24 +182,30 @@ class _TopicReader:
     consumer: Consumer
     positions: dict[int, int] = field(default_factory=dict)
     idle_since: float = 0.0
+    fetched: bool = False
 
     def seek(self, positions: dict[int, int]) -> None:
         if positions != self.positions:
+            self.fetched = False  # a new assignment fetches afresh
             self.consumer.assign([TopicPartition(self.feed.topic, p, o) for p, o in positions.items()])
             self.positions = dict(positions)
         self.consumer.resume([TopicPartition(self.feed.topic, p) for p in positions])  # pause outlives assign
 
     async def fetch(self, limit: int, since_ms: int | None) -> list[tuple[Message, str]]:
         """Up to `limit` records, each with the cursor after it; takes what the consumer prefetched
-        without blocking, for at most MIN_FETCH_S when nothing comes."""
+        without blocking, until each partition's end (partition EOF) or for at most MIN_FETCH_S
+        (FIRST_FETCH_S for a new consumer, which connects first) when nothing comes."""
         got: list[tuple[Message, str]] = []
-        deadline = time.monotonic() + MIN_FETCH_S
-        while len(got) < limit and time.monotonic() < deadline:
+        not_at_end = set(self.positions)
+        deadline = time.monotonic() + (MIN_FETCH_S if self.fetched else FIRST_FETCH_S)
+        self.fetched = True
+        while len(got) < limit and not_at_end and time.monotonic() < deadline:
             batch = self.consumer.consume(limit - len(got), 0)
             for message in batch:
                 if message.error():
                     if message.error().code() != KafkaError._PARTITION_EOF:
                         raise KafkaException(message.error())
+                    not_at_end.discard(message.partition())
                     continue
                 self.positions[message.partition()] = message.offset() + 1
                 if not delivered_before(message, since_ms):
@@ -233,7 +240,7 @@ class FeedReader:
             self._close(reader)
         if pool:
             return pool.pop()
-        config = consumer_config(self.ctx.settings, self.ctx.bootstrap, "civicbus-gateway-reader", **{"fetch.wait.max.ms": 100})
+        config = consumer_config(self.ctx.settings, self.ctx.bootstrap, "civicbus-gateway-reader", **{"fetch.wait.max.ms": 100, "enable.partition.eof": True})
         self.open_readers += 1
         return _TopicReader(feed, Consumer(config))  # assigned, never subscribed: no group join
 
