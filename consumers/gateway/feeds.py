@@ -57,7 +57,7 @@ MAX_WAIT_S = 60.0
 STREAM_WAIT_S = 2.0  # a stream re-checks its token this often: a revoked one ends it within 5 s
 STREAM_PAGE = 200
 WATCH_INTERVAL_S = 0.2
-IDLE_READERS_PER_FEED = 2
+READERS_PER_FEED = 2  # consumers of one feed at once; more requests take turns (none waits holding one)
 IDLE_CLOSE_S = 60.0
 EARLIEST_MS = 0  # since= before 1970 names no record a broker can hold
 
@@ -121,13 +121,14 @@ class FeedAdmin:
 
 
 class FeedWatch:
-    """Wakes long-polls when a feed's end moves; one ListOffsets request a tick for all of them."""
+    """Wakes long-polls when a feed's end moves: one ListOffsets request a tick for every awaited
+    feed, and a waiter wakes only when its feed changed, so idle long-polls cost nothing."""
 
     def __init__(self, admin: FeedAdmin):
         self.admin = admin
         self._waiting: dict[str, tuple[tuple[int, ...], int]] = {}  # topic -> (partitions, waiters)
         self._ends: dict[str, dict[int, int]] = {}
-        self._tick = asyncio.Event()
+        self._moved: dict[str, asyncio.Event] = {}
         self._task: asyncio.Task | None = None
 
     async def moved(self, feed: FeedState, seen: dict[int, int], timeout_s: float) -> bool:
@@ -146,7 +147,7 @@ class FeedWatch:
                 if remaining <= 0:
                     return False
                 try:
-                    await asyncio.wait_for(self._tick.wait(), remaining)
+                    await asyncio.wait_for(self._moved.setdefault(feed.topic, asyncio.Event()).wait(), remaining)
                 except TimeoutError:
                     return False
         finally:
@@ -160,11 +161,16 @@ class FeedWatch:
     async def _watch(self) -> None:
         while self._waiting:
             try:
-                self._ends.update(await self.admin.ends({t: ps for t, (ps, _) in self._waiting.items()}))
+                found = await self.admin.ends({t: ps for t, (ps, _) in self._waiting.items()})
             except KafkaException as e:
                 log.warning("feed watch: the broker did not answer: %s", e)
-            tick, self._tick = self._tick, asyncio.Event()
-            tick.set()
+                found = {}
+            for topic, ends in found.items():
+                if self._ends.get(topic) != ends:
+                    self._ends[topic] = ends
+                    moved = self._moved.pop(topic, None)
+                    if moved is not None:
+                        moved.set()
             await asyncio.sleep(WATCH_INTERVAL_S)
 
     async def stop(self) -> None:
@@ -222,14 +228,16 @@ class _TopicReader:
 
 
 class FeedReader:
-    """Reads feeds for the gateway. Consumers are pooled per feed incarnation (a few idle ones kept,
-    paused, closed after IDLE_CLOSE_S unused or when their feed was reset) and all closed at stop."""
+    """Reads feeds for the gateway. At most READERS_PER_FEED consumers per feed, pooled (kept paused
+    between requests, closed after IDLE_CLOSE_S unused or when their feed was reset), all closed at
+    stop; a long-poll holds none while it waits."""
 
     def __init__(self, ctx: BusContext):
         self.ctx = ctx
         self.admin = FeedAdmin(ctx)
         self.watch = FeedWatch(self.admin)
         self._idle: dict[str, list[_TopicReader]] = {}
+        self._turns: dict[str, asyncio.Semaphore] = {}
         self.open_readers = 0
 
     def _borrow(self, feed: FeedState) -> _TopicReader:
@@ -246,7 +254,7 @@ class FeedReader:
 
     def _give_back(self, reader: _TopicReader) -> None:
         pool = self._idle.setdefault(reader.feed.topic, [])
-        if len(pool) >= IDLE_READERS_PER_FEED:
+        if len(pool) >= READERS_PER_FEED:
             self._close(reader)
             return
         reader.pause()
@@ -300,14 +308,15 @@ class FeedReader:
         return FeedPage(items, FeedPosition(positions, feed.epoch))
 
     async def _fetch(self, feed: FeedState, positions: dict[int, int], limit: int, since_ms: int | None) -> tuple[list[tuple[Message, str]], dict[int, int]]:
-        reader = self._borrow(feed)
-        try:
-            reader.seek(positions)
-            fetched = await reader.fetch(limit, since_ms)
-        except BaseException:
-            self._close(reader)  # its position is unknown now
-            raise
-        self._give_back(reader)
+        async with self._turns.setdefault(feed.topic, asyncio.Semaphore(READERS_PER_FEED)):
+            reader = self._borrow(feed)
+            try:
+                reader.seek(positions)
+                fetched = await reader.fetch(limit, since_ms)
+            except BaseException:
+                self._close(reader)  # its position is unknown now
+                raise
+            self._give_back(reader)
         return fetched, dict(reader.positions)
 
     def _item(self, fetched: tuple[Message, str]) -> FeedItem | None:

@@ -12,6 +12,7 @@ import pytest
 from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from prometheus_client import CollectorRegistry, generate_latest
 
 from confluent_kafka.admin import AdminClient
 from typer.testing import CliRunner
@@ -20,12 +21,13 @@ from civicbus.audit import AuditRecord, masked_header
 from civicbus.broker import EmbeddedBroker
 from civicbus.cli import app as cli
 from civicbus.kafka import make_producer
+from civicbus.lag.exporter import build_exporter
 from civicbus.tokens import TokenStore
 from civicbus.topology import AUDIT
 from consumers.feed_position import FeedPosition
 from consumers.gateway.app import MAX_BODY_BYTES, create_app
 from consumers.subscriber import FeedSubscriber
-from tests.support import case_report, headers_of, read_topic
+from tests.support import case_report, headers_of, read_topic, wait_for
 
 
 @pytest.fixture
@@ -268,3 +270,19 @@ def test_acl_apply_refuses_the_embedded_broker_before_sending_anything():
         result = CliRunner().invoke(cli, ["acl", "apply"], env={"CIVICBUS_BOOTSTRAP": broker.bootstrap})
         assert result.exit_code == 1 and "has no ACLs: nothing applied" in result.output
         assert AdminClient({"bootstrap.servers": broker.bootstrap}).list_topics(timeout=5).brokers  # still answering
+
+
+def test_http_readers_lag_shows_in_the_exporter_under_the_departments_gateway_group(bus, gateway):
+    for _ in range(5):
+        seed_feed(bus, "citymgmt", 1)  # one record per batch: the embedded broker's end is exact then
+    page = gateway.get("/v1/feeds/citymgmt/events", params={"limit": 3}, headers=bearer(bus, "citymgmt")).json()
+    assert len(page["events"]) == 3
+    exporter = build_exporter(bus.settings, bus.bootstrap, window=2)
+    group, topic = bus.topology.department_group_prefix("citymgmt") + "gateway", bus.topology.feed("citymgmt")
+    wait_for(lambda: exporter.poll().group(group) is not None, 10, "the gateway's commit")
+    registry = CollectorRegistry()
+    registry.register(exporter)
+    text = generate_latest(registry).decode()
+    assert f'kafka_consumergroup_group_lag{{group="{group}",partition="0",topic="{topic}"}} 2.0' in text
+    gateway.get("/v1/feeds/citymgmt/events", params={"cursor": page["cursor"]}, headers=bearer(bus, "citymgmt"))
+    wait_for(lambda: exporter.poll().group(group).sum_lag == 0, 10, "the lag to reach 0 once read to the end")
