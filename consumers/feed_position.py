@@ -65,7 +65,10 @@ class FeedPosition:
             )
 
     def check_within(self, ends: dict[int, int], topic: str) -> None:
-        """A position beyond the feed's end can only come from a feed that was reset."""
+        """A position beyond the feed's end can only come from a feed that was reset.
+
+        `ends` as the broker reports them; the embedded broker reports the base offset of the last
+        record batch + 1 (DESIGN.md), exact for feeds, which the fan-out writes in transactions."""
         beyond = {p: o for p, o in self.positions.items() if p in ends and o > ends[p]}
         if beyond:
             shown = ", ".join(f"partition {p} offset {o} > end {ends[p]}" for p, o in sorted(beyond.items()))
