@@ -96,6 +96,8 @@ def plan(topology: Topology) -> list[Binding]:
     gateway = "User:civicbus-gateway"  # publishes and reads on behalf of the department its token names
     bindings += _writes(gateway, t.name(IN_PREFIX), "PREFIXED") + _reads(gateway, "topic", t.name(FEED_PREFIX), "PREFIXED")
     bindings += _writes(gateway, t.name(AUDIT)) + [Binding(gateway, READ, "group", t.group("civicbus-gateway"), "PREFIXED")]
+    # it commits each department's HTTP read position to dept.<id>.gateway, so the lag exporter sees it
+    bindings += [Binding(gateway, READ, "group", t.department_group_prefix(d) + "gateway") for d in t.departments]
     operator = "User:civicbus-operator"  # lag exporter, `topics apply`, `reference load`
     bindings += [Binding(operator, DESCRIBE, "topic", t.name("civic."), "PREFIXED"), Binding(operator, DESCRIBE, "group", t.group(""), "PREFIXED")]
     bindings += [Binding(operator, CREATE, "cluster", "kafka-cluster"), Binding(operator, "DESCRIBE_CONFIGS", "topic", t.name("civic."), "PREFIXED")]
