@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
-from confluent_kafka import Consumer, ConsumerGroupTopicPartitions, KafkaError, KafkaException, Message, TopicCollection, TopicPartition
+from confluent_kafka import Consumer, ConsumerGroupTopicPartitions, IsolationLevel, KafkaError, KafkaException, Message, TopicCollection, TopicPartition
 from confluent_kafka.admin import OffsetSpec
 from fastapi import APIRouter, Depends, Header, HTTPException, Query
 from fastapi.responses import Response
@@ -60,6 +60,9 @@ WATCH_INTERVAL_S = 0.2
 READERS_PER_FEED = 2  # consumers of one feed at once; more requests take turns (none waits holding one)
 IDLE_CLOSE_S = 60.0
 EARLIEST_MS = 0  # since= before 1970 names no record a broker can hold
+
+
+READ_COMMITTED = {"isolation_level": IsolationLevel.READ_COMMITTED, "request_timeout": 10}
 
 
 async def _result(future: Future) -> Any:
@@ -102,14 +105,15 @@ class FeedAdmin:
         return FeedState(topic, epoch_of(description), tuple(sorted(p.id for p in description.partitions)))
 
     async def offsets(self, topic: str, partitions: tuple[int, ...], spec: OffsetSpec) -> dict[int, int]:
-        futures = self.admin.list_offsets({TopicPartition(topic, p): spec for p in partitions}, request_timeout=10)
+        futures = self.admin.list_offsets({TopicPartition(topic, p): spec for p in partitions}, **READ_COMMITTED)
         return {tp.partition: (await _result(f)).offset for tp, f in futures.items()}
 
     async def ends(self, feeds: dict[str, tuple[int, ...]]) -> dict[str, dict[int, int]]:
-        """End offsets of several feeds in one request."""
+        """End offsets of several feeds in one request (read_committed: an open transaction's end is
+        not yet readable)."""
         if not feeds:
             return {}
-        futures = self.admin.list_offsets({TopicPartition(t, p): OffsetSpec.latest() for t, ps in feeds.items() for p in ps}, request_timeout=10)
+        futures = self.admin.list_offsets({TopicPartition(t, p): OffsetSpec.latest() for t, ps in feeds.items() for p in ps}, **READ_COMMITTED)
         found: dict[str, dict[int, int]] = {}
         for tp, f in futures.items():
             found.setdefault(tp.topic, {})[tp.partition] = (await _result(f)).offset
@@ -121,8 +125,10 @@ class FeedAdmin:
 
 
 class FeedWatch:
-    """Wakes long-polls when a feed's end moves: one ListOffsets request a tick for every awaited
-    feed, and a waiter wakes only when its feed changed, so idle long-polls cost nothing."""
+    """Wakes long-polls when a feed's end moves past their position: one ListOffsets request a tick
+    for every awaited feed, and a waiter wakes only when its feed changed, so idle ones cost nothing.
+    A reader's position counts the partition EOF it reached (past transaction markers), so "end
+    beyond position" means records to read, not a marker."""
 
     def __init__(self, admin: FeedAdmin):
         self.admin = admin
@@ -131,8 +137,8 @@ class FeedWatch:
         self._moved: dict[str, asyncio.Event] = {}
         self._task: asyncio.Task | None = None
 
-    async def moved(self, feed: FeedState, seen: dict[int, int], timeout_s: float) -> bool:
-        """Wait until the feed's end differs from `seen` (True) or `timeout_s` passed (False)."""
+    async def moved(self, feed: FeedState, positions: dict[int, int], timeout_s: float) -> bool:
+        """Wait until the feed's end lies beyond `positions` (True) or `timeout_s` passed (False)."""
         partitions, count = self._waiting.get(feed.topic, (feed.partitions, 0))
         self._waiting[feed.topic] = (partitions, count + 1)
         if self._task is None or self._task.done():
@@ -140,8 +146,8 @@ class FeedWatch:
         deadline = time.monotonic() + timeout_s
         try:
             while True:
-                ends = self._ends.get(feed.topic)
-                if ends is not None and ends != seen:
+                ends = self._ends.get(feed.topic, {})
+                if any(end > positions.get(p, 0) for p, end in ends.items()):
                     return True
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
@@ -181,38 +187,36 @@ class FeedWatch:
 
 @dataclass
 class _TopicReader:
-    """One consumer assigned to one feed incarnation. It keeps its position, so the next page of a
-    client reading on continues from records already fetched; paused while in the pool."""
+    """One consumer of one feed incarnation, assigned only while it serves a request (an idle
+    assigned consumer would keep fetching)."""
 
     feed: FeedState
     consumer: Consumer
     positions: dict[int, int] = field(default_factory=dict)
     idle_since: float = 0.0
-    fetched: bool = False
+    connected: bool = False
 
     def seek(self, positions: dict[int, int]) -> None:
-        if positions != self.positions:
-            self.fetched = False  # a new assignment fetches afresh
-            self.consumer.assign([TopicPartition(self.feed.topic, p, o) for p, o in positions.items()])
-            self.positions = dict(positions)
-        self.consumer.resume([TopicPartition(self.feed.topic, p) for p in positions])  # pause outlives assign
+        self.consumer.assign([TopicPartition(self.feed.topic, p, o) for p, o in positions.items()])
+        self.positions = dict(positions)
 
     async def fetch(self, limit: int, since_ms: int | None) -> list[tuple[Message, str]]:
-        """Up to `limit` records, each with the cursor after it; takes what the consumer prefetched
+        """Up to `limit` records, each with the cursor after it; takes what the consumer fetched
         without blocking, until each partition's end (partition EOF) or for at most MIN_FETCH_S
         (FIRST_FETCH_S for a new consumer, which connects first) when nothing comes."""
         got: list[tuple[Message, str]] = []
         not_at_end = set(self.positions)
-        deadline = time.monotonic() + (MIN_FETCH_S if self.fetched else FIRST_FETCH_S)
-        self.fetched = True
+        deadline = time.monotonic() + (MIN_FETCH_S if self.connected else FIRST_FETCH_S)
         while len(got) < limit and not_at_end and time.monotonic() < deadline:
             batch = self.consumer.consume(limit - len(got), 0)
             for message in batch:
                 if message.error():
                     if message.error().code() != KafkaError._PARTITION_EOF:
                         raise KafkaException(message.error())
-                    not_at_end.discard(message.partition())
+                    not_at_end.discard(message.partition())  # the end, past any transaction marker:
+                    self.positions[message.partition()] = max(self.positions[message.partition()], message.offset())
                     continue
+                self.connected = True
                 self.positions[message.partition()] = message.offset() + 1
                 if not delivered_before(message, since_ms):
                     got.append((message, str(FeedPosition(self.positions, self.feed.epoch))))
@@ -220,15 +224,16 @@ class _TopicReader:
                 break  # what was there has been read; do not wait for more
             if not batch:
                 await asyncio.sleep(POLL_STEP_S)
+        self.connected = self.connected or not not_at_end
         return got
 
-    def pause(self) -> None:
-        self.consumer.pause([TopicPartition(self.feed.topic, p) for p in self.positions])
+    def release(self) -> None:
+        self.consumer.unassign()
         self.idle_since = time.monotonic()
 
 
 class FeedReader:
-    """Reads feeds for the gateway. At most READERS_PER_FEED consumers per feed, pooled (kept paused
+    """Reads feeds for the gateway. At most READERS_PER_FEED consumers per feed, pooled (unassigned
     between requests, closed after IDLE_CLOSE_S unused or when their feed was reset), all closed at
     stop; a long-poll holds none while it waits."""
 
@@ -257,7 +262,7 @@ class FeedReader:
         if len(pool) >= READERS_PER_FEED:
             self._close(reader)
             return
-        reader.pause()
+        reader.release()
         pool.append(reader)
 
     def _close(self, reader: _TopicReader) -> None:
@@ -295,12 +300,11 @@ class FeedReader:
         positions = await self._start(feed, position, since_ms)
         deadline = time.monotonic() + wait_s
         while True:
-            seen = await self.admin.ends({topic: feed.partitions}) if wait_s > 0 else {}
             fetched, positions = await self._fetch(feed, positions, limit, since_ms)
             remaining = deadline - time.monotonic()
             if fetched or remaining <= 0:
                 break
-            if await self.watch.moved(feed, seen.get(topic, {}), remaining):
+            if await self.watch.moved(feed, positions, remaining):
                 now = await self.admin.state(topic)
                 if now.epoch != feed.epoch:
                     FeedPosition(positions, feed.epoch).check_epoch(now.epoch, topic)
