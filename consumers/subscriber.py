@@ -31,7 +31,7 @@ from confluent_kafka.admin import OffsetSpec
 from civicbus.audit import read_masked_header
 from civicbus.context import BusContext
 from civicbus.kafka import make_admin, make_consumer
-from consumers.feed_position import FeedPosition, FeedResetError, topic_epoch
+from consumers.feed_position import FeedPosition, FeedResetError, topic_epoch  # FeedResetError: what the SDK raises
 
 EPOCH_CHECK_S = 1.0
 

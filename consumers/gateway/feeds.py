@@ -246,11 +246,12 @@ class FeedReader:
         self.open_readers = 0
 
     def _borrow(self, feed: FeedState) -> _TopicReader:
+        now = time.monotonic()
+        for topic, pool in self._idle.items():  # every feed's: a feed nobody reads keeps no consumer
+            for reader in [r for r in pool if now - r.idle_since > IDLE_CLOSE_S or (topic == feed.topic and r.feed.epoch != feed.epoch)]:
+                pool.remove(reader)
+                self._close(reader)
         pool = self._idle.setdefault(feed.topic, [])
-        stale = [r for r in pool if r.feed.epoch != feed.epoch or time.monotonic() - r.idle_since > IDLE_CLOSE_S]
-        for reader in stale:
-            pool.remove(reader)
-            self._close(reader)
         if pool:
             return pool.pop()
         config = consumer_config(self.ctx.settings, self.ctx.bootstrap, "civicbus-gateway-reader", **{"fetch.wait.max.ms": 100, "enable.partition.eof": True})
