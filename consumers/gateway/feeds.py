@@ -358,6 +358,7 @@ class FeedAccess:
     ctx: BusContext
     reader: Callable[[], FeedReader]
     producer: Callable[[], AsyncProducer]
+    last_committed: dict[str, dict[int, int]] = field(default_factory=dict)
 
     async def audited(self, department: str, items: list[FeedItem]) -> None:
         """Record every event handed out; raises (and nothing is handed out) unless all acknowledged."""
@@ -366,10 +367,14 @@ class FeedAccess:
         await asyncio.gather(*(self.producer().send(topic, r.encode(), r.event_id.encode()) for r in records))
 
     async def committed(self, department: str, page: FeedPage) -> None:
-        """The department's read position, for the lag exporter; a failed commit fails no page."""
+        """The department's read position, for the lag exporter, when it moved (also past a
+        transaction marker on an empty page, or lag would never read 0); a failed commit fails no page."""
+        if self.last_committed.get(department) == page.position.positions:
+            return
         group = self.ctx.topology.department_group_prefix(department) + "gateway"
         try:
             await self.reader().admin.commit(group, self.ctx.topology.feed(department), page.position.positions)
+            self.last_committed[department] = page.position.positions
         except KafkaException as e:
             log.warning("could not commit %s's read position to %s: %s", department, group, _broker_message(e))
 
@@ -389,8 +394,7 @@ class FeedAccess:
             await self.audited(department, page.items)
         except KafkaException as e:
             raise HTTPException(503, f"the audit record was not acknowledged, so nothing is delivered: {_broker_message(e)}") from None
-        if page.items:
-            await self.committed(department, page)
+        await self.committed(department, page)
         return page
 
 
