@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
 
-.PHONY: install run test test-fast bench clean prometheus
+.PHONY: install run test test-fast bench clean prometheus asyncapi-parser
 
 install: $(STAMP)
 
@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml
 run: install
 	$(BIN)/civicbus up --simulate 20
 
-test: install prometheus
+test: install prometheus asyncapi-parser
 	$(BIN)/python -m pytest -p no:cacheprovider -q
 
 # promtool and the Prometheus server (Debian package `prometheus`): the alerting-rule unit tests
@@ -30,6 +30,19 @@ prometheus:
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends prometheus; }
+
+# The official AsyncAPI parser (npm, version pinned by tests/asyncapi/package-lock.json): the
+# gateway's /v1/asyncapi.json is checked with it. node and npm come from Debian when missing.
+ASYNCAPI := tests/asyncapi
+asyncapi-parser: $(ASYNCAPI)/node_modules/.package-lock.json
+
+$(ASYNCAPI)/node_modules/.package-lock.json: $(ASYNCAPI)/package-lock.json
+	@command -v npm >/dev/null || { \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends nodejs npm; }
+	npm ci --prefix $(ASYNCAPI) --no-audit --no-fund --loglevel=error
+	touch $@
 
 bench: install
 	$(BIN)/python -m benchmarks all

@@ -33,7 +33,7 @@ from civicbus.registry import lock_schemas
 from civicbus.schemas import EventCatalog
 from civicbus.settings import Settings
 from civicbus.topology import DIST_EVENTS, DLQ, PIPE_CASES, Topology
-from civicbus.wire import published_at_header, read_published_ms
+from civicbus.wire import read_published_ms
 from producers.simulator import CityTraffic
 from producers.sdk import Publisher
 

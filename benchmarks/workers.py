@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from benchmarks.harness import Arrivals, Workload, bench_bus, produce
+from benchmarks.harness import Arrivals, Workload, bench_bus
 from benchmarks.report import median, write_result
 from benchmarks.throughput import through
 

@@ -99,6 +99,8 @@ def plan(topology: Topology) -> list[Binding]:
     bindings += _writes(gateway, t.name(AUDIT)) + [Binding(gateway, READ, "group", t.group("civicbus-gateway"), "PREFIXED")]
     # audit writers take up their chain from the log's end; `audit verify` reads all of it (civicbus.audit)
     bindings += _reads(fanout, "topic", t.name(AUDIT)) + _reads(gateway, "topic", t.name(AUDIT))
+    # it commits each department's HTTP read position to dept.<id>.gateway, so the lag exporter sees it
+    bindings += [Binding(gateway, READ, "group", t.department_group_prefix(d) + "gateway") for d in t.departments]
     operator = "User:civicbus-operator"  # lag exporter, `topics apply`, `reference load`
     bindings += [Binding(operator, DESCRIBE, "topic", t.name("civic."), "PREFIXED"), Binding(operator, DESCRIBE, "group", t.group(""), "PREFIXED")]
     bindings += [Binding(operator, CREATE, "cluster", "kafka-cluster"), Binding(operator, "DESCRIBE_CONFIGS", "topic", t.name("civic."), "PREFIXED")]

@@ -9,28 +9,39 @@ that takes the stack's key, so a department system without the state folder pass
 `verify=False` and relies on Kafka's ACLs, which let only the fan-out write feeds.
 
 Replay (a department joining late, or recovering): `start=` a datetime reads the feed from the
-records delivered at or after that time, `start=` an offset from that offset; either applies
-to the first assignment only, then the group's committed offsets take over again.
+records delivered at or after that time, `start=` an offset from that offset, `start=` a cursor
+(`FeedEvent.cursor`, or the gateway's) from that position; each applies to the first assignment
+only, then the group's committed offsets take over again.
+
+Resets (consumers/feed_position.py): a feed recreated, or a new embedded broker, would let a
+position from before name other events. The subscriber raises `FeedResetError` instead: at start
+for a cursor of another epoch or an offset beyond the feed's end, and while running when the
+feed's topic id changes (checked before an event is handed out, at most EPOCH_CHECK_S apart).
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, KafkaError, KafkaException, Message, TopicPartition
+from confluent_kafka.admin import OffsetSpec
 
 from civicbus.context import BusContext
-from civicbus.kafka import make_consumer
+from civicbus.kafka import make_admin, make_consumer
 from civicbus.metrics import FORGED_SKIPPED
 from civicbus.signing import RecordSigner
 from civicbus.wire import read_masked
+from consumers.feed_position import FeedPosition, FeedResetError, topic_epoch  # noqa: F401  (FeedResetError: what the SDK raises)
 
 log = logging.getLogger(__name__)
+
+EPOCH_CHECK_S = 1.0
 
 
 def offsets_at_time(consumer: Consumer, topic: str, partitions: list[int], since_ms: int) -> dict[int, int]:
@@ -56,6 +67,12 @@ class FeedEvent:
     partition: int
     offset: int
     headers: dict[str, bytes]
+    epoch: str  # the feed's topic id when this event was read
+
+    @property
+    def cursor(self) -> str:
+        """The position after this event, for `start=` (or the gateway's `cursor=`) to resume from."""
+        return str(FeedPosition({self.partition: self.offset + 1}, self.epoch))
 
     @property
     def id(self) -> str:
@@ -84,6 +101,7 @@ class FeedReader:
         self.ctx = ctx
         self._signer = RecordSigner.of_stack(ctx.settings) if verify else None
         self.topic = ctx.topology.feed(department)
+        self.epoch = topic_epoch(make_admin(ctx.bootstrap), self.topic)
         self.poll_timeout_s = poll_timeout_s
         # librdkafka wants a group.id even for a consumer that never joins or commits
         self._consumer = make_consumer(ctx.settings, ctx.bootstrap, f"civicbus-reader-{department}")
@@ -97,7 +115,7 @@ class FeedReader:
         self._consumer.assign([TopicPartition(self.topic, p, o) for p, o in offsets.items()])
 
     def poll(self) -> tuple[FeedEvent, Message] | None:
-        return _next_event(self.ctx, self._consumer, self.poll_timeout_s, self._since_ms, self._signer)
+        return _next_event(self.ctx, self._consumer, self.poll_timeout_s, self._since_ms, self._signer, self.epoch)
 
     def close(self) -> None:
         self._consumer.close()
@@ -110,7 +128,7 @@ class FeedReader:
 
 
 def _next_event(ctx: BusContext, consumer: Consumer, timeout_s: float, since_ms: int | None,
-                signer: RecordSigner | None) -> tuple[FeedEvent, Message] | None:
+                signer: RecordSigner | None, epoch: str) -> tuple[FeedEvent, Message] | None:
     """The next feed event, or None: nothing fetched, the end of a partition, a record from before
     `since_ms`, or a record without this stack's signature (skipped and counted, never handed on)."""
     message = consumer.poll(timeout_s)
@@ -127,7 +145,7 @@ def _next_event(ctx: BusContext, consumer: Consumer, timeout_s: float, since_ms:
         log.error("forged record %s[%d]@%d skipped: no valid signature", message.topic(), message.partition(), message.offset())
         return None
     event = ctx.serde.decode(message.value(), message.topic())
-    return FeedEvent(event, message.partition(), message.offset(), dict(message.headers() or [])), message
+    return FeedEvent(event, message.partition(), message.offset(), dict(message.headers() or []), epoch), message
 
 
 class FeedSubscriber:
@@ -137,7 +155,7 @@ class FeedSubscriber:
         department: str,
         group_id: str | None = None,
         poll_timeout_s: float = 0.5,
-        start: datetime | int | None = None,
+        start: datetime | int | str | None = None,
         verify: bool = True,
     ):
         ctx.city.department(department)  # KeyError for an unknown department
@@ -145,9 +163,20 @@ class FeedSubscriber:
         self.department = department
         self.topic = ctx.topology.feed(department)
         self.poll_timeout_s = poll_timeout_s
-        self._start = start
+        self._admin = make_admin(ctx.bootstrap)
+        self.epoch = topic_epoch(self._admin, self.topic)
+        self._checked_at = time.monotonic()
+        if isinstance(start, str):  # ValueError for text that is no cursor
+            position = FeedPosition.parse(start)
+            position.check_epoch(self.epoch, self.topic)
+            start = position
         self._since_ms = int(start.timestamp() * 1000) if isinstance(start, datetime) else None
         self._signer = RecordSigner.of_stack(ctx.settings) if verify else None
+        if isinstance(start, int):
+            start = FeedPosition({p: start for p in self._ends()})
+        if isinstance(start, FeedPosition) and start.epoch is None:  # with an epoch, the epoch told
+            start.check_within(self._ends(), self.topic)
+        self._start: datetime | FeedPosition | None = start
         group = group_id or ctx.topology.department_group_prefix(department) + "subscriber"
         self._consumer = make_consumer(ctx.settings, ctx.bootstrap, group)
         self._consumer.subscribe([self.topic], on_assign=self._on_assign)
@@ -159,12 +188,30 @@ class FeedSubscriber:
         if self._since_ms is not None:
             offsets = offsets_at_time(consumer, self.topic, [tp.partition for tp in partitions], self._since_ms)
         else:
-            offsets = {tp.partition: self._start for tp in partitions}
+            offsets = {tp.partition: self._start.positions.get(tp.partition, 0) for tp in partitions}
         self._start = None
         consumer.assign([TopicPartition(self.topic, p, o) for p, o in offsets.items()])
 
+    def _ends(self) -> dict[int, int]:
+        partitions = self._admin.list_topics(self.topic, timeout=10).topics[self.topic].partitions
+        futures = self._admin.list_offsets({TopicPartition(self.topic, p): OffsetSpec.latest() for p in partitions}, request_timeout=10)
+        return {tp.partition: f.result().offset for tp, f in futures.items()}
+
+    def _check_epoch(self) -> None:
+        """FeedResetError when the feed is no longer the topic this subscriber started on."""
+        if time.monotonic() - self._checked_at < EPOCH_CHECK_S:
+            return
+        try:
+            current = topic_epoch(self._admin, self.topic)
+        except KafkaException:
+            return  # the broker is away: nothing is read either; checked again when it answers
+        self._checked_at = time.monotonic()
+        FeedPosition({}, self.epoch).check_epoch(current, self.topic)
+
     def poll(self) -> tuple[FeedEvent, Message] | None:
-        return _next_event(self.ctx, self._consumer, self.poll_timeout_s, self._since_ms, self._signer)
+        polled = _next_event(self.ctx, self._consumer, self.poll_timeout_s, self._since_ms, self._signer, self.epoch)
+        self._check_epoch()
+        return polled
 
     def commit(self, message: Message) -> None:
         self._consumer.commit(offsets=[TopicPartition(message.topic(), message.partition(), message.offset() + 1)], asynchronous=False)

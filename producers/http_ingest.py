@@ -9,6 +9,7 @@ department is always the token's; a body naming another source is refused (403).
 from __future__ import annotations
 
 from collections.abc import Callable
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from confluent_kafka import KafkaException
@@ -18,6 +19,7 @@ from pydantic import BaseModel
 from civicbus.context import BusContext
 from civicbus.kafka import AsyncProducer
 from civicbus.schemas import EventValidationError
+from civicbus.serde import MAX_EVENT_BYTES
 from producers.sdk import complete_event
 
 
@@ -45,6 +47,40 @@ EXAMPLE = {
 }
 
 
+# An event's time must lie within what a feed still holds and no further ahead than clock skew.
+MAX_AHEAD = timedelta(minutes=5)
+
+
+def _unencodable(value: Any, path: str = "") -> str | None:
+    """The first string (key or value) that is not valid Unicode, e.g. a lone surrogate "\\ud800"."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return path or "(body)"
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            found = _unencodable(key, path or "(body)") or _unencodable(item, f"{path}.{key}" if path else str(key))
+            if found:
+                return found
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            found = _unencodable(item, f"{path}.{i}" if path else str(i))
+            if found:
+                return found
+    return None
+
+
+def _time_problem(ctx: BusContext, department: str, time: datetime) -> str | None:
+    retention_ms = next(int(s.config["retention.ms"]) for s in ctx.topology.specs() if s.name == ctx.topology.feed(department))
+    now = datetime.now(timezone.utc)
+    if time > now + MAX_AHEAD:
+        return f"time {time.isoformat()} is more than {MAX_AHEAD.seconds // 60} minutes ahead of the bus's clock"
+    if time < now - timedelta(milliseconds=retention_ms):
+        return f"time {time.isoformat()} is older than the {retention_ms // 86_400_000} days the feeds keep"
+    return None
+
+
 def ingest_router(ctx: BusContext, department_of_caller: Callable[..., str], producer: Callable[[], AsyncProducer]) -> APIRouter:
     router = APIRouter(tags=["ingest"])
 
@@ -55,7 +91,7 @@ def ingest_router(ctx: BusContext, department_of_caller: Callable[..., str], pro
         summary="Publish one event as the token's department",
         responses={
             401: {"model": Problem}, 403: {"model": Problem}, 413: {"model": Problem},
-            422: {"model": ValidationProblem}, 503: {"model": Problem},
+            422: {"model": ValidationProblem}, 429: {"model": Problem}, 503: {"model": Problem},
         },
     )
     async def publish_event(
@@ -63,6 +99,9 @@ def ingest_router(ctx: BusContext, department_of_caller: Callable[..., str], pro
         department: str = Depends(department_of_caller),
     ) -> Accepted:
         """202 once the broker has acknowledged the event on civic.in.<department>."""
+        bad_text = _unencodable(event)
+        if bad_text is not None:
+            raise HTTPException(422, [{"field": bad_text, "message": "not valid Unicode text (a lone surrogate such as \\ud800)"}])
         if event.get("source", department) != department:
             raise HTTPException(403, f"source {event['source']!r} is not the department of this token ({department})")
         type_name = event.get("type")
@@ -74,8 +113,13 @@ def ingest_router(ctx: BusContext, department_of_caller: Callable[..., str], pro
             completed = complete_event(ctx, department, event)
         except EventValidationError as e:
             raise HTTPException(422, e.errors) from None
+        time_problem = _time_problem(ctx, department, completed["time"])
+        if time_problem:
+            raise HTTPException(422, [{"field": "time", "message": time_problem}])
         topic = ctx.topology.inbound(department)
         value, headers = ctx.serde.encode(completed, topic)
+        if len(value) > MAX_EVENT_BYTES:
+            raise HTTPException(413, f"the event is {len(value)} bytes in Avro, more than the {MAX_EVENT_BYTES} the bus accepts")
         try:
             await producer().send(topic, value, completed["id"].encode(), headers)
         except KafkaException as e:

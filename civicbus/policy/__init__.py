@@ -18,6 +18,7 @@ from civicbus.policy.decision import (
     DepartmentRules,
     Policy,
     PolicyDocument,
+    RateLimit,
     ReceiveGrant,
     below_floor,
     decide,
@@ -26,7 +27,7 @@ from civicbus.policy.loading import PolicyError, PolicySource, check_document, d
 from civicbus.policy.masking import mask_text, mask_value, maskable, masked_event
 
 __all__ = [
-    "ALL_FIELDS", "RANK", "Area", "Delivery", "DepartmentRules", "Policy", "PolicyDocument", "ReceiveGrant",
+    "ALL_FIELDS", "RANK", "Area", "Delivery", "DepartmentRules", "Policy", "PolicyDocument", "RateLimit", "ReceiveGrant",
     "PolicyError", "PolicySource", "below_floor", "check_document", "decide", "dispatch_reach", "load_policy",
     "mask_text", "mask_value", "maskable", "masked_event",
 ]

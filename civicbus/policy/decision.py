@@ -21,7 +21,7 @@ from collections.abc import KeysView
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from civicbus.schemas import CLASSIFICATIONS, EventCatalog, EventType
 
@@ -80,8 +80,25 @@ class DepartmentRules(_Frozen):
         return ALL_FIELDS in granted or field_name in granted
 
 
+class RateLimit(_Frozen):
+    """What the HTTP gateway lets one department do at once (429 with Retry-After beyond it)."""
+
+    publish_per_s: float = Field(50.0, gt=0)  # sustained publishes per second ...
+    publish_burst: int = Field(100, ge=1)  # ... and how many may come at once (a token bucket)
+    concurrent_reads: int = Field(32, ge=1)  # feed requests open at the same time (long-polls, streams)
+
+
 class PolicyDocument(_Frozen):
     departments: dict[str, DepartmentRules]
+    rate_limits: dict[str, RateLimit] = {}  # "default" and per department
+
+    @field_validator("rate_limits")
+    @classmethod
+    def _known_departments(cls, limits: dict[str, RateLimit], info: ValidationInfo) -> dict[str, RateLimit]:
+        unknown = set(limits) - {"default"} - set(info.data.get("departments") or ())
+        if unknown:
+            raise ValueError(f"rate limits for departments without a policy entry: {', '.join(sorted(unknown))}")
+        return limits
 
 
 @dataclass(frozen=True)
@@ -153,6 +170,10 @@ class Policy:
         event_type = self.catalog[event["type"]]
         decided = (decide(d, rules, event, event_type) for d, rules in self.document.departments.items())
         return [delivery for delivery in decided if delivery is not None]
+
+    def rate_limit(self, department: str) -> RateLimit:
+        limits = self.document.rate_limits
+        return limits.get(department) or limits.get("default") or RateLimit()
 
     def publishers(self, event_type: str) -> list[str]:
         return [d for d, rules in self.document.departments.items() if event_type in rules.publishes]

@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest
@@ -16,14 +16,17 @@ from prometheus_client.multiprocess import MultiProcessCollector
 from civicbus.context import BusContext
 from civicbus.kafka import AsyncProducer
 from civicbus.metrics import GATEWAY_REQUESTS
+from civicbus.serde import MAX_EVENT_BYTES
 from civicbus.tokens import TokenStore
 from consumers.gateway.auth import Authenticate
 from consumers.gateway.catalog import catalog_router
 from consumers.gateway.feeds import FeedAccess, FeedReader, feeds_router
+from consumers.gateway.limits import DepartmentLimits
+from consumers.gateway.openapi import valid_openapi
 from producers.http_ingest import ingest_router
 
-# JSON of the largest event the bus accepts (256 KiB of Avro) fits well within this.
-MAX_BODY_BYTES = 512 * 1024
+# A body larger than the largest event the bus accepts is refused (413) before it is parsed.
+MAX_BODY_BYTES = MAX_EVENT_BYTES
 SCOPES = ("body", "query", "path", "header")
 
 
@@ -59,17 +62,22 @@ def _metrics_registry() -> CollectorRegistry:
 def create_app(ctx: BusContext) -> FastAPI:
     clients = _Clients()
     authenticate = Authenticate(ctx, TokenStore(ctx.settings.state_dir))
+    limits = DepartmentLimits(ctx.policy)
     ctx.policy.get()  # a broken policy stops the gateway here, not at the first request
 
     @asynccontextmanager
-    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         clients.producer = AsyncProducer(ctx.bootstrap)
-        clients.reader = FeedReader(ctx)
+        clients.reader = app.state.feed_reader = FeedReader(ctx)
         try:
             yield
         finally:
-            clients.reader.close()
+            await clients.reader.close()
             clients.producer.close()
+
+    async def publishing_department(department: str = Depends(authenticate)) -> str:
+        limits.take_publish(department)
+        return department
 
     app = FastAPI(
         title="civicbus gateway",
@@ -79,9 +87,10 @@ def create_app(ctx: BusContext) -> FastAPI:
         lifespan=lifespan,
         max_body_size=MAX_BODY_BYTES,
     )
-    app.include_router(ingest_router(ctx, authenticate, lambda: clients.producer))
-    app.include_router(feeds_router(FeedAccess(ctx, lambda: clients.reader, lambda: clients.producer), authenticate))
+    app.include_router(ingest_router(ctx, publishing_department, lambda: clients.producer))
+    app.include_router(feeds_router(FeedAccess(ctx, lambda: clients.reader, lambda: clients.producer), authenticate, limits))
     app.include_router(catalog_router(ctx, authenticate))
+    app.openapi = lambda: valid_openapi(app)
 
     @app.exception_handler(RequestValidationError)
     async def validation_failed(_request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -95,7 +104,7 @@ def create_app(ctx: BusContext) -> FastAPI:
         return response
 
     @app.get("/healthz", tags=["operations"])
-    def healthz() -> dict[str, str]:
+    async def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
     @app.get("/metrics", tags=["operations"], response_class=Response)

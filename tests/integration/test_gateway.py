@@ -12,6 +12,7 @@ import pytest
 from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from prometheus_client import CollectorRegistry, generate_latest
 
 from confluent_kafka.admin import AdminClient
 from typer.testing import CliRunner
@@ -20,12 +21,14 @@ from civicbus.audit import AuditRecord, decode_entry
 from civicbus.broker import EmbeddedBroker
 from civicbus.cli import app as cli
 from civicbus.kafka import make_producer
+from civicbus.lag.exporter import build_exporter
 from civicbus.tokens import TokenStore
 from civicbus.topology import AUDIT
 from civicbus.wire import masked_header
+from consumers.feed_position import FeedPosition
 from consumers.gateway.app import MAX_BODY_BYTES, create_app
 from consumers.subscriber import FeedSubscriber
-from tests.support import case_report, headers_of, produce_signed, read_topic
+from tests.support import case_report, headers_of, produce_signed, read_topic, wait_for
 
 
 @pytest.fixture
@@ -37,6 +40,11 @@ def gateway(bus, tmp_path):
 
 def bearer(bus, department: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {TokenStore(bus.settings.state_dir).issue(department)}"}
+
+
+def offsets(cursor: str) -> dict[int, int]:
+    """The offsets of a cursor (which also carries the feed's epoch)."""
+    return FeedPosition.parse(cursor).positions
 
 
 def feed_event(bus, **overrides) -> dict:
@@ -173,7 +181,7 @@ def test_feed_pages_by_cursor_long_polls_and_every_read_is_audited(bus, gateway)
         if not page["events"]:
             break
         pages.append([e["id"] for e in page["events"]])
-    assert [i for p in pages for i in p] == ids and max(len(p) for p in pages) == 2 and cursor == "0:5"
+    assert [i for p in pages for i in p] == ids and max(len(p) for p in pages) == 2 and offsets(cursor) == {0: 5}
     assert response.json()["events"] == []
 
     later = {}
@@ -181,7 +189,7 @@ def test_feed_pages_by_cursor_long_polls_and_every_read_is_audited(bus, gateway)
     waiting.start()
     [new_id] = seed_feed(bus, "citymgmt", 1)
     waiting.join(60)
-    assert [e["id"] for e in later["r"].json()["events"]] == [new_id] and later["r"].json()["cursor"] == "0:6"
+    assert [e["id"] for e in later["r"].json()["events"]] == [new_id] and offsets(later["r"].json()["cursor"]) == {0: 6}
 
     def delivery_records(messages):
         return [e for e in map(decode_entry, (m.value() for m in messages)) if isinstance(e, AuditRecord)]
@@ -199,7 +207,7 @@ def test_replay_from_a_time_or_an_offset_through_gateway_and_sdk(bus, gateway):
     auth = bearer(bus, "citymgmt")
     since = (now - timedelta(hours=1)).isoformat()
     by_time = gateway.get("/v1/feeds/citymgmt/events", params={"since": since}, headers=auth).json()
-    assert [e["id"] for e in by_time["events"]] == recent and by_time["cursor"] == "0:4"
+    assert [e["id"] for e in by_time["events"]] == recent and offsets(by_time["cursor"]) == {0: 4}
     by_offset = gateway.get("/v1/feeds/citymgmt/events", params={"cursor": "0:1"}, headers=auth).json()
     assert [e["id"] for e in by_offset["events"]] == old[1:] + recent
 
@@ -266,3 +274,41 @@ def test_acl_apply_refuses_the_embedded_broker_before_sending_anything():
         result = CliRunner().invoke(cli, ["acl", "apply"], env={"CIVICBUS_BOOTSTRAP": broker.bootstrap})
         assert result.exit_code == 1 and "has no ACLs: nothing applied" in result.output
         assert AdminClient({"bootstrap.servers": broker.bootstrap}).list_topics(timeout=5).brokers  # still answering
+
+
+def test_http_readers_lag_shows_in_the_exporter_under_the_departments_gateway_group(bus, gateway):
+    for _ in range(5):
+        seed_feed(bus, "citymgmt", 1)  # one record per batch: the embedded broker's end is exact then
+    page = gateway.get("/v1/feeds/citymgmt/events", params={"limit": 3}, headers=bearer(bus, "citymgmt")).json()
+    assert len(page["events"]) == 3
+    exporter = build_exporter(bus.settings, bus.bootstrap, window=2)
+    group, topic = bus.topology.department_group_prefix("citymgmt") + "gateway", bus.topology.feed("citymgmt")
+    wait_for(lambda: exporter.poll().group(group) is not None, 10, "the gateway's commit")
+    registry = CollectorRegistry()
+    registry.register(exporter)
+    text = generate_latest(registry).decode()
+    assert f'kafka_consumergroup_group_lag{{group="{group}",partition="0",topic="{topic}"}} 2.0' in text
+    gateway.get("/v1/feeds/citymgmt/events", params={"cursor": page["cursor"]}, headers=bearer(bus, "citymgmt"))
+    wait_for(lambda: exporter.poll().group(group).sum_lag == 0, 10, "the lag to reach 0 once read to the end")
+
+
+def test_an_http_reader_at_the_end_of_a_transactional_feed_shows_lag_0(bus, gateway):
+    """The fan-out writes feeds in transactions: the commit marker takes an offset, so the cursor
+    (and the committed position) must move past it, or a reader that is done would show lag 1."""
+    topic = bus.topology.feed("citymgmt")
+    producer = make_producer(bus.bootstrap, **{"transactional.id": bus.topology.group(f"fanout-like-{uuid.uuid4().hex[:6]}")})
+    producer.init_transactions(10)
+    producer.begin_transaction()
+    for _ in range(3):
+        event = feed_event(bus)
+        value, headers = bus.serde.encode(event, topic)
+        produce_signed(bus, producer, topic, value, event["id"].encode(), headers)
+    producer.commit_transaction(10)
+    page = gateway.get("/v1/feeds/citymgmt/events", headers=bearer(bus, "citymgmt")).json()
+    assert len(page["events"]) == 3
+    if offsets(page["cursor"]) == {0: 3}:  # the marker had not been fetched with the records
+        page = gateway.get("/v1/feeds/citymgmt/events", params={"cursor": page["cursor"]}, headers=bearer(bus, "citymgmt")).json()
+    assert page["events"] == [] and offsets(page["cursor"]) == {0: 4}  # past the marker at offset 3
+    exporter = build_exporter(bus.settings, bus.bootstrap, window=2)
+    group = bus.topology.department_group_prefix("citymgmt") + "gateway"
+    wait_for(lambda: (found := exporter.poll().group(group)) is not None and found.sum_lag == 0, 10, "lag 0")
