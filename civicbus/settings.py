@@ -7,7 +7,10 @@ from pathlib import Path
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+PACKAGE_DIR = Path(__file__).resolve().parent
+# Where schemas/, config/ (the sample city) and ops/ are: the top level of the checkout (also under
+# `pip install -e .`), or, installed from a wheel, the copy setup.py ships inside the package.
+REPO_ROOT = PACKAGE_DIR / "shipped" if (PACKAGE_DIR / "shipped").is_dir() else PACKAGE_DIR.parent
 
 
 class Settings(BaseSettings):
@@ -16,7 +19,10 @@ class Settings(BaseSettings):
     bootstrap: str | None = Field(
         default=None, description="External Kafka bootstrap servers; unset means the embedded broker."
     )
-    config: Path = Field(default=REPO_ROOT / "config", description="The city config folder.")
+    config: Path = Field(
+        default=REPO_ROOT / "config",
+        description="The city config folder (`civicbus --config`); default the sample city, `civicbus init` copies it.",
+    )
     schema_registry_url: str | None = Field(
         default=None, description="Confluent Schema Registry URL; unset means the file registry in schemas/."
     )
@@ -38,7 +44,10 @@ class Settings(BaseSettings):
         "latency (librdkafka's 500 ms default: ~250 ms a hop, measured). Apache Kafka answers as soon "
         "as data is there; there a short wait only means more fetch requests from idle consumers.",
     )
-    state_dir: Path = Field(default=REPO_ROOT / ".civicbus", description="Spools and local state.")
+    state_dir: Path = Field(
+        default_factory=lambda: Path.cwd() / ".civicbus",
+        description="Spools, tokens, keys, logs and the running stack's endpoints; ./.civicbus of the working directory.",
+    )
     kafka_security_protocol: str | None = Field(
         default=None, description="librdkafka security.protocol for a secured cluster, e.g. SASL_PLAINTEXT or SASL_SSL."
     )

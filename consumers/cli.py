@@ -1,4 +1,4 @@
-"""`civicbus tail AGENCY`: print a department's feed as JSON lines."""
+"""`civicbus tail AGENCY`: print a department's feed as JSON lines. Imports are inside the commands."""
 
 from __future__ import annotations
 
@@ -8,8 +8,6 @@ import uuid
 import typer
 
 from civicbus.cli_support import bus_context, configure_logging, fail, stop_on_signals
-from civicbus.serde import to_json
-from consumers.subscriber import FeedEvent, FeedSubscriber
 
 
 def tail(
@@ -17,6 +15,9 @@ def tail(
     group: str = typer.Option(None, help="Consumer group (default: a throwaway group that reads from the start)."),
 ) -> None:
     """Follow civic.feed.AGENCY and print each event as one JSON line until Ctrl-C."""
+    from civicbus.serde import to_json
+    from consumers.subscriber import FeedEvent, FeedSubscriber
+
     stop = stop_on_signals()
     ctx = bus_context()
 
