@@ -60,7 +60,7 @@ def expected_error_message(error: BaseException) -> str | None:
         if module in sys.modules:
             expected.append(getattr(sys.modules[module], name))
     if isinstance(error, tuple(expected)):
-        return f"{type(error).__name__}: {error}"
+        return f"{type(error).__name__}: {' '.join(str(error).split())}"  # one line, however many the library wrote
     return None
 
 
