@@ -60,6 +60,14 @@ def broker(repeats: int = 3) -> None:
     run(repeats)
 
 
+@app.command()
+def cli(repeats: int = 7) -> None:
+    """(g) start-up of `civicbus --help`, token, publish and tail."""
+    from benchmarks.cli import run
+
+    run(repeats)
+
+
 @app.command("all")
 def run_all(seed: int = 6) -> None:
     """Every benchmark in turn, with its defaults."""
@@ -69,6 +77,7 @@ def run_all(seed: int = 6) -> None:
     latency(seed=seed)
     workers(seed=seed)
     gateway(seed=seed)
+    cli()
 
 
 if __name__ == "__main__":
