@@ -148,6 +148,16 @@ def acl_plan() -> None:
         typer.echo(str(binding))
 
 
+@acl_app.command("principals")
+def acl_principals() -> None:
+    """Print the user name of every principal the plan names, one a line: each needs a SCRAM credential
+    (ops/kafka/principals.txt is this list; ops/kafka/start.sh creates their credentials)."""
+    from civicbus import acl
+
+    for principal in acl.principals(bus_context().topology):
+        typer.echo(principal.removeprefix("User:"))
+
+
 @acl_app.command("apply")
 def acl_apply() -> None:
     """Create the planned ACL bindings on a real Kafka (CIVICBUS_BOOTSTRAP)."""

@@ -54,6 +54,11 @@ class Settings(BaseSettings):
     kafka_sasl_mechanism: str = Field(default="SCRAM-SHA-512", description="SASL mechanism when a SASL protocol is set.")
     kafka_sasl_username: str | None = None
     kafka_sasl_password: str | None = None
+    kafka_role_passwords: dict[str, str] = Field(
+        default_factory=dict,
+        description="On a secured cluster, the password of each role `civicbus up` starts, by user name (JSON, e.g. "
+        '{"civicbus-ingest": "..."}): each part logs in as its own principal of `civicbus acl plan`.',
+    )
     metrics_host: str = Field(
         default="127.0.0.1", description="Interface `civicbus up` serves metrics on; 0.0.0.0 in a container."
     )

@@ -30,6 +30,7 @@ from civicbus.errors import UserError
 from civicbus.kafka import apply_topics
 from civicbus.lifeline import with_lifeline
 from civicbus.processes import stop_process
+from civicbus.roles import role
 from civicbus.settings import Settings
 from civicbus.topology import Topology
 
@@ -49,8 +50,10 @@ class Child:
     restarts: int = 0
     next_start: float = 0.0
     log_path: Path | None = None
+    credentials: dict[str, str] = field(default_factory=dict)  # its own principal on a secured cluster
 
     def start(self, env: dict[str, str], log_dir: Path) -> None:
+        env = {**env, **self.credentials}
         self.log_path = log_dir / f"{self.name}.log"
         with open(self.log_path, "ab") as log:
             log.write(f"=== {time.strftime('%Y-%m-%d %H:%M:%S')} started by civicbus up (pid {os.getpid()})\n".encode())
@@ -136,7 +139,7 @@ class Stack:
             env = {**os.environ, "CIVICBUS_BOOTSTRAP": bootstrap, "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir),
                    "CIVICBUS_STATE_DIR": str(state_dir.resolve())}
             self._load_reference(env)
-            self.children = self._children()
+            self.children = self._children(topology)
             cleanup.callback(self._stop_children)
             for child in self.children:
                 child.start(env, log_dir)
@@ -167,12 +170,25 @@ class Stack:
             raise UserError(f"`civicbus reference load` failed: {loaded.stderr.strip()}")
         print("reference  " + ", ".join(line.strip() for line in loaded.stdout.splitlines()))
 
-    def _children(self) -> list[Child]:
+    def _children(self, topology: Topology) -> list[Child]:
         children = [Child(stage, civicbus_command("process", stage)) for stage in ("ingest", "cases", "fanout")]
         children.append(Child("gateway", civicbus_command("gateway", "--port", str(self.http_port)), listens=f"http://127.0.0.1:{self.http_port}"))
         if self.simulate_rate > 0:
             children.append(Child("simulator", civicbus_command("simulate", "--rate", str(self.simulate_rate), "--duration", "0")))
+        for child in children:
+            child.credentials = self._credentials(topology, child.name)
         return children
+
+    def _credentials(self, topology: Topology, role_name: str) -> dict[str, str]:
+        """On a SASL cluster each part logs in as its role's principal (`civicbus acl plan`), not as `up`'s."""
+        if not (self.settings.kafka_security_protocol or "").startswith("SASL"):
+            return {}
+        username = role(topology, role_name).username
+        if username not in self.settings.kafka_role_passwords:
+            raise UserError(f"no password for {username} in CIVICBUS_KAFKA_ROLE_PASSWORDS: every part of `civicbus up` "
+                            "logs in as its own principal on a secured cluster")
+        return {"CIVICBUS_KAFKA_SASL_USERNAME": username,
+                "CIVICBUS_KAFKA_SASL_PASSWORD": self.settings.kafka_role_passwords[username]}
 
     def _supervise(self, env: dict[str, str], log_dir: Path) -> None:
         now = time.monotonic()
