@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from civicbus import endpoints
-from civicbus.broker import EmbeddedBroker
+from civicbus.broker import EmbeddedBroker, port_is_free
 from civicbus.cli_support import stop_on_signals
 from civicbus.errors import UserError
 from civicbus.kafka import apply_topics
@@ -118,6 +118,9 @@ class Stack:
         if already is not None:
             raise UserError(f"a civicbus stack already runs from {state_dir} (pid {already.pid}, broker {already.broker}); "
                             "stop it first, or give this one its own CIVICBUS_STATE_DIR")
+        for option, port in (("--http-port", self.http_port), ("--metrics-port", self.metrics_port)):
+            if not port_is_free("127.0.0.1", port):
+                raise UserError(f"port {port} is already in use: stop what listens there or choose another with {option}")
         log_dir, metrics_dir = state_dir / "logs", state_dir / "metrics"
         log_dir.mkdir(parents=True, exist_ok=True)
         shutil.rmtree(metrics_dir, ignore_errors=True)  # the previous run's figures are not this one's

@@ -104,3 +104,4 @@ def test_a_port_in_use_is_named(folder):
         taken.listen()
         port = taken.getsockname()[1]
         one_line_error(civicbus(folder, "broker", "--port", str(port)), f"port {port}", "already in use")
+        one_line_error(civicbus(folder, "up", "--metrics-port", str(port)), f"port {port}", "--metrics-port")
