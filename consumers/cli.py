@@ -42,8 +42,10 @@ def gateway(
     from consumers.gateway.app import create_app
 
     configure_logging()
-    app = create_app(bus_context())
-    typer.echo(f"gateway listening on http://{host}:{port} (OpenAPI at /openapi.json)")
+    ctx = bus_context()
+    broker = ctx.bootstrap  # asked here, so that no broker is one line rather than a failed app start-up
+    app = create_app(ctx)
+    typer.echo(f"gateway listening on http://{host}:{port} (OpenAPI at /openapi.json), broker {broker}")
     # uvicorn stops gracefully on SIGTERM/SIGINT, then re-raises the signal to the handler that
     # was there before: make that a no-op, so a clean stop exits 0 like every other part.
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -48,6 +48,9 @@ def folder(tmp_path) -> Path:
     ["lag", "--samples", "1"],
     ["topics", "apply"],
     ["reference", "load"],
+    ["gateway", "--port", "0"],
+    ["process", "ingest"],
+    ["simulate", "--duration", "1"],
 ])
 def test_with_nothing_running_every_command_says_so_in_one_line(folder, command):
     one_line_error(civicbus(folder, *command), "no civicbus stack is running here", "civicbus up")
