@@ -23,13 +23,14 @@ run: install
 test: install prometheus asyncapi-parser
 	$(BIN)/python -m pytest -p no:cacheprovider -q
 
-# promtool and the Prometheus server (Debian package `prometheus`): the alerting-rule unit tests
-# and the lag test against a real Prometheus need them. CI is a fresh Debian machine as root.
+# promtool, the Prometheus server and Alertmanager (Debian packages `prometheus` and
+# `prometheus-alertmanager`): the alerting-rule unit tests, the lag test against a real Prometheus
+# and the alert-to-webhook test need them. CI is a fresh Debian machine as root.
 prometheus:
-	@command -v promtool >/dev/null && command -v prometheus >/dev/null || { \
+	@command -v promtool >/dev/null && command -v prometheus >/dev/null && command -v prometheus-alertmanager >/dev/null || { \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get update -qq && \
-	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends prometheus; }
+	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends prometheus prometheus-alertmanager; }
 
 # The official AsyncAPI parser (npm, version pinned by tests/asyncapi/package-lock.json): the
 # gateway's /v1/asyncapi.json is checked with it. node and npm come from Debian when missing.

@@ -68,6 +68,14 @@ def soak(rate: float = 20.0, minutes: int = 60, seed: int = 6) -> None:
     run(rate, minutes, seed)
 
 
+@app.command()
+def cli(repeats: int = 7) -> None:
+    """(g) start-up of `civicbus --help`, token, publish and tail."""
+    from benchmarks.cli import run
+
+    run(repeats)
+
+
 @app.command("all")
 def run_all(seed: int = 6) -> None:
     """Every benchmark in turn, with its defaults."""
@@ -77,6 +85,7 @@ def run_all(seed: int = 6) -> None:
     latency(seed=seed)
     workers(seed=seed)
     gateway(seed=seed)
+    cli()
 
 
 if __name__ == "__main__":

@@ -2,8 +2,8 @@
 
 `plan` derives every binding from the topology (pure): a department writes only
 civic.in.<itself>, reads only civic.feed.<itself>, and joins only consumer groups starting with
-`dept.<itself>.`; each processor and the gateway get exactly what their stage reads and writes;
-the operator principal may describe everything (lag exporter, `topics apply`). `apply` sends them
+`dept.<itself>.`; each civicbus role (civicbus/roles.py: the stages, the gateway, the simulator,
+the operator that runs `civicbus up`) gets exactly what its declaration says it does. `apply` sends them
 with AdminClient.create_acls to a real Kafka. The embedded broker (Tansu) has no ACLs, and an
 ACL request makes librdkafka abort there, so `apply` refuses it before sending anything.
 """
@@ -22,7 +22,8 @@ from confluent_kafka.admin import (
 )
 
 from civicbus.kafka import make_admin
-from civicbus.topology import AUDIT, DIST_EVENTS, DLQ, FEED_PREFIX, IN_PREFIX, PIPE_CASES, REF_PREFIX, Topology
+from civicbus.roles import Resource, Role, roles
+from civicbus.topology import Topology
 
 EMBEDDED_CLUSTER_ID_PREFIX = "tansu"
 
@@ -60,16 +61,23 @@ class Binding:
         )
 
 
-def _reads(principal: str, resource: str, name: str, pattern: str = "LITERAL") -> list[Binding]:
-    return [Binding(principal, op, resource, name, pattern) for op in (READ, DESCRIBE)]
+def _grants(principal: str, operations: tuple[str, ...], resource: str, resources: tuple[Resource, ...]) -> list[Binding]:
+    return [Binding(principal, op, resource, r.name, r.pattern) for r in resources for op in operations]
 
 
-def _writes(principal: str, name: str, pattern: str = "LITERAL") -> list[Binding]:
-    return [Binding(principal, op, "topic", name, pattern) for op in (WRITE, DESCRIBE)]
-
-
-def _transactional(principal: str, prefix: str) -> list[Binding]:
-    return [Binding(principal, op, "transactional_id", prefix, "PREFIXED") for op in (WRITE, DESCRIBE)]
+def role_bindings(role: Role) -> list[Binding]:
+    """Exactly what the role's declaration says it does (civicbus/roles.py). Kafka implies
+    DESCRIBE from READ and WRITE, and idempotent produce from WRITE on a topic; DESCRIBE is granted
+    explicitly all the same, so the plan reads as what each principal may do."""
+    p = role.principal
+    bindings = _grants(p, (READ, DESCRIBE), "topic", role.reads) + _grants(p, (WRITE, DESCRIBE), "topic", role.writes)
+    bindings += _grants(p, (READ,), "group", role.groups) + _grants(p, (WRITE, DESCRIBE), "transactional_id", role.transactional_ids)
+    bindings += _grants(p, (CREATE,), "topic", role.creates)
+    bindings += _grants(p, (DESCRIBE,), "topic", role.describes_topics) + _grants(p, (DESCRIBE,), "group", role.describes_groups)
+    if role.creates_any_topic:
+        bindings.append(Binding(p, CREATE, "cluster", "kafka-cluster"))
+        bindings += _grants(p, ("DESCRIBE_CONFIGS",), "topic", role.describes_topics)
+    return bindings
 
 
 def plan(topology: Topology) -> list[Binding]:
@@ -77,35 +85,17 @@ def plan(topology: Topology) -> list[Binding]:
     bindings: list[Binding] = []
     for department in t.departments:
         principal = f"User:{department}"
-        bindings += _writes(principal, t.inbound(department))
-        bindings += _reads(principal, "topic", t.feed(department))
+        bindings += _grants(principal, (WRITE, DESCRIBE), "topic", (Resource(t.inbound(department)),))
+        bindings += _grants(principal, (READ, DESCRIBE), "topic", (Resource(t.feed(department)),))
         bindings.append(Binding(principal, READ, "group", t.department_group_prefix(department), "PREFIXED"))
-    ingest = "User:civicbus-ingest"
-    bindings += _reads(ingest, "topic", t.name(IN_PREFIX), "PREFIXED") + _reads(ingest, "topic", t.name(REF_PREFIX), "PREFIXED")
-    bindings += _writes(ingest, t.name(PIPE_CASES)) + _writes(ingest, t.name(DIST_EVENTS)) + _writes(ingest, t.name(DLQ))
-    bindings += [Binding(ingest, READ, "group", t.group("civicbus-ingest"))] + _transactional(ingest, t.group("civicbus-ingest"))
-    cases = "User:civicbus-cases"
-    bindings += _reads(cases, "topic", t.name(PIPE_CASES)) + _writes(cases, t.name(PIPE_CASES))  # its clock records
-    bindings += _writes(cases, t.name(DIST_EVENTS)) + _writes(cases, t.name(DLQ))
-    bindings += _reads(cases, "topic", t.cases_changelog) + _writes(cases, t.cases_changelog)
-    bindings += [Binding(cases, READ, "group", t.group("civicbus-cases"), "PREFIXED")] + _transactional(cases, t.group("civicbus-cases"))
-    fanout = "User:civicbus-fanout"
-    bindings += _reads(fanout, "topic", t.name(DIST_EVENTS)) + _reads(fanout, "topic", t.name(FEED_PREFIX), "PREFIXED")  # its restore
-    bindings += _writes(fanout, t.name(FEED_PREFIX), "PREFIXED") + _writes(fanout, t.name(AUDIT))
-    bindings += _writes(fanout, t.name(DLQ)) + [Binding(fanout, READ, "group", t.group("civicbus-fanout"), "PREFIXED")]
-    bindings += _transactional(fanout, t.group("civicbus-fanout"))
-    gateway = "User:civicbus-gateway"  # publishes and reads on behalf of the department its token names
-    bindings += _writes(gateway, t.name(IN_PREFIX), "PREFIXED") + _reads(gateway, "topic", t.name(FEED_PREFIX), "PREFIXED")
-    bindings += _writes(gateway, t.name(AUDIT)) + [Binding(gateway, READ, "group", t.group("civicbus-gateway"), "PREFIXED")]
-    # audit writers take up their chain from the log's end; `audit verify` reads all of it (civicbus.audit)
-    bindings += _reads(fanout, "topic", t.name(AUDIT)) + _reads(gateway, "topic", t.name(AUDIT))
-    # it commits each department's HTTP read position to dept.<id>.gateway, so the lag exporter sees it
-    bindings += [Binding(gateway, READ, "group", t.department_group_prefix(d) + "gateway") for d in t.departments]
-    operator = "User:civicbus-operator"  # lag exporter, `topics apply`, `reference load`
-    bindings += [Binding(operator, DESCRIBE, "topic", t.name("civic."), "PREFIXED"), Binding(operator, DESCRIBE, "group", t.group(""), "PREFIXED")]
-    bindings += [Binding(operator, CREATE, "cluster", "kafka-cluster"), Binding(operator, "DESCRIBE_CONFIGS", "topic", t.name("civic."), "PREFIXED")]
-    bindings += _writes(operator, t.name(REF_PREFIX), "PREFIXED") + _reads(operator, "topic", t.name(AUDIT))
+    for role in roles(topology):
+        bindings += role_bindings(role)
     return sorted(set(bindings))
+
+
+def principals(topology: Topology) -> list[str]:
+    """Every principal the plan names: each needs a SASL/SCRAM credential on the cluster."""
+    return sorted({b.principal for b in plan(topology)})
 
 
 def is_embedded(bootstrap: str) -> bool:

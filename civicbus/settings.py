@@ -7,7 +7,10 @@ from pathlib import Path
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+PACKAGE_DIR = Path(__file__).resolve().parent
+# Where schemas/, config/ (the sample city) and ops/ are: the top level of the checkout (also under
+# `pip install -e .`), or, installed from a wheel, the copy setup.py ships inside the package.
+REPO_ROOT = PACKAGE_DIR / "shipped" if (PACKAGE_DIR / "shipped").is_dir() else PACKAGE_DIR.parent
 DEFAULT_REGISTRY_PORT = 8081
 DEFAULT_REGISTRY_URL = f"http://127.0.0.1:{DEFAULT_REGISTRY_PORT}"
 
@@ -18,7 +21,10 @@ class Settings(BaseSettings):
     bootstrap: str | None = Field(
         default=None, description="External Kafka bootstrap servers; unset means the embedded broker."
     )
-    config: Path = Field(default=REPO_ROOT / "config", description="The city config folder.")
+    config: Path = Field(
+        default=REPO_ROOT / "config",
+        description="The city config folder (`civicbus --config`); default the sample city, `civicbus init` copies it.",
+    )
     schema_registry_url: str | None = Field(
         default=None, description="Confluent Schema Registry URL; unset means the file registry in schemas/."
     )
@@ -61,13 +67,21 @@ class Settings(BaseSettings):
         "(processors.runner.CommitSpacing). Unset: 20 on the embedded broker, whose fetches cost more "
         "as partitions grow, 0 on Apache Kafka.",
     )
-    state_dir: Path = Field(default=REPO_ROOT / ".civicbus", description="Spools and local state.")
+    state_dir: Path = Field(
+        default_factory=lambda: Path.cwd() / ".civicbus",
+        description="Spools, tokens, keys, logs and the running stack's endpoints; ./.civicbus of the working directory.",
+    )
     kafka_security_protocol: str | None = Field(
         default=None, description="librdkafka security.protocol for a secured cluster, e.g. SASL_PLAINTEXT or SASL_SSL."
     )
     kafka_sasl_mechanism: str = Field(default="SCRAM-SHA-512", description="SASL mechanism when a SASL protocol is set.")
     kafka_sasl_username: str | None = None
     kafka_sasl_password: str | None = None
+    kafka_role_passwords: dict[str, str] = Field(
+        default_factory=dict,
+        description="On a secured cluster, the password of each role `civicbus up` starts, by user name (JSON, e.g. "
+        '{"civicbus-ingest": "..."}): each part logs in as its own principal of `civicbus acl plan`.',
+    )
     metrics_host: str = Field(
         default="127.0.0.1", description="Interface `civicbus up` serves metrics on; 0.0.0.0 in a container."
     )

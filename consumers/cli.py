@@ -1,4 +1,7 @@
-"""`civicbus tail AGENCY`: print a department's feed as JSON lines; `civicbus gateway`."""
+"""`civicbus tail AGENCY`: print a department's feed as JSON lines; `civicbus gateway`.
+
+Imports of Kafka clients and the serde are inside the commands, so `civicbus --help` and the
+commands that need no broker start fast (benchmarks/cli.py)."""
 
 from __future__ import annotations
 
@@ -6,11 +9,8 @@ import signal
 from datetime import datetime, timezone
 
 import typer
-from confluent_kafka import OFFSET_BEGINNING, OFFSET_END
 
 from civicbus.cli_support import bus_context, configure_logging, fail, stop_on_signals
-from civicbus.serde import to_json
-from consumers.subscriber import FeedReader, FeedSubscriber
 
 
 def _start(value: str | None) -> datetime | str | None:
@@ -31,6 +31,11 @@ def tail(
     group: str = typer.Option(None, help="Read as this consumer group, committing what was printed (default: no group, nothing committed)."),
 ) -> None:
     """Follow civic.feed.AGENCY and print each event as one JSON line until Ctrl-C or --limit."""
+    from confluent_kafka import OFFSET_BEGINNING, OFFSET_END
+
+    from civicbus.serde import to_json
+    from consumers.subscriber import FeedReader, FeedSubscriber
+
     stop = stop_on_signals()
     ctx = bus_context()
     begin = _start(start)
@@ -68,8 +73,10 @@ def gateway(
     from consumers.gateway.app import create_app
 
     configure_logging()
-    app = create_app(bus_context())
-    typer.echo(f"gateway listening on http://{host}:{port} (OpenAPI at /openapi.json)")
+    ctx = bus_context()
+    broker = ctx.bootstrap  # asked here, so that no broker is one line rather than a failed app start-up
+    app = create_app(ctx)
+    typer.echo(f"gateway listening on http://{host}:{port} (OpenAPI at /openapi.json), broker {broker}")
     # uvicorn stops gracefully on SIGTERM/SIGINT, then re-raises the signal to the handler that
     # was there before: make that a no-op, so a clean stop exits 0 like every other part.
     for sig in (signal.SIGTERM, signal.SIGINT):

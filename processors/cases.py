@@ -210,7 +210,8 @@ class CaseStore(MutableMapping):
                 else:
                     self.parked[key] = (value["reference"], value["until_ms"], PipeRecord.from_json(value["record"]))
 
-        consumer = make_consumer(ctx.settings, ctx.bootstrap, f"{topic}-restore", **{"enable.partition.eof": True})
+        # assigned, never subscribed; named inside the stage's group prefix, which its ACLs allow
+        consumer = make_consumer(ctx.settings, ctx.bootstrap, ctx.topology.group("civicbus-cases-restore"), **{"enable.partition.eof": True})
         consumer.assign([TopicPartition(topic, self.partition, 0)])
         try:
             read_to_end(consumer, apply, timeout_s)

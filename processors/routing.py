@@ -63,7 +63,7 @@ class CaseRouter:
 
     def follow(self, ctx: BusContext) -> None:
         """Learn, then keep learning, which partition holds each report, from the state log."""
-        group = f"{ctx.topology.group('civicbus-case-router')}-{uuid.uuid4().hex[:8]}"  # never commits
+        group = f"{ctx.topology.group('civicbus-ingest-case-router')}-{uuid.uuid4().hex[:8]}"  # never commits; ingest's prefix
         self._follower = TopicFollower(ctx.settings, ctx.bootstrap, group, [ctx.topology.cases_changelog], self._learn, "case-router")
         self._follower.catch_up()
         self._follower.start()

@@ -129,11 +129,7 @@ class TransactionalRunner:
         self.ctx = ctx
         self.batch_size = batch_size
         self.batch_timeout_s = batch_timeout_s
-        settings = ctx.settings
-        per_batch_us = settings.commit_spacing_per_batch_us
-        if per_batch_us is None:
-            per_batch_us = EMBEDDED_COMMIT_SPACING_PER_BATCH_US if is_embedded(ctx.bootstrap) else 0.0
-        self.spacing = CommitSpacing(settings.commit_interval_ms, settings.commit_interval_max_ms, per_batch_us)
+        self.spacing: CommitSpacing | None = None  # set in run(), which knows the broker
         self._written: set[tuple[str, int]] = set()  # partitions the open transaction wrote
         self._consumed: dict[tuple[str, int], int] = {}  # partition -> offset after the last record it read
         self.group_id = ctx.topology.group(f"civicbus-{stage.name}")
@@ -146,6 +142,11 @@ class TransactionalRunner:
         self.signer = RecordSigner.of_stack(ctx.settings)
 
     def run(self, stop: threading.Event) -> None:
+        settings = self.ctx.settings
+        per_batch_us = settings.commit_spacing_per_batch_us
+        if per_batch_us is None:
+            per_batch_us = EMBEDDED_COMMIT_SPACING_PER_BATCH_US if is_embedded(self.ctx.bootstrap) else 0.0
+        self.spacing = CommitSpacing(settings.commit_interval_ms, settings.commit_interval_max_ms, per_batch_us)
         linger_ms = max(2, int(self.spacing.maximum_s * 1000))  # a commit flushes: one batch per partition
         self._producer = Producer(
             producer_config(

@@ -1,4 +1,5 @@
-"""A real Prometheus server for tests (Debian package `prometheus`, installed by `make test`)."""
+"""A real Prometheus server and Alertmanager for tests (Debian packages `prometheus` and
+`prometheus-alertmanager`, installed by `make test`)."""
 
 from __future__ import annotations
 
@@ -22,23 +23,27 @@ def require_binary(name: str) -> str:
     path = shutil.which(name)
     if path is None:
         raise AssertionError(
-            f"`{name}` is not installed: it comes with the Debian package `prometheus`, which `make test` "
-            f"installs (apt-get install prometheus). Run `make test`, or install it and run pytest again."
+            f"`{name}` is not installed: it comes with the Debian packages `prometheus` and `prometheus-alertmanager`, "
+            f"which `make test` installs (apt-get install prometheus prometheus-alertmanager). Run `make test`, "
+            f"or install them and run pytest again."
         )
     return path
 
 
 class PrometheusServer:
-    """Prometheus on a free loopback port, scraping `targets` every second, with civicbus's rules."""
+    """Prometheus on a free loopback port, scraping `targets` every second, with civicbus's rules
+    (or `rule_files`), sending its alerts to `alertmanagers` (host:port)."""
 
-    def __init__(self, tmp_path: Path, targets: list[str]):
+    def __init__(self, tmp_path: Path, targets: list[str], rule_files: list[str] | None = None, alertmanagers: list[str] = ()):
         self.port = free_port()
         self.dir = tmp_path
         config = {
             "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
-            "rule_files": [str(OPS / "prometheus" / "rules" / "*.rules.yml")],
+            "rule_files": rule_files or [str(OPS / "prometheus" / "rules" / "*.rules.yml")],
             "scrape_configs": [{"job_name": "civicbus", "static_configs": [{"targets": targets}]}],
         }
+        if alertmanagers:
+            config["alerting"] = {"alertmanagers": [{"static_configs": [{"targets": list(alertmanagers)}]}]}
         (tmp_path / "prometheus.yml").write_text(json.dumps(config))  # JSON is YAML
         self.log_path = tmp_path / "prometheus.log"
         self.process: subprocess.Popen | None = None
@@ -75,3 +80,40 @@ class PrometheusServer:
     def values(self, query: str) -> list[float]:
         """The instant values of a PromQL query, one per series."""
         return [float(series["value"][1]) for series in self.api("query", query=query)["result"]]
+
+
+class AlertmanagerServer:
+    """Alertmanager on a free loopback port with the given config file, clustering off."""
+
+    def __init__(self, tmp_path: Path, config_file: Path):
+        self.port = free_port()
+        self.dir = tmp_path
+        self.config_file = config_file
+        self.log_path = tmp_path / "alertmanager.log"
+        self.process: subprocess.Popen | None = None
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def __enter__(self) -> AlertmanagerServer:
+        with open(self.log_path, "wb") as log:
+            self.process = subprocess.Popen(
+                [require_binary("prometheus-alertmanager"), f"--config.file={self.config_file}",
+                 f"--storage.path={self.dir / 'alertmanager-data'}", f"--web.listen-address={self.address}",
+                 "--cluster.listen-address="],
+                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            )
+        wait_for(self._ready, 60, f"Alertmanager to be ready (log {self.log_path})")
+        return self
+
+    def __exit__(self, *exc) -> None:
+        stop_process(self.process, 30)
+
+    def _ready(self) -> bool:
+        assert self.process.poll() is None, f"Alertmanager exited:\n{self.log_path.read_text()[-3000:]}"
+        try:
+            with urllib.request.urlopen(f"http://{self.address}/-/ready", timeout=2) as response:
+                return response.status == 200
+        except OSError:
+            return False

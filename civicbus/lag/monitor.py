@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from civicbus.lag.lookup import LookupTable, Point
 from civicbus.lag.offsets import Snapshot, TopicPartitionKey
-from civicbus.lag.status import Sample, Status, partition_status, worst
+from civicbus.lag.status import MIN_EVIDENCE, Sample, Status, partition_status, worst
 
 
 @dataclass(frozen=True)
@@ -82,7 +82,7 @@ class LagMonitor:
                     partitions.append(PartitionLag(topic, partition, None, latest, math.nan, math.nan, Status.OK))
                     continue
                 lag = max(0, latest - committed)
-                samples = self._samples.setdefault((group.group, topic, partition), deque(maxlen=self.window))
+                samples = self._samples.setdefault((group.group, topic, partition), deque(maxlen=max(self.window, MIN_EVIDENCE)))
                 samples.append(Sample(snapshot.time, committed, lag))
                 lag_seconds = self._tables[(topic, partition)].lag_seconds(committed, snapshot.time)
                 status = partition_status(samples, self.window, group.active, snapshot.earliest.get((topic, partition), 0))

@@ -5,6 +5,7 @@ No thresholds: a partition is judged by how its committed offset and lag moved o
 so "is anyone still consuming" comes from the group state (members present or not):
 
 - OK       lag is zero now or was zero somewhere in the window, or the window is not full yet
+           (a window of one sample is never full: one poll is no evidence of movement or its lack)
 - WARNING  the offset advances but the lag never went down across the window (falling behind)
 - ERROR    the committed offset went backwards (reset, rewind), or is below the partition's
            first offset (records were deleted before the group read them)
@@ -20,6 +21,10 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from enum import Enum
 from itertools import pairwise
+
+
+# Movement needs two polls: with fewer, whatever the window size asked for, nothing has been seen.
+MIN_EVIDENCE = 2
 
 
 class Status(str, Enum):
@@ -50,7 +55,7 @@ def partition_status(samples: Sequence[Sample], window: int, group_active: bool,
         return Status.ERROR
     if any(later.committed < earlier.committed for earlier, later in pairwise(samples)):
         return Status.ERROR
-    if len(samples) < window or any(s.lag == 0 for s in samples):
+    if len(samples) < max(window, MIN_EVIDENCE) or any(s.lag == 0 for s in samples):
         return Status.OK
     if all(s.committed == current.committed for s in samples):
         return Status.STALLED if group_active else Status.STOPPED

@@ -1,7 +1,7 @@
 #!/bin/bash
-# ACLs for the infrastructure principals of docker-compose.yml (run once by the acl-init service,
-# as the admin super user). The bus's own bindings (departments, processors, operators) come
-# from `civicbus acl plan|apply`, which the same service runs next.
+# ACLs for the infrastructure principals of docker-compose.yml (run once by the kafka-acls service,
+# as the admin super user). The bus's own bindings (departments and every civicbus role, the lag
+# exporter's among them) come from `civicbus acl plan|apply`, which the civicbus-acls service runs next.
 set -euo pipefail
 : "${KAFKA_ADMIN_PASSWORD:?}"
 bootstrap=kafka1:9092,kafka2:9092,kafka3:9092
@@ -17,6 +17,3 @@ acls() { /opt/kafka/bin/kafka-acls.sh --bootstrap-server "$bootstrap" --command-
 acls --allow-principal User:schema-registry --operation All --topic _schemas
 acls --allow-principal User:schema-registry --operation All --group schema-registry
 acls --allow-principal User:schema-registry --operation DescribeConfigs --topic __consumer_offsets
-# The lag exporter inside `civicbus up` reads every group's offsets and every topic's end offsets.
-acls --allow-principal User:civicbus --operation Describe --group '*'
-acls --allow-principal User:civicbus --operation Describe --topic '*'

@@ -85,6 +85,12 @@ def test_partition_status_follows_burrows_rules(history, active, expected):
     assert partition_status(samples(*history), window=3, group_active=active) is expected
 
 
+def test_a_window_of_one_sample_has_no_evidence_of_a_stall():
+    # `civicbus lag --samples 1`: one poll cannot show an offset standing still
+    assert partition_status(samples((3, 10)), window=1, group_active=True) is Status.OK
+    assert partition_status(samples((3, 10), (3, 10)), window=1, group_active=True) is Status.STALLED
+
+
 def test_committed_offset_below_the_log_start_is_an_error():
     assert partition_status(samples((3, 10)), window=3, group_active=True, log_start=5) is Status.ERROR
 
@@ -114,6 +120,14 @@ def test_monitor_reports_time_lag_max_and_sum_and_detects_a_stopped_group():
     assert group.partitions[0].lag_seconds == pytest.approx(30.0)  # the trend puts offset 10 at t=90; now is t=120
     assert (group.max_lag, group.sum_lag, group.max_lag_seconds) == (30.0, 30.0, pytest.approx(30.0))
     assert group.status is Status.STOPPED
+
+
+def test_monitor_with_a_window_of_one_reads_ok_on_its_only_poll_then_judges_over_two():
+    monitor = LagMonitor(window=1)  # `civicbus lag --samples 1`
+    (group,) = monitor.update(snapshot(1.0, {("t", 0): 9, ("t", 1): 4}, {("t", 0): 5, ("t", 1): 4}))
+    assert group.status is Status.OK and [p.status for p in group.partitions] == [Status.OK, Status.OK]
+    (group,) = monitor.update(snapshot(2.0, {("t", 0): 9, ("t", 1): 4}, {("t", 0): 5, ("t", 1): 4}))
+    assert group.status is Status.STALLED
 
 
 def test_uncommitted_partitions_are_nan_and_left_out_of_max_and_sum():
