@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
 
-.PHONY: install run test test-fast bench clean prometheus
+.PHONY: install run test test-fast bench clean prometheus chromium
 
 install: $(STAMP)
 
@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml
 run: install
 	$(BIN)/civicbus up --simulate 20
 
-test: install prometheus
+test: install prometheus chromium
 	$(BIN)/python -m pytest -p no:cacheprovider -q
 
 # promtool and the Prometheus server (Debian package `prometheus`): the alerting-rule unit tests
@@ -30,6 +30,14 @@ prometheus:
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends prometheus; }
+
+# Debian's chromium: the console test drives it headless through Playwright (which must not
+# download a browser of its own).
+chromium:
+	@command -v chromium >/dev/null || { \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends chromium; }
 
 bench: install
 	$(BIN)/python -m benchmarks all

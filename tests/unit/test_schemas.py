@@ -80,6 +80,7 @@ def test_the_catalog_declares_classification_personal_fields_and_case_roles(cata
         "petition.filed": ("CONFIDENTIAL", {"petitioner_name", "petitioner_id_number", "petitioner_phone"}, True),
         "case.status.updated": ("INTERNAL", {"handler_name"}, False),
         "case.escalated": ("INTERNAL", set(), False),
+        "case.snapshot": ("INTERNAL", {"handler"}, False),
     }
     assert set(catalog.types) == set(expected)
     for name, (classification, personal, forms_case) in expected.items():
