@@ -18,6 +18,7 @@ from civicbus.kafka import AsyncProducer
 from civicbus.metrics import GATEWAY_REQUESTS
 from civicbus.tokens import TokenStore
 from consumers.gateway.auth import Authenticate
+from consumers.gateway.cases import cases_router
 from consumers.gateway.catalog import catalog_router
 from consumers.gateway.feeds import FeedAccess, FeedReader, feeds_router
 from producers.http_ingest import ingest_router
@@ -82,6 +83,7 @@ def create_app(ctx: BusContext) -> FastAPI:
     app.include_router(ingest_router(ctx, authenticate, lambda: clients.producer))
     app.include_router(feeds_router(FeedAccess(ctx, lambda: clients.reader, lambda: clients.producer), authenticate))
     app.include_router(catalog_router(ctx, authenticate))
+    app.include_router(cases_router(ctx, authenticate, lambda: clients.producer))
 
     @app.exception_handler(RequestValidationError)
     async def validation_failed(_request: Request, exc: RequestValidationError) -> JSONResponse:
