@@ -31,13 +31,13 @@ prometheus:
 	  $$SUDO apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends prometheus; }
 
-# Debian's chromium: the console test drives it headless through Playwright (which must not
-# download a browser of its own).
+# Debian's chromium and a CJK font: the console test drives it headless through Playwright
+# (which must not download a browser of its own) and keeps a screenshot.
 chromium:
-	@command -v chromium >/dev/null || { \
+	@command -v chromium >/dev/null && dpkg -s fonts-wqy-zenhei >/dev/null 2>&1 || { \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get update -qq && \
-	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends chromium; }
+	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends chromium fonts-wqy-zenhei; }
 
 bench: install
 	$(BIN)/python -m benchmarks all

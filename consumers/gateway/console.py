@@ -30,7 +30,7 @@ if TYPE_CHECKING:
 
 COOKIE = "civicbus_console"
 LISTED_CASES = 50
-MAP_WIDTH = 640
+MAP_PANEL_WIDTH = 180  # pixels for the widest district
 
 STYLE = """
 body{font-family:system-ui,"Noto Sans CJK SC",sans-serif;margin:0;background:#f5f7fa;color:#1d2733}
@@ -43,6 +43,8 @@ table{border-collapse:collapse;width:100%;font-size:14px}th,td{text-align:left;p
 .overdue{color:#b42318;font-weight:600}.muted{color:#667085}
 ol.timeline{list-style:none;padding:0}ol.timeline li{padding:6px 0 6px 14px;border-left:3px solid #9db4cc;margin-left:6px}
 ol.timeline li.escalation{border-color:#b42318}ol.timeline li.status{border-color:#2e7d32}ol.timeline li.dispatch{border-color:#1d3c5a}
+#city-map{display:flex;flex-wrap:wrap;gap:12px;align-items:flex-start}#city-map figure{margin:0}
+#city-map figcaption{text-align:center;font-size:13px;color:#667085}
 form.signin{max-width:420px;margin:60px auto;background:#fff;padding:24px;border-radius:6px;box-shadow:0 1px 2px #0002}
 form.signin input{width:100%;padding:6px;margin:8px 0;box-sizing:border-box}
 """
@@ -90,36 +92,45 @@ def _is_open(snapshot: dict[str, Any]) -> bool:
 
 
 class GridMap:
-    """The grid cells projected once onto an SVG canvas (equirectangular, north up)."""
+    """The grid cells projected once onto SVG, one panel per district (the sample city's districts
+    lie in two cities, far apart), all at one scale, equirectangular, north up."""
 
-    def __init__(self, cells: list[dict]):
-        rings = [(c["properties"]["grid"], c["geometry"]["coordinates"][0]) for c in cells]
-        lons = [p[0] for _, ring in rings for p in ring]
-        lats = [p[1] for _, ring in rings for p in ring]
-        x_scale = math.cos(math.radians(sum(lats) / len(lats)))
-        width_deg, height_deg = (max(lons) - min(lons)) * x_scale, max(lats) - min(lats)
-        self.height = round(MAP_WIDTH * height_deg / width_deg)
-        scale = MAP_WIDTH / width_deg
-        self.cells = [
-            (grid, " ".join(f"{(lon - min(lons)) * x_scale * scale:.1f},{(max(lats) - lat) * scale:.1f}" for lon, lat in ring))
-            for grid, ring in rings
-        ]
+    def __init__(self, cells: list[dict], district_names: dict[str, str]):
+        by_district: dict[str, list[tuple[str, list]]] = {}
+        for cell in cells:
+            by_district.setdefault(cell["properties"]["district"], []).append((cell["properties"]["grid"], cell["geometry"]["coordinates"][0]))
+        spans = {}
+        for district, rings in by_district.items():
+            lons, lats = [p[0] for _, r in rings for p in r], [p[1] for _, r in rings for p in r]
+            x_scale = math.cos(math.radians(sum(lats) / len(lats)))
+            spans[district] = (min(lons), max(lats), x_scale, (max(lons) - min(lons)) * x_scale, max(lats) - min(lats))
+        scale = MAP_PANEL_WIDTH / max(span[3] for span in spans.values())
+        self.panels = []
+        for district, rings in by_district.items():
+            west, north, x_scale, width, height = spans[district]
+            points = [(grid, " ".join(f"{(lon - west) * x_scale * scale:.1f},{(north - lat) * scale:.1f}" for lon, lat in ring))
+                      for grid, ring in rings]
+            self.panels.append((district_names.get(district, district), round(width * scale), round(height * scale), points))
 
     def svg(self, open_by_grid: Counter) -> str:
         most = max(open_by_grid.values(), default=0)
-        polygons = []
-        for grid, points in self.cells:
-            count = open_by_grid.get(grid, 0)
-            fill = "#e8edf2" if count == 0 else f"rgba(200,40,40,{0.3 + 0.7 * count / most:.2f})"
-            polygons.append(f'<polygon points="{points}" fill="{fill}" stroke="#fff" stroke-width="1" data-grid="{escape(grid)}" '
-                            f'data-open="{count}"><title>{escape(grid)}: {count} open</title></polygon>')
-        return (f'<svg id="city-map" viewBox="0 0 {MAP_WIDTH} {self.height}" width="100%" role="img" '
-                f'aria-label="open cases by grid cell">{"".join(polygons)}</svg>')
+        panels = []
+        for name, width, height, cells in self.panels:
+            polygons = []
+            for grid, points in cells:
+                count = open_by_grid.get(grid, 0)
+                fill = "#dfe6ee" if count == 0 else f"rgba(200,40,40,{0.3 + 0.7 * count / most:.2f})"
+                polygons.append(f'<polygon points="{points}" fill="{fill}" stroke="#fff" stroke-width="1.5" data-grid="{escape(grid)}" '
+                                f'data-open="{count}"><title>{escape(grid)}: {count} open</title></polygon>')
+            panels.append(f'<figure><svg viewBox="0 0 {width} {height}" width="{width}" height="{height}" role="img" '
+                          f'aria-label="{escape(name)}: open cases by grid cell">{"".join(polygons)}</svg>'
+                          f"<figcaption>{escape(name)}</figcaption></figure>")
+        return f'<div id="city-map">{"".join(panels)}</div>'
 
 
 def console_router(ctx: BusContext, access: CaseAccess, department_of_caller: Callable[..., str]) -> APIRouter:
     router = APIRouter(tags=["console"], include_in_schema=False)
-    grid_map = GridMap(load_grid(ctx.settings.config))
+    grid_map = GridMap(load_grid(ctx.settings.config), {d.id: d.name_zh for d in ctx.city.map.districts})
 
     def signed_in(request: Request) -> str | None:
         token = request.cookies.get(COOKIE)
