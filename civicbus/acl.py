@@ -22,7 +22,7 @@ from confluent_kafka.admin import (
 )
 
 from civicbus.kafka import make_admin
-from civicbus.topology import AUDIT, DIST_EVENTS, DLQ, FEED_PREFIX, IN_PREFIX, PIPE_CASES, REF_PREFIX, Topology
+from civicbus.topology import AUDIT, CASES, DIST_EVENTS, DLQ, FEED_PREFIX, IN_PREFIX, PIPE_CASES, REF_PREFIX, Topology
 
 EMBEDDED_CLUSTER_ID_PREFIX = "tansu"
 
@@ -87,7 +87,7 @@ def plan(topology: Topology) -> list[Binding]:
     cases = "User:civicbus-cases"
     bindings += _reads(cases, "topic", t.name(PIPE_CASES)) + _writes(cases, t.name(PIPE_CASES))  # its clock records
     bindings += _writes(cases, t.name(DIST_EVENTS)) + _writes(cases, t.name(DLQ))
-    bindings += _reads(cases, "topic", t.cases_changelog) + _writes(cases, t.cases_changelog)
+    bindings += _reads(cases, "topic", t.cases_changelog) + _writes(cases, t.cases_changelog) + _writes(cases, t.name(CASES))
     bindings += [Binding(cases, READ, "group", t.group("civicbus-cases"), "PREFIXED")] + _transactional(cases, t.group("civicbus-cases"))
     fanout = "User:civicbus-fanout"
     bindings += _reads(fanout, "topic", t.name(DIST_EVENTS)) + _reads(fanout, "topic", t.name(FEED_PREFIX), "PREFIXED")  # its restore
@@ -97,6 +97,7 @@ def plan(topology: Topology) -> list[Binding]:
     gateway = "User:civicbus-gateway"  # publishes and reads on behalf of the department its token names
     bindings += _writes(gateway, t.name(IN_PREFIX), "PREFIXED") + _reads(gateway, "topic", t.name(FEED_PREFIX), "PREFIXED")
     bindings += _writes(gateway, t.name(AUDIT)) + [Binding(gateway, READ, "group", t.group("civicbus-gateway"), "PREFIXED")]
+    bindings += _reads(gateway, "topic", t.name(CASES)) + _reads(gateway, "topic", t.cases_changelog)  # the case views; report index
     operator = "User:civicbus-operator"  # lag exporter, `topics apply`, `reference load`
     bindings += [Binding(operator, DESCRIBE, "topic", t.name("civic."), "PREFIXED"), Binding(operator, DESCRIBE, "group", t.group(""), "PREFIXED")]
     bindings += [Binding(operator, CREATE, "cluster", "kafka-cluster"), Binding(operator, "DESCRIBE_CONFIGS", "topic", t.name("civic."), "PREFIXED")]
