@@ -140,3 +140,28 @@ def test_a_department_lists_its_own_cases_filtered_and_paged(bus, gateway):
     bad = gateway.get("/v1/cases", params={"status": "lost"}, headers=citymgmt)
     assert bad.status_code == 422 and bad.json()["detail"][0]["field"] == "status"
     assert gateway.get("/v1/cases", params={"cursor": "x"}, headers=citymgmt).json()["detail"][0]["field"] == "cursor"
+
+
+def test_the_console_signs_in_by_cookie_and_shows_only_what_the_api_would(bus, gateway):
+    case, call, _ = street_vending_case()
+    publish(bus, case)
+    answered(gateway, f"/v1/cases/{case['id']}", bearer(bus, "citymgmt"))
+    assert "Department token" in gateway.get("/console").text  # not signed in: the sign-in form
+    assert gateway.get(f"/console/cases/{case['id']}").status_code == 401
+    refused = gateway.post("/console/session", json={"token": "cbt_guessed"})
+    assert refused.status_code == 401 and "console" not in gateway.cookies
+    citymgmt_token = bearer(bus, "citymgmt")["Authorization"].removeprefix("Bearer ")
+    signed = gateway.post("/console/session", json={"token": citymgmt_token})
+    assert signed.status_code == 204
+    cookie = signed.headers["set-cookie"].lower()
+    assert "httponly" in cookie and "samesite=strict" in cookie and "path=/console" in cookie
+    dashboard = gateway.get("/console")
+    assert f'data-case="{case["id"]}"' in dashboard.text and 'data-grid="dongcheng.andingmen.g07" data-open="1"' in dashboard.text
+    timeline = gateway.get(f"/console/cases/{call['id']}")
+    assert timeline.status_code == 200 and "in_progress by" in timeline.text and "李明" not in timeline.text
+    gateway.post("/console/sign-out")
+    gateway.cookies.clear()
+    ecoenv_token = bearer(bus, "ecoenv")["Authorization"].removeprefix("Bearer ")
+    assert gateway.post("/console/session", json={"token": ecoenv_token}).status_code == 204
+    assert case["id"] not in gateway.get("/console").text
+    assert gateway.get(f"/console/cases/{call['id']}").status_code == 403

@@ -5,6 +5,7 @@ from datetime import timedelta
 
 from processors.case_snapshot import case_snapshot
 from processors.casebook import LISTED_REPORTS, CaseBook, derived_id, to_ms
+from processors.cases import CaseStore
 from tests.unit.test_casebook import CATALOG, CITY, T0, book, event, handle, status  # noqa: F401 (fixture)
 
 LADDER = CITY.categories.escalation
@@ -88,3 +89,17 @@ def test_a_mass_incident_keeps_the_count_and_a_bounded_list(book):
     data = case_snapshot(book.cases[first["id"]], "triage")["data"]
     assert data["report_count"] == 300 and len(data["reports"]) == LISTED_REPORTS
     assert data["reports"][0]["id"] == first["id"] and data["channels"] == {"hotline12345": 300}
+
+
+def test_the_store_names_each_changed_case_once_per_commit_and_a_forgotten_one_as_none(book):
+    store = CaseStore(partition=0)
+    book = CaseBook(book.rules, store)
+    call = handle(book, event("hotline.request.received"))
+    handle(book, event("security.video.alert", at=T0 + timedelta(minutes=1)))  # joins it: the same case again
+    other = handle(book, event("hotline.request.received", location={"lat": 39.93, "lon": 116.36}))
+    assert sorted(store.changed_cases(), key=lambda c: c[0]) == sorted(
+        [(call["id"], store[call["id"]]), (other["id"], store[other["id"]])], key=lambda c: c[0])
+    store.committed()
+    assert list(store.changed_cases()) == []
+    del store[other["id"]]
+    assert list(store.changed_cases()) == [(other["id"], None)]
