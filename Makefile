@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
 
-.PHONY: install run test test-fast bench clean prometheus asyncapi-parser
+.PHONY: install run test test-fast bench clean prometheus asyncapi-parser chromium
 
 install: $(STAMP)
 
@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml
 run: install
 	$(BIN)/civicbus up --simulate 20
 
-test: install prometheus asyncapi-parser
+test: install prometheus asyncapi-parser chromium
 	$(BIN)/python -m pytest -p no:cacheprovider -q
 
 # promtool, the Prometheus server and Alertmanager (Debian packages `prometheus` and
@@ -44,6 +44,14 @@ $(ASYNCAPI)/node_modules/.package-lock.json: $(ASYNCAPI)/package-lock.json
 	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends nodejs npm; }
 	npm ci --prefix $(ASYNCAPI) --no-audit --no-fund --loglevel=error
 	touch $@
+
+# Debian's chromium and a CJK font: the console test drives it headless through Playwright
+# (which must not download a browser of its own) and keeps a screenshot.
+chromium:
+	@command -v chromium >/dev/null && dpkg -s fonts-wqy-zenhei >/dev/null 2>&1 || { \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends chromium fonts-wqy-zenhei; }
 
 bench: install
 	$(BIN)/python -m benchmarks all

@@ -45,11 +45,11 @@ def workers(events: int = 10_000, repeats: int = 2, seed: int = 6) -> None:
 
 
 @app.command()
-def gateway(seed: int = 6) -> None:
-    """(e) HTTP gateway under 50 concurrent clients (needs the gateway of DESIGN.md)."""
+def gateway(seed: int = 6, case_reads_only: bool = typer.Option(False, help="only GET /v1/cases/{id} at 100/s")) -> None:
+    """(e) HTTP gateway under 50 concurrent clients (needs the gateway of DESIGN.md), then case reads at 100/s."""
     from benchmarks.gateway import run
 
-    run(seed)
+    run(seed, case_reads_only)
 
 
 @app.command()

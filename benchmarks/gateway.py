@@ -2,6 +2,11 @@
 time, half posting events (POST /v1/events), half reading a feed (GET /v1/feeds/{agency}/events);
 requests/s, p50/p99 and errors per endpoint. Target: zero errors.
 
+Then the case-read phase: GET /v1/cases/{id} of the reader's cases at a fixed 100 requests/s
+(open loop: each request starts on schedule, however long the previous ones take), p50/p99.
+Target (issue 14): p99 <= 20 ms, the views being in memory. `--case-reads-only` runs just this
+phase after posting a few events (benchmarks/results/gateway_case_reads.json).
+
 Written against the contract of DESIGN.md ("HTTP gateway"): `civicbus up` serves it on
 --http-port, `civicbus token AGENCY` prints a department's token. Where the build has no
 gateway yet, the result says so instead of figures.
@@ -30,6 +35,9 @@ CLIENTS = 50
 DURATION_S = 15.0
 WARMUP_S = 2.0
 READER = "citymgmt"
+CASE_READ_RATE = 100.0
+CASE_READ_S = 10.0
+CASE_READ_P99_TARGET_MS = 20.0
 
 
 def civicbus(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
@@ -123,6 +131,54 @@ async def load(base: str, tokens: dict[str, str], events: dict[str, list[bytes]]
     return tally.summary(DURATION_S)
 
 
+async def case_ids(client: httpx.AsyncClient, token: str, timeout_s: float = 90.0) -> list[str]:
+    """Up to 100 of the reader's cases, once the case stage has published some."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        response = await client.get("/v1/cases", params={"limit": 100}, headers={"Authorization": f"Bearer {token}"})
+        if response.status_code == 200 and response.json()["cases"]:
+            return [c["data"]["case_id"] for c in response.json()["cases"]]
+        await asyncio.sleep(1)
+    raise RuntimeError(f"no case of {READER} appeared on GET /v1/cases within {timeout_s:.0f}s")
+
+
+async def case_reads(base: str, token: str) -> dict:
+    latencies_ms: list[float] = []
+    errors: list[str] = []
+    async with httpx.AsyncClient(base_url=base, timeout=30, limits=httpx.Limits(max_connections=CLIENTS)) as client:
+        ids = await case_ids(client, token)
+
+        async def read(case_id: str) -> None:
+            started = time.perf_counter()
+            try:
+                response = await client.get(f"/v1/cases/{case_id}", headers={"Authorization": f"Bearer {token}"})
+                if response.status_code != 200:
+                    errors.append(f"{response.status_code}: {response.text[:200]}")
+            except httpx.HTTPError as e:
+                errors.append(f"{type(e).__name__}: {e}")
+            latencies_ms.append((time.perf_counter() - started) * 1000)
+
+        tasks = []
+        started = time.monotonic()
+        for i in range(int(CASE_READ_RATE * CASE_READ_S)):
+            await asyncio.sleep(max(0.0, started + i / CASE_READ_RATE - time.monotonic()))
+            tasks.append(asyncio.create_task(read(ids[i % len(ids)])))
+        await asyncio.gather(*tasks)
+    p99 = percentile(latencies_ms, 99)
+    return {
+        "rate_per_s": CASE_READ_RATE, "duration_s": CASE_READ_S, "cases": len(ids), "requests": len(latencies_ms),
+        "p50_ms": round(percentile(latencies_ms, 50), 1), "p99_ms": round(p99, 1), "errors": len(errors), "first_errors": errors[:5],
+        "target": {"p99_ms": CASE_READ_P99_TARGET_MS, "errors": 0}, "target_met": p99 <= CASE_READ_P99_TARGET_MS and not errors,
+    }
+
+
+async def post_some(base: str, tokens: dict[str, str], events: dict[str, list[bytes]], per_department: int = 10) -> None:
+    async with httpx.AsyncClient(base_url=base, timeout=30) as client:
+        for department, bodies in events.items():
+            for body in bodies[:per_department]:
+                await client.post("/v1/events", content=body, headers={"Authorization": f"Bearer {tokens[department]}", "Content-Type": "application/json"})
+
+
 def sample_events(seed: int, count: int = 1000) -> dict[str, list[bytes]]:
     """The simulator's traffic as each department posts it, in JSON: type, location, data (the
     gateway fills the rest). Status updates are left out: they refer to cases by id."""
@@ -135,7 +191,7 @@ def sample_events(seed: int, count: int = 1000) -> dict[str, list[bytes]]:
     return events
 
 
-def run(seed: int = 6) -> Path:
+def run(seed: int = 6, case_reads_only: bool = False) -> Path:
     env = {k: v for k, v in os.environ.items() if k not in ("CIVICBUS_BOOTSTRAP", "CIVICBUS_NAMESPACE")}
     http_port = free_port()
     base = f"http://127.0.0.1:{http_port}"
@@ -158,15 +214,21 @@ def run(seed: int = 6) -> Path:
                 if result.returncode != 0:
                     raise RuntimeError(f"civicbus token {department} failed: {result.stderr[-500:]}")
                 tokens[department] = result.stdout.strip().splitlines()[-1]
-            figures = asyncio.run(load(base, tokens, events))
+            if case_reads_only:
+                asyncio.run(post_some(base, tokens, events))
+            else:
+                figures = asyncio.run(load(base, tokens, events))
+            reads = asyncio.run(case_reads(base, tokens[READER]))
         finally:
             up.send_signal(signal.SIGINT)
             try:
                 up.wait(60)
             except subprocess.TimeoutExpired:
                 up.kill()
+    if case_reads_only:
+        return write_result("gateway_case_reads", {"status": "measured", "seed": seed, "case_reads": reads})
     errors = sum(f["errors"] for f in figures.values())
     return write_result("gateway", {
         "status": "measured", "clients": CLIENTS, "duration_s": DURATION_S, "warmup_s": WARMUP_S, "seed": seed,
-        "endpoints": figures, "target": {"errors": 0}, "target_met": errors == 0,
+        "endpoints": figures, "target": {"errors": 0}, "target_met": errors == 0 and reads["target_met"], "case_reads": reads,
     })

@@ -106,8 +106,23 @@ class MergeSettings(BaseModel):
     window: timedelta
 
 
+class EscalationLadder(BaseModel):
+    """How long after a case's first escalation for a deadline, while that deadline stays missed,
+    it escalates up the levels (市-区-街道): to its district office, then to the city hub."""
+
+    district_after: timedelta = Field(gt=timedelta(0))
+    hub_after: timedelta = Field(gt=timedelta(0))
+
+    @model_validator(mode="after")
+    def _hub_last(self) -> EscalationLadder:
+        if self.hub_after <= self.district_after:
+            raise ValueError("escalation.hub_after must be longer than escalation.district_after")
+        return self
+
+
 class CategoryTable(BaseModel):
     merge: MergeSettings
+    escalation: EscalationLadder
     clock: timedelta  # how often the case stage checks deadlines
     retention: timedelta  # how long resolved cases are remembered
     unknown: Deadlines

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from civicbus.topology import AUDIT, DIST_EVENTS, DLQ, FEED_PREFIX, IN_PREFIX, PIPE_CASES, REF_PREFIX, Topology
+from civicbus.topology import AUDIT, CASES, DIST_EVENTS, DLQ, FEED_PREFIX, IN_PREFIX, PIPE_CASES, REF_PREFIX, Topology
 
 LITERAL, PREFIXED = "LITERAL", "PREFIXED"
 
@@ -67,7 +67,8 @@ def roles(topology: Topology) -> tuple[Role, ...]:
         "cases",
         reads=(Resource(t.name(PIPE_CASES)), Resource(t.cases_changelog)),
         # its clock records go to civic.pipe.cases; its case events to civic.dist.events beside the transaction
-        writes=(Resource(t.name(PIPE_CASES)), Resource(t.name(DIST_EVENTS)), Resource(t.name(DLQ)), Resource(t.cases_changelog)),
+        writes=(Resource(t.name(PIPE_CASES)), Resource(t.name(DIST_EVENTS)), Resource(t.name(DLQ)), Resource(t.cases_changelog),
+                Resource(t.name(CASES))),  # each case's current state, the case API's read model
         groups=(stage_group("cases"),),
         transactional_ids=(stage_group("cases"),),
     )
@@ -81,7 +82,8 @@ def roles(topology: Topology) -> tuple[Role, ...]:
     )
     gateway = Role(  # publishes and reads on behalf of the department its token names
         "gateway",
-        reads=(Resource(t.name(FEED_PREFIX), PREFIXED), Resource(t.name(AUDIT))),
+        # the case views follow civic.cases, and the state log's report index
+        reads=(Resource(t.name(FEED_PREFIX), PREFIXED), Resource(t.name(AUDIT)), Resource(t.name(CASES)), Resource(t.cases_changelog)),
         writes=(Resource(t.name(IN_PREFIX), PREFIXED), Resource(t.name(AUDIT))),
         # each department's HTTP read position, so the lag exporter shows HTTP readers
         groups=(stage_group("gateway"), *(Resource(t.department_group_prefix(d) + "gateway") for d in t.departments)),

@@ -16,6 +16,7 @@ REF_PREFIX = "civic.ref."
 DIST_EVENTS = "civic.dist.events"
 DLQ = "civic.dlq"
 AUDIT = "civic.audit"
+CASES = "civic.cases"  # each case's current state (case.snapshot), the read model of the case API
 # Internal hops between stages; not part of the public contract.
 PIPE_CASES = "civic.pipe.cases"
 
@@ -82,6 +83,7 @@ class Topology:
             TopicSpec(self.name(DIST_EVENTS), n, month),
             TopicSpec(self.name(PIPE_CASES), n, week),
             TopicSpec(self.cases_changelog, n, compact),
+            TopicSpec(self.name(CASES), n, compact),
             TopicSpec(self.name(DLQ), 1, month),
             TopicSpec(self.name(AUDIT), 1, {"cleanup.policy": "delete", "retention.ms": str(365 * DAY_MS)}),
         ]

@@ -17,6 +17,10 @@ place for merging) live in memory only and are rebuilt from the table after a re
   deadline, to the responsible departments, the district office and the originators. Due times
   sit in a heap (the deadline index), so a tick costs what falls due, not a scan of every case;
   open and overdue counts are kept as cases change, for the same reason.
+- The escalation ladder (市-区-街道): a deadline still missed `escalation.district_after` after
+  its first escalation escalates again at level `district` (its district office), and
+  `escalation.hub_after` after it at level `city` (the hub). Each step, when it fires, schedules
+  the next one in the same heap.
 - Retention: a resolved case is forgotten `retention` after it was resolved, and one nobody
   resolves `retention` after its resolution deadline, so what the stage holds is bounded by
   the traffic of one retention period, however long it runs.
@@ -56,6 +60,12 @@ METRES_PER_DEGREE = 111_320.0
 DEADLINES = (("acceptance", "accept_due_ms", "accepted_ms"), ("resolution", "resolve_due_ms", "resolved_ms"))
 ACCEPTING = {"accepted", "in_progress", "resolved"}
 NOTE = "commented"  # a note or feedback: changes nothing on the case, anyone on it may add one
+# Escalation levels after the first (`department`), in the order a missed deadline climbs them.
+LADDER = ("district", "city")
+FIRST_LEVEL = "department"
+# Reports a case lists with their channel; beyond these it counts them (a mass incident: thousands
+# of calls about one fire), so a case's record stays small however many join it.
+LISTED_REPORTS = 50
 
 
 def derived_id(*parts: str) -> str:
@@ -105,6 +115,22 @@ def _bucket(lat: float, lon: float, size_m: float) -> tuple[int, int]:
     return math.floor(x), math.floor(y)
 
 
+def _note_channel(case: dict, event: dict[str, Any], event_type: EventType, reported_ms: int) -> None:
+    """What the case keeps of a report beside its id: the channel it came through, and the first
+    LISTED_REPORTS of them in full."""
+    listed = case.setdefault("listed_reports", [])
+    if len(listed) < LISTED_REPORTS:
+        listed.append({"id": event["id"], "source": event["source"], "type": event_type.name, "time_ms": reported_ms})
+    channels = case.setdefault("channels", {})
+    channels[event["source"]] = channels.get(event["source"], 0) + 1
+
+
+def _escalated_at(case: dict, deadline: str, level: str) -> int | None:
+    if level == FIRST_LEVEL:
+        return case["escalations"].get(deadline)
+    return case.get("ladder", {}).get(deadline, {}).get(level)
+
+
 def distance_m(lat1: float, lon1: float, lat2: float, lon2: float) -> float:
     """Equirectangular distance: exact enough at the scale of a merge radius."""
     x = math.radians(lon2 - lon1) * math.cos(math.radians((lat1 + lat2) / 2))
@@ -152,6 +178,7 @@ class CaseBook:
                 case["originators"].append(event["source"])
             case["last_report_ms"] = max(case["last_report_ms"], reported_ms)
             case["classification"] = highest(case["classification"], event["classification"])
+            _note_channel(case, event, event_type, reported_ms)
         case["report_origins"][event["id"]] = {"source": publication.source, "digest": publication.digest}
         self.cases[case["id"]] = case
         self.reports()[event["id"]] = case["id"]
@@ -220,21 +247,32 @@ class CaseBook:
                 if self._forget_at(case) == due_ms:
                     self._forget(case)
                 continue
-            deadline, due_key, done_key = next(d for d in DEADLINES if d[0] == what.removeprefix("replay:"))
+            replay = what.startswith("replay:")
+            deadline, _, level = what.removeprefix("replay:").partition(":")
+            level = level or FIRST_LEVEL
+            _, due_key, done_key = next(d for d in DEADLINES if d[0] == deadline)
             if case[done_key] is not None or case["resolved_ms"] is not None:
                 continue
-            if what.startswith("replay:"):
-                if due_ms == now_ms and case["escalations"].get(deadline) == now_ms:
-                    result.events.append(self._escalation(case, deadline, now_ms))
+            if replay:
+                if due_ms == now_ms and _escalated_at(case, deadline, level) == now_ms:
+                    result.events.append(self._escalation(case, deadline, level, now_ms))
                 continue
-            if case[due_key] != due_ms or deadline in case["escalations"]:
+            if _escalated_at(case, deadline, level) is not None:
                 continue
-            self._count(case, -1)
-            case["escalations"][deadline] = now_ms
-            self._count(case, +1)
+            if level == FIRST_LEVEL:
+                if case[due_key] != due_ms:
+                    continue
+                self._count(case, -1)
+                case["escalations"][deadline] = now_ms
+                self._count(case, +1)
+            else:
+                if self._ladder_due(case, deadline, level) != due_ms:
+                    continue
+                case.setdefault("ladder", {}).setdefault(deadline, {})[level] = now_ms
+            self._schedule_ladder(case, deadline)
             self.cases[case_id] = case
             result.escalated += [(d, case["category"]) for d in case["responsible"]]
-            result.events.append(self._escalation(case, deadline, now_ms))
+            result.events.append(self._escalation(case, deadline, level, now_ms))
         result.open = +self._open_counts
         result.overdue = +self._overdue_counts
         return result
@@ -273,7 +311,11 @@ class CaseBook:
             "accepted_ms": None,
             "resolved_ms": None,
             "escalations": {},
+            "ladder": {},  # deadline -> {level: escalated ms}, the steps after the first
+            "listed_reports": [],
+            "channels": {},
         }
+        _note_channel(case, event, event_type, reported_ms)
         if case["mergeable"]:
             self._merge_index().setdefault(self._key(case), set()).add(case["id"])
         self._deadlines()  # built from the cases before this one joins them
@@ -293,6 +335,8 @@ class CaseBook:
         if status == NOTE:
             return
         case["last_status"] = status
+        if event["data"].get("handler_name"):
+            case["handler"] = event["data"]["handler_name"]
         if status in ACCEPTING and case["accepted_ms"] is None:
             case["accepted_ms"] = at_ms
         if status == "resolved":
@@ -336,6 +380,8 @@ class CaseBook:
                 self._count(case, +1)
                 for deadline, escalated_at in case["escalations"].items():
                     self._due.append((escalated_at, case["id"], f"replay:{deadline}"))
+                for deadline, steps in case.get("ladder", {}).items():
+                    self._due += [(at, case["id"], f"replay:{deadline}:{level}") for level, at in steps.items()]
             heapq.heapify(self._due)
         return self._due
 
@@ -345,7 +391,23 @@ class CaseBook:
         for deadline, due_key, done_key in DEADLINES:
             if case[done_key] is None and case["resolved_ms"] is None and deadline not in case["escalations"]:
                 heapq.heappush(due, (case[due_key], case["id"], deadline))
+            self._schedule_ladder(case, deadline)
         heapq.heappush(due, (self._forget_at(case), case["id"], "forget"))
+
+    def _ladder_due(self, case: dict, deadline: str, level: str) -> int:
+        ladder = self.rules.categories.escalation
+        after = ladder.district_after if level == "district" else ladder.hub_after
+        return case["escalations"][deadline] + int(after.total_seconds() * 1000)
+
+    def _schedule_ladder(self, case: dict, deadline: str) -> None:
+        """Put the next step up the ladder of a missed deadline in the deadline index."""
+        _, _, done_key = next(d for d in DEADLINES if d[0] == deadline)
+        if deadline not in case["escalations"] or case[done_key] is not None or case["resolved_ms"] is not None:
+            return
+        steps = case.get("ladder", {}).get(deadline, {})
+        level = next((level for level in LADDER if level not in steps), None)
+        if level is not None:
+            heapq.heappush(self._deadlines(), (self._ladder_due(case, deadline, level), case["id"], f"{deadline}:{level}"))
 
     def _count(self, case: dict, sign: int) -> None:
         """Add (+1) or take back (-1) what an open case contributes to the open and overdue counts."""
@@ -406,11 +468,14 @@ class CaseBook:
     def _as_case_event(self, event: dict[str, Any], case: dict, targets: list[str]) -> dict[str, Any]:
         return {**event, "correlation_id": case["id"], "targets": list(targets), "due": self._next_due(case)}
 
-    def _escalation(self, case: dict, deadline: str, now_ms: int) -> dict[str, Any]:
+    def _escalation(self, case: dict, deadline: str, level: str, now_ms: int) -> dict[str, Any]:
         location = case["location"]
         due_key = "accept_due_ms" if deadline == "acceptance" else "resolve_due_ms"
+        offices = list(Place.of(location).districts)  # the district office owning the place, if it is placed
+        above = {FIRST_LEVEL: [], "district": offices or [self.rules.hub], "city": [self.rules.hub] + offices}[level]
+        ids = (case["id"], "escalated", deadline) + (() if level == FIRST_LEVEL else (level,))
         return {
-            "id": derived_id(case["id"], "escalated", deadline),
+            "id": derived_id(*ids),
             "type": ESCALATION_TYPE,
             "source": self.rules.hub,
             "time": from_ms(now_ms),
@@ -425,8 +490,10 @@ class CaseBook:
                 "responsible": list(case["responsible"]),
                 "reports": list(case["reports"]),
                 "last_status": case["last_status"],
+                "level": level,
             },
             "correlation_id": case["id"],
-            "targets": self.rules.dispatch.escalation_targets(case["type"], case["responsible"], case["originators"], Place.of(location)),
+            "targets": list(dict.fromkeys(above + self.rules.dispatch.escalation_targets(
+                case["type"], case["responsible"], case["originators"], Place.of(location)))),
             "due": self._next_due(case),
         }

@@ -5,6 +5,9 @@ Topology, all of it declared here:
                                     civic.dlq           (refusals)
   state:  per input partition, a CaseBook (processors.casebook) over a CaseStore, logged to the
           compacted civic.state.cases partition of the same number
+  read model: each case changed by a commit, once, as a case.snapshot (processors.case_snapshot)
+          on the compacted civic.cases partition of the same number (key: case id; a forgotten
+          case's key gets a tombstone), in the same transaction: the stage is its only writer
   clock:  every `clock` of categories.yaml a clock record on each assigned civic.pipe.cases
           partition; the stage checks deadlines when it reaches it, so escalations are decided
           in stream order and a replayed clock record decides exactly what it decided before.
@@ -49,8 +52,9 @@ from civicbus.metrics import ESCALATED, OPEN_CASES, OVERDUE_CASES, REJECTED, ROU
 from civicbus.schemas import ESCALATION_TYPE
 from civicbus.serde import DecodeError
 from civicbus.signing import RecordSigner
-from civicbus.topology import DIST_EVENTS, DLQ, PIPE_CASES
+from civicbus.topology import CASES, DIST_EVENTS, DLQ, PIPE_CASES
 from civicbus.wire import clock_header, is_cloudevent_header, read_clock_ms
+from processors.case_snapshot import case_snapshot
 from processors.casebook import CaseBook, CaseError, CaseRules, TickResult
 from processors.runner import Output, Stage
 
@@ -151,6 +155,11 @@ class CaseStore(MutableMapping):
     def waiting_for(self, reference: str) -> list[str]:
         """Ids of the parked updates that refer to `reference`, oldest first."""
         return sorted(self._waiting.get(reference, ()), key=lambda event_id: self.parked[event_id][2].offset)
+
+    def changed_cases(self) -> Iterator[tuple[str, dict | None]]:
+        """Each case changed since the last `committed()`, once (None: forgotten)."""
+        for case_id in self._dirty:
+            yield case_id, self.data.get(case_id)
 
     def changes(self) -> Iterator[tuple[bytes, bytes | None]]:
         """The log records for what changed since the last `committed()`."""
@@ -283,6 +292,7 @@ class CaseStage(Stage):
         self.dist_topic = topology.name(DIST_EVENTS)
         self.dlq_topic = topology.name(DLQ)
         self.log_topic = topology.cases_changelog
+        self.cases_topic = topology.name(CASES)
         self.rules = CaseRules.from_city(ctx.city, ctx.catalog[ESCALATION_TYPE])
         self.books: dict[int, CaseBook] = {}
         self.metrics = CaseMetrics()
@@ -396,6 +406,9 @@ class CaseStage(Stage):
         for partition, book in self.books.items():
             for key, value in book.cases.changes():
                 producer.produce(self.log_topic, value, key, partition=partition)
+            for case_id, case in book.cases.changed_cases():
+                value, headers = (None, []) if case is None else self.ctx.serde.encode(case_snapshot(case, self.rules.hub), self.cases_topic)
+                producer.produce(self.cases_topic, value, case_id.encode(), partition=partition, headers=headers)
 
     def after_commit(self) -> None:
         for book in self.books.values():

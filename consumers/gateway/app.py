@@ -13,12 +13,14 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest
 from prometheus_client.multiprocess import MultiProcessCollector
 
+from civicbus.audit import GatewayAudit
 from civicbus.context import BusContext
 from civicbus.kafka import AsyncProducer
 from civicbus.metrics import GATEWAY_REQUESTS
 from civicbus.serde import MAX_EVENT_BYTES
 from civicbus.tokens import TokenStore
 from consumers.gateway.auth import Authenticate
+from consumers.gateway.cases import cases_router
 from consumers.gateway.catalog import catalog_router
 from consumers.gateway.feeds import FeedAccess, FeedReader, feeds_router
 from consumers.gateway.limits import DepartmentLimits
@@ -88,9 +90,11 @@ def create_app(ctx: BusContext) -> FastAPI:
         max_body_size=MAX_BODY_BYTES,
     )
     app.include_router(ingest_router(ctx, publishing_department, lambda: clients.producer))
-    app.include_router(feeds_router(FeedAccess(ctx, lambda: clients.reader, lambda: clients.producer), authenticate, limits))
+    audit = GatewayAudit(ctx, lambda: clients.producer)  # one writer, one chain (civicbus.audit)
+    app.include_router(feeds_router(FeedAccess(ctx, lambda: clients.reader, audit), authenticate, limits))
     app.include_router(catalog_router(ctx, authenticate))
     app.openapi = lambda: valid_openapi(app)
+    app.include_router(cases_router(ctx, authenticate, audit))
 
     @app.exception_handler(RequestValidationError)
     async def validation_failed(_request: Request, exc: RequestValidationError) -> JSONResponse:

@@ -37,7 +37,7 @@ from pydantic import BaseModel
 
 from civicbus.audit import GatewayAudit
 from civicbus.context import BusContext
-from civicbus.kafka import AsyncProducer, consumer_config, make_admin
+from civicbus.kafka import consumer_config, make_admin
 from civicbus.metrics import FORGED_SKIPPED
 from civicbus.serde import DecodeError, to_json
 from civicbus.signing import RecordSigner
@@ -364,11 +364,8 @@ def _broker_message(e: KafkaException) -> str:
 class FeedAccess:
     ctx: BusContext
     reader: Callable[[], FeedReader]
-    producer: Callable[[], AsyncProducer]
+    audit_log: GatewayAudit  # the gateway's one audit chain, shared with the case views
     last_committed: dict[str, dict[int, int]] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        self.audit_log = GatewayAudit(self.ctx, self.producer)
 
     async def audited(self, department: str, items: list[FeedItem]) -> None:
         """Record every event handed out; raises (and nothing is handed out) unless all acknowledged."""
