@@ -3,11 +3,15 @@
 A router the gateway app mounts (consumers/gateway/app.py). It lives with the producers because
 it publishes: the same `complete_event` as the SDK fills and validates the event, and it goes
 to civic.in.<department> like any SDK publish, so ingest checks it again downstream. The
-department is always the token's; a body naming another source is refused (403).
+department is always the token's; a body naming another source is refused (403), and so is an
+event below its type's classification floor (civicbus.policy.below_floor). An id this gateway
+published already, reused by another department or for other content, is refused 409
+(civicbus.ids); one it never saw is the pipeline's to catch (ID_CONFLICT dead letters).
 """
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
 from typing import Any
@@ -17,7 +21,9 @@ from fastapi import APIRouter, Body, Depends, HTTPException
 from pydantic import BaseModel
 
 from civicbus.context import BusContext
+from civicbus.ids import Publication, id_conflict
 from civicbus.kafka import AsyncProducer
+from civicbus.policy import below_floor
 from civicbus.schemas import EventValidationError
 from civicbus.serde import MAX_EVENT_BYTES
 from producers.sdk import complete_event
@@ -49,6 +55,26 @@ EXAMPLE = {
 
 # An event's time must lie within what a feed still holds and no further ahead than clock skew.
 MAX_AHEAD = timedelta(minutes=5)
+# Ids published through this gateway remembered for the 409 on reuse (the newest ones).
+REMEMBERED_IDS = 200_000
+
+
+class PublishedIds:
+    """The newest ids this gateway published, with who published what under each."""
+
+    def __init__(self, capacity: int = REMEMBERED_IDS):
+        self.capacity = capacity
+        self._ids: OrderedDict[str, Publication] = OrderedDict()
+
+    def conflict(self, event_id: str, publication: Publication) -> str | None:
+        first = self._ids.get(event_id)
+        return None if first is None else id_conflict(event_id, first, publication)
+
+    def add(self, event_id: str, publication: Publication) -> None:
+        self._ids[event_id] = publication
+        self._ids.move_to_end(event_id)
+        if len(self._ids) > self.capacity:
+            self._ids.popitem(last=False)
 
 
 def _unencodable(value: Any, path: str = "") -> str | None:
@@ -83,6 +109,7 @@ def _time_problem(ctx: BusContext, department: str, time: datetime) -> str | Non
 
 def ingest_router(ctx: BusContext, department_of_caller: Callable[..., str], producer: Callable[[], AsyncProducer]) -> APIRouter:
     router = APIRouter(tags=["ingest"])
+    published = PublishedIds()
 
     @router.post(
         "/v1/events",
@@ -90,7 +117,7 @@ def ingest_router(ctx: BusContext, department_of_caller: Callable[..., str], pro
         response_model=Accepted,
         summary="Publish one event as the token's department",
         responses={
-            401: {"model": Problem}, 403: {"model": Problem}, 413: {"model": Problem},
+            401: {"model": Problem}, 403: {"model": Problem}, 409: {"model": Problem}, 413: {"model": Problem},
             422: {"model": ValidationProblem}, 429: {"model": Problem}, 503: {"model": Problem},
         },
     )
@@ -116,6 +143,14 @@ def ingest_router(ctx: BusContext, department_of_caller: Callable[..., str], pro
         time_problem = _time_problem(ctx, department, completed["time"])
         if time_problem:
             raise HTTPException(422, [{"field": "time", "message": time_problem}])
+        event_type = ctx.catalog[completed["type"]]
+        too_low = below_floor(completed, event_type)
+        if too_low:
+            raise HTTPException(403, [{"field": "classification", "message": too_low}])
+        publication = Publication.of(completed, event_type)
+        conflict = published.conflict(completed["id"], publication)
+        if conflict:
+            raise HTTPException(409, conflict)
         topic = ctx.topology.inbound(department)
         value, headers = ctx.serde.encode(completed, topic)
         if len(value) > MAX_EVENT_BYTES:
@@ -124,6 +159,7 @@ def ingest_router(ctx: BusContext, department_of_caller: Callable[..., str], pro
             await producer().send(topic, value, completed["id"].encode(), headers)
         except KafkaException as e:
             raise HTTPException(503, f"the broker did not acknowledge the event: {e.args[0].str()}") from None
+        published.add(completed["id"], publication)
         return Accepted(id=completed["id"])
 
     return router

@@ -312,3 +312,27 @@ def test_an_http_reader_at_the_end_of_a_transactional_feed_shows_lag_0(bus, gate
     exporter = build_exporter(bus.settings, bus.bootstrap, window=2)
     group = bus.topology.department_group_prefix("citymgmt") + "gateway"
     wait_for(lambda: (found := exporter.poll().group(group)) is not None and found.sum_lag == 0, 10, "lag 0")
+
+
+def test_a_classification_below_the_floor_is_403_and_a_reused_id_409(bus, gateway):
+    petition = {"type": "petition.filed", "classification": "PUBLIC", "location": {"raw_address": "东城区安定门内大街1号"},
+                "data": {"issue": "wage_arrears", "channel": "visit", "summary": "欠薪", "petitioner_name": "王伟"}}
+    refused = gateway.post("/v1/events", json=petition, headers=bearer(bus, "petition"))
+    assert refused.status_code == 403 and refused.json()["detail"][0]["field"] == "classification"
+    event_id = str(uuid.uuid4())
+    first = gateway.post("/v1/events", json={**case_report(), "id": event_id}, headers=bearer(bus, "citymgmt"))
+    assert first.status_code == 202
+    again = gateway.post("/v1/events", json={**case_report(), "id": event_id, "time": first_time(bus, event_id)}, headers=bearer(bus, "citymgmt"))
+    assert again.status_code == 202  # the same event once more: a harmless retry
+    other = gateway.post("/v1/events", json={**case_report(description="另一处"), "id": event_id}, headers=bearer(bus, "citymgmt"))
+    assert other.status_code == 409 and "other content" in other.json()["detail"]
+    camera = {"type": "security.video.alert", "id": event_id, "location": {"lat": 39.9475, "lon": 116.4075},
+              "data": {"camera_id": "cam-1", "alert_type": "exposed_garbage", "confidence": 0.9}}
+    taken = gateway.post("/v1/events", json=camera, headers=bearer(bus, "police"))
+    assert taken.status_code == 409 and "belongs to citymgmt" in taken.json()["detail"]
+
+
+def first_time(bus, event_id: str) -> str:
+    """The time the gateway gave an event, from its inbound record: a retry sends the same event."""
+    [record] = read_topic(bus, bus.topology.inbound("citymgmt"), until=lambda m: any(r.key().decode() == event_id for r in m))
+    return bus.serde.decode(record.value(), record.topic())["time"].isoformat()
