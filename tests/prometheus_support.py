@@ -10,12 +10,27 @@ import urllib.parse
 import urllib.request
 from pathlib import Path
 
+from prometheus_client import CollectorRegistry, start_http_server
+
 from civicbus.broker import free_port
+from civicbus.lag.exporter import LagExporter, build_exporter
 from civicbus.processes import stop_process
 from tests.support import wait_for
 
 REPO = Path(__file__).resolve().parent.parent
 OPS = REPO / "ops"
+
+
+def serve_lag_exporter(bus):
+    """The lag exporter of `bus`, polling every 0.5 s, on a metrics port of its own: (exporter,
+    port, server); stop with `server.shutdown()` and `exporter.stop()`."""
+    settings = bus.settings.model_copy(update={"lag_poll_interval_s": 0.5, "lag_window": 3})
+    exporter: LagExporter = build_exporter(settings, bus.bootstrap).start()
+    registry = CollectorRegistry()
+    registry.register(exporter)
+    port = free_port()
+    server, _ = start_http_server(port, addr="127.0.0.1", registry=registry)
+    return exporter, port, server
 
 
 def require_binary(name: str) -> str:

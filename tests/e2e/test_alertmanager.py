@@ -12,11 +12,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import yaml
 from confluent_kafka import Consumer, Producer
-from prometheus_client import CollectorRegistry, start_http_server
 
-from civicbus.broker import free_port
-from civicbus.lag.exporter import build_exporter
-from tests.prometheus_support import OPS, REPO, AlertmanagerServer, PrometheusServer, require_binary
+from tests.prometheus_support import OPS, REPO, AlertmanagerServer, PrometheusServer, require_binary, serve_lag_exporter
 from tests.support import wait_for
 
 BACKLOG = 5
@@ -77,12 +74,7 @@ def test_a_stalled_consumers_alert_reaches_the_on_call_webhook(bus, tmp_path):
     (tmp_path / "alertmanager.yml").write_text(yaml.safe_dump(routing))
 
     topic, group = bus.topology.feed("police"), bus.topology.group("dept.police.alerting")
-    settings = bus.settings.model_copy(update={"lag_poll_interval_s": 0.5, "lag_window": 3})
-    exporter = build_exporter(settings, bus.bootstrap).start()
-    registry = CollectorRegistry()
-    registry.register(exporter)
-    port = free_port()
-    metrics_server, _ = start_http_server(port, addr="127.0.0.1", registry=registry)
+    exporter, port, metrics_server = serve_lag_exporter(bus)
     producer = Producer({"bootstrap.servers": bus.bootstrap, "linger.ms": 0})
     consumer = Consumer({"bootstrap.servers": bus.bootstrap, "group.id": group, "enable.auto.commit": False,
                          "auto.offset.reset": "earliest", "session.timeout.ms": bus.settings.session_timeout_ms})

@@ -4,11 +4,8 @@ paused department consumer's lag rise, exactly, and fall back to 0 once it catch
 import json
 
 from confluent_kafka import Consumer, Producer, TopicPartition
-from prometheus_client import CollectorRegistry, start_http_server
 
-from civicbus.broker import free_port
-from civicbus.lag.exporter import build_exporter
-from tests.prometheus_support import OPS, PrometheusServer
+from tests.prometheus_support import OPS, PrometheusServer, serve_lag_exporter
 from tests.support import wait_for
 
 BACKLOG = 20
@@ -16,12 +13,7 @@ BACKLOG = 20
 
 def test_prometheus_sees_a_paused_consumers_lag_rise_and_fall_back_to_zero(bus, tmp_path):
     topic, group = bus.topology.feed("police"), bus.topology.group("dept.police")
-    settings = bus.settings.model_copy(update={"lag_poll_interval_s": 0.5, "lag_window": 3})
-    exporter = build_exporter(settings, bus.bootstrap).start()
-    registry = CollectorRegistry()
-    registry.register(exporter)
-    port = free_port()
-    server, _ = start_http_server(port, addr="127.0.0.1", registry=registry)
+    exporter, port, server = serve_lag_exporter(bus)
     producer = Producer({"bootstrap.servers": bus.bootstrap, "linger.ms": 0})
     delivered: list[int] = []
 
