@@ -53,12 +53,16 @@ class Up:
             ["bash", "-c", f"{shlex.join(command)} 2>&1 | tee {shlex.quote(str(self.log))} >/dev/null"],
             cwd=folder, env=env, start_new_session=True,
         )
-        wait_for(lambda: "Ctrl-C stops everything" in self.output(), 90, f"`civicbus up` to start:\n{self.output()}")
-        self.parts = {name: int(pid) for name, pid in re.findall(r"^(\w+) .*?\bpid (\d+)", self.output(), re.M)}
-        assert set(self.parts) == set(PARTS), self.output()
-        for stage in ("ingest", "fanout"):  # running, with their signal handlers in place
-            wait_for(lambda: "running as" in self.part_log(stage), 60, f"{stage} to run")
-        self.pid = int(subprocess.check_output(["pgrep", "-f", "-P", str(self.shell.pid), "civicbus.cli up"]).split()[0])
+        try:
+            wait_for(lambda: "Ctrl-C stops everything" in self.output(), 90, f"`civicbus up` to start:\n{self.output()}")
+            self.parts = {name: int(pid) for name, pid in re.findall(r"^(\w+) .*?\bpid (\d+)", self.output(), re.M)}
+            assert set(self.parts) == set(PARTS), self.output()
+            for stage in ("ingest", "fanout"):  # running, with their signal handlers in place
+                wait_for(lambda: "running as" in self.part_log(stage), 60, f"{stage} to run")
+            self.pid = int(subprocess.check_output(["pgrep", "-f", "-P", str(self.shell.pid), "civicbus.cli up"]).split()[0])
+        except BaseException:  # a failed start must not leave the stack running after the test
+            os.killpg(self.shell.pid, signal.SIGKILL)
+            raise
 
     def output(self) -> str:
         return self.log.read_text(errors="replace") if self.log.exists() else ""

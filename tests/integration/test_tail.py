@@ -31,7 +31,11 @@ def tail(bus, *args) -> subprocess.Popen:
 
 
 def printed(process, timeout_s=60) -> list[dict]:
-    out, err = process.communicate(timeout=timeout_s)
+    try:
+        out, err = process.communicate(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        process.kill()  # a tail that never printed enough must not outlive the test
+        raise
     assert process.returncode == 0, err
     return [json.loads(line) for line in out.splitlines()]
 
