@@ -28,7 +28,7 @@ def test_openapi_is_valid_and_documents_every_status_of_each_route(bus, tmp_path
     openapi, _ = documents(bus, tmp_path)
     validate(openapi)  # raises, naming the path, on an invalid document
     statuses = {(path, method): set(operation["responses"]) for path, item in openapi["paths"].items() for method, operation in item.items()}
-    assert statuses[("/v1/events", "post")] == {"202", "401", "403", "413", "422", "429", "503"}
+    assert statuses[("/v1/events", "post")] == {"202", "401", "403", "409", "413", "422", "429", "503"}
     for feed in ("/v1/feeds/{agency}/events", "/v1/feeds/{agency}/stream"):
         assert statuses[(feed, "get")] == {"200", "401", "403", "409", "422", "429", "503"}
     assert statuses[("/v1/catalog", "get")] == statuses[("/v1/asyncapi.json", "get")] == {"200", "401"}
