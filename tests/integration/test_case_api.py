@@ -4,6 +4,8 @@ departments on a case, within their clearance, masked as their feed, audited."""
 from __future__ import annotations
 
 import json
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 
 import pytest
@@ -16,6 +18,7 @@ from consumers.gateway.app import create_app
 from processors.case_snapshot import case_snapshot
 from processors.casebook import CaseBook, CaseRules, to_ms
 from tests.integration.test_gateway import bearer
+from tests.integration.test_signed_topics_and_audit import audit_verify
 from tests.support import read_topic, wait_for
 from tests.unit.test_casebook import CATALOG, CITY, T0, event, status
 
@@ -167,3 +170,24 @@ def test_the_console_signs_in_by_cookie_and_shows_only_what_the_api_would(bus, g
     assert gateway.post("/console/session", json={"token": ecoenv_token}).status_code == 204
     assert case["id"] not in gateway.get("/console").text
     assert gateway.get(f"/console/cases/{call['id']}").status_code == 403
+
+
+def test_concurrent_reads_are_each_audited_on_one_intact_chain(bus, gateway):
+    """The gateway group-commits the audit records of reads that arrive together: each read is
+    still answered only with its record written, and the chain links them in one order."""
+    case, call, camera = street_vending_case()
+    snapshot = publish(bus, case)
+    readers = [bearer(bus, d) for d in ("citymgmt", "police", "triage", "hotline12345")] * 10
+    assert answered(gateway, f"/v1/cases/{case['id']}", readers[0]).status_code == 200
+    with ThreadPoolExecutor(len(readers)) as pool:
+        answers = list(pool.map(lambda headers: gateway.get(f"/v1/cases/{call['id']}", headers=headers), readers))
+    assert [a.status_code for a in answers] == [200] * len(readers)
+
+    entries = [decode_entry(m.value()) for m in read_topic(bus, bus.topology.name(AUDIT))]  # all acknowledged already
+    records = [e for e in entries if isinstance(e, AuditRecord)]
+    assert [r.seq for r in entries] == list(range(len(entries))) and all(r.event_id == snapshot["id"] for r in records)
+    read_by = Counter(d.department for r in records for d in r.deliveries)
+    assert read_by["citymgmt"] >= 10 and {d: read_by[d] for d in ("police", "triage", "hotline12345")} == dict.fromkeys(
+        ("police", "triage", "hotline12345"), 10)
+    intact = audit_verify(bus)
+    assert intact.returncode == 0 and f"audit log intact: {len(records)} records" in intact.stdout, intact.stderr
