@@ -119,6 +119,13 @@ class EmbeddedBroker:
         if process is not None:
             stop_process(process, timeout_s)
 
+    def health(self, tail_bytes: int = 4000) -> str:
+        """'running', or how it exited and the end of its log (for test reports)."""
+        if self._process is None or self._process.poll() is None:
+            return "running"
+        log = self.log_path.read_bytes()[-tail_bytes:].decode(errors="replace") if self.log_path else "(no log kept)"
+        return f"exited with {self._process.returncode}; its log ends:\n{log}"
+
     def freeze(self) -> None:
         """SIGSTOP the broker: it stops answering but keeps its memory (fault tests)."""
         os.kill(self.pid, signal.SIGSTOP)

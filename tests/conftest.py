@@ -36,9 +36,13 @@ def pytest_report_header(config):
     return "civicbus broker: embedded Tansu (no CIVICBUS_BOOTSTRAP, no Docker engine)"
 
 
+_session_broker: EmbeddedBroker | None = None
+
+
 @pytest.fixture(scope="session")
-def broker_bootstrap():
+def broker_bootstrap(tmp_path_factory):
     """The bootstrap servers of the broker every integration test uses."""
+    global _session_broker
     if os.environ.get("CIVICBUS_BOOTSTRAP"):
         yield os.environ["CIVICBUS_BOOTSTRAP"]
     elif _docker_answers():
@@ -47,8 +51,20 @@ def broker_bootstrap():
         with KafkaContainer().with_kraft() as kafka:
             yield kafka.get_bootstrap_server()
     else:
-        with EmbeddedBroker() as broker:
+        with EmbeddedBroker(log_path=tmp_path_factory.mktemp("broker") / "tansu.log") as broker:
+            _session_broker = broker
             yield broker.bootstrap
+            _session_broker = None
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """A failed test says whether the shared embedded broker is still running: if it died, that
+    (not the test) is the failure, and every later test would only time out."""
+    outcome = yield
+    report = outcome.get_result()
+    if report.failed and _session_broker is not None:
+        report.sections.append(("embedded broker", _session_broker.health()))
 
 
 def make_settings(bootstrap: str, **overrides) -> Settings:
