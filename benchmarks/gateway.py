@@ -28,7 +28,7 @@ import httpx
 from benchmarks.report import percentile, write_result
 from civicbus.broker import free_port
 from civicbus.cli_support import bus_context
-from civicbus.serde import to_json
+from civicbus.wire import to_json
 from producers.simulator import CityTraffic
 
 CLIENTS = 50

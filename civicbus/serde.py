@@ -16,7 +16,6 @@ from __future__ import annotations
 import io
 import json
 import struct
-from datetime import datetime
 from typing import Any
 
 import fastavro
@@ -25,7 +24,7 @@ from confluent_kafka.schema_registry.error import SchemaRegistryError
 
 from civicbus.dlq import Reason
 from civicbus.schemas import EventCatalog, EventValidationError
-from civicbus.wire import cloudevent_headers, dataschema_uri, rfc3339
+from civicbus.wire import cloudevent_headers, dataschema_uri
 
 MAGIC_BYTE = 0
 _FRAMING = struct.Struct(">bI")  # magic byte, schema id: the Confluent wire format
@@ -38,11 +37,6 @@ class DecodeError(ValueError):
         self.reason = reason
         self.detail = detail
         super().__init__(f"{reason.value}: {detail}")
-
-
-def to_json(event: dict[str, Any]) -> str:
-    """An event as JSON text, times in RFC 3339 (CLI output, HTTP feeds)."""
-    return json.dumps(event, ensure_ascii=False, default=lambda v: rfc3339(v) if isinstance(v, datetime) else str(v))
 
 
 class EventSerde:

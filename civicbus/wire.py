@@ -9,6 +9,7 @@ here only; every reader and writer of headers goes through these functions.
 
 from __future__ import annotations
 
+import json
 from datetime import datetime, timezone
 from typing import Any
 
@@ -118,3 +119,8 @@ def dead_letter_headers(fields: dict[str, str]) -> Headers:
 def read_dead_letter(headers: Headers | None) -> dict[str, str]:
     """The dlq.* headers of a dead-letter record, without the prefix."""
     return {k[len(DLQ_PREFIX) :]: v.decode("utf-8", "replace") for k, v in headers or [] if k.startswith(DLQ_PREFIX)}
+
+
+def to_json(event: dict[str, Any]) -> str:
+    """An event as JSON text, times in RFC 3339 (CLI output, HTTP feeds)."""
+    return json.dumps(event, ensure_ascii=False, default=lambda v: rfc3339(v) if isinstance(v, datetime) else str(v))

@@ -6,6 +6,7 @@ commands that need no broker start fast (benchmarks/cli.py)."""
 from __future__ import annotations
 
 import signal
+import threading
 from datetime import datetime, timezone
 
 import typer
@@ -33,7 +34,7 @@ def tail(
     """Follow civic.feed.AGENCY and print each event as one JSON line until Ctrl-C or --limit."""
     from confluent_kafka import OFFSET_BEGINNING, OFFSET_END
 
-    from civicbus.serde import to_json
+    from civicbus.wire import to_json
     from consumers.subscriber import FeedReader, FeedSubscriber
 
     stop = stop_on_signals()
@@ -42,6 +43,8 @@ def tail(
     unknown = sorted(set(types or ()) - set(ctx.catalog.types))
     if unknown:
         fail(f"unknown event type {', '.join(unknown)}; known: {', '.join(sorted(ctx.catalog.types))}", 2)
+    # The decoder (the schema registry's client: a fifth of a second of imports) loads while the reader connects.
+    threading.Thread(target=lambda: ctx.serde, name="load-decoder", daemon=True).start()
     try:
         if group:  # a named group's committed position, unless --from says otherwise
             reader = FeedSubscriber(ctx, agency, group_id=group, start={"beginning": OFFSET_BEGINNING, "now": OFFSET_END}.get(begin, begin))

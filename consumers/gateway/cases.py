@@ -30,8 +30,9 @@ from civicbus.audit import GatewayAudit
 from civicbus.context import BusContext
 from civicbus.kafka import TopicFollower
 from civicbus.policy import RANK, masked_event
-from civicbus.serde import DecodeError, to_json
+from civicbus.serde import DecodeError
 from civicbus.topology import CASES
+from civicbus.wire import to_json
 from consumers.gateway.console import console_router
 
 log = logging.getLogger(__name__)

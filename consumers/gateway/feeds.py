@@ -39,9 +39,9 @@ from civicbus.audit import GatewayAudit
 from civicbus.context import BusContext
 from civicbus.kafka import consumer_config, make_admin
 from civicbus.metrics import FORGED_SKIPPED
-from civicbus.serde import DecodeError, to_json
+from civicbus.serde import DecodeError
 from civicbus.signing import RecordSigner
-from civicbus.wire import read_masked
+from civicbus.wire import read_masked, to_json
 from consumers.feed_position import FeedPosition, FeedResetError, epoch_of
 from consumers.gateway.auth import Authenticate, bearer
 from consumers.gateway.limits import DepartmentLimits
