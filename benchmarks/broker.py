@@ -3,6 +3,9 @@
 - produce: records to one topic or spread over 25 (a fan-out writes to every feed), plain or in
   transactions of a given size: broker CPU microseconds per record, so the fixed cost of a
   transaction (per partition it wrote) shows beside the cost of a record;
+- metadata: broker CPU per produced batch (one record, sent and acknowledged before the next),
+  idempotent and plain, on a fresh broker and after it was made to hold more topics and more
+  registered producers: what civicbus.quirks (8) rests on;
 - fetch: a read_committed consumer of 1 or 25 partitions with the fetch wait civicbus uses
   (the embedded broker answers a fetch only when its wait has passed), idle, and while 2,000
   records a second arrive on one of its partitions (each fetch is then answered at once, and
@@ -57,6 +60,51 @@ def produce_cost(broker: EmbeddedBroker, process: psutil.Process, topics: list[s
         producer.commit_transaction()
     producer.flush(60)
     return round((cpu_seconds(process) - before) / RECORDS * 1e6, 1)
+
+
+METADATA_BATCHES = 300
+PADDING_TOPICS, PADDING_PRODUCERS = 1_000, 100
+
+
+def batch_cost(broker: EmbeddedBroker, process: psutil.Process, topic: str, idempotent: bool) -> float:
+    """Broker CPU microseconds per single-record batch, each acknowledged before the next."""
+    producer = Producer({"bootstrap.servers": broker.bootstrap, "enable.idempotence": idempotent, "acks": "all", "linger.ms": 0})
+    producer.produce(topic, VALUE)
+    producer.flush(10)  # connected, and its producer id registered, before the clock starts
+    before = cpu_seconds(process)
+    for _ in range(METADATA_BATCHES):
+        producer.produce(topic, VALUE, headers=HEADERS)
+        producer.flush(10)
+    return round((cpu_seconds(process) - before) / METADATA_BATCHES * 1e6)
+
+
+def metadata_growth(repeats: int) -> dict:
+    """Batch costs on a broker of its own as it holds more topics, then more producers."""
+    with EmbeddedBroker() as broker:
+        process = psutil.Process(broker.pid)
+        apply_topics(broker.bootstrap, [TopicSpec("bench.meta", 1)])
+        held_topics, held_producers, figures = 1, 0, {}
+
+        def measure() -> None:
+            nonlocal held_producers
+            label = f"{held_topics} topics, {held_producers} producers registered"
+            figures[label] = {kind: median([batch_cost(broker, process, "bench.meta", kind == "idempotent") for _ in range(repeats)])
+                              for kind in ("idempotent", "plain")}
+            print(f"batch cost, {label}: {figures[label]} us of broker CPU")
+            held_producers += repeats  # each idempotent run registered one
+
+        measure()
+        for _ in range(2):
+            apply_topics(broker.bootstrap, [TopicSpec(f"bench.pad.{held_topics + i}", 1) for i in range(PADDING_TOPICS)], timeout_s=120)
+            held_topics += PADDING_TOPICS
+            measure()
+        for _ in range(PADDING_PRODUCERS):
+            producer = Producer({"bootstrap.servers": broker.bootstrap, "enable.idempotence": True})
+            producer.produce("bench.meta", VALUE)
+            producer.flush(10)
+        held_producers += PADDING_PRODUCERS
+        measure()
+    return figures
 
 
 def idle_fetch_cost(broker: EmbeddedBroker, process: psutil.Process, topics: list[str], wait_ms: int, seconds: float = 3.0) -> float:
@@ -115,6 +163,7 @@ def busy_fetch_cost(broker: EmbeddedBroker, process: psutil.Process, topics: lis
 
 
 def run(repeats: int = 3) -> Path:
+    metadata = metadata_growth(repeats)
     with EmbeddedBroker() as broker:
         process = psutil.Process(broker.pid)
         one, many = ["bench.one"], [f"bench.many.{i}" for i in range(25)]
@@ -143,6 +192,7 @@ def run(repeats: int = 3) -> Path:
         "records_per_case": RECORDS,
         "repeats": repeats,
         "produce_broker_cpu_us_per_record": produce,
+        "single_record_batch_broker_cpu_us_by_what_the_broker_holds": metadata,
         "idle_read_committed_consumer_broker_cores": fetch,
         "read_committed_consumer_with_2000_records_per_s_arriving": busy,
     })

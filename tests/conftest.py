@@ -1,4 +1,4 @@
-"""Test fixtures: one broker for the session, an isolated namespace of topics per test.
+"""Test fixtures: a broker per test module, an isolated namespace of topics per test.
 
 The broker is chosen as DESIGN.md says: CIVICBUS_BOOTSTRAP if set; else Apache Kafka in
 testcontainers when a Docker engine answers; else the embedded broker. The same tests run
@@ -36,13 +36,10 @@ def pytest_report_header(config):
     return "civicbus broker: embedded Tansu (no CIVICBUS_BOOTSTRAP, no Docker engine)"
 
 
-_session_broker: EmbeddedBroker | None = None
-
-
 @pytest.fixture(scope="session")
-def broker_bootstrap(tmp_path_factory):
-    """The bootstrap servers of the broker every integration test uses."""
-    global _session_broker
+def shared_kafka():
+    """CIVICBUS_BOOTSTRAP, or Apache Kafka in testcontainers for the whole session; None when
+    neither is there and each module gets an embedded broker of its own."""
     if os.environ.get("CIVICBUS_BOOTSTRAP"):
         yield os.environ["CIVICBUS_BOOTSTRAP"]
     elif _docker_answers():
@@ -51,20 +48,37 @@ def broker_bootstrap(tmp_path_factory):
         with KafkaContainer().with_kraft() as kafka:
             yield kafka.get_bootstrap_server()
     else:
-        with EmbeddedBroker(log_path=tmp_path_factory.mktemp("broker") / "tansu.log") as broker:
-            _session_broker = broker
-            yield broker.bootstrap
-            _session_broker = None
+        yield None
+
+
+_module_broker: EmbeddedBroker | None = None
+
+
+@pytest.fixture(scope="module")
+def broker_bootstrap(shared_kafka, tmp_path_factory):
+    """The bootstrap servers of the broker the module's integration tests use.
+
+    The embedded broker is started afresh for each module (0.12 s): its cost per idempotent
+    produce grows with every topic it ever held (civicbus.quirks, 8), and each test creates a
+    topology of its own, so one broker for the whole session made the last modules crawl."""
+    global _module_broker
+    if shared_kafka is not None:
+        yield shared_kafka
+        return
+    with EmbeddedBroker(log_path=tmp_path_factory.mktemp("broker") / "tansu.log") as broker:
+        _module_broker = broker
+        yield broker.bootstrap
+        _module_broker = None
 
 
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item, call):
-    """A failed test says whether the shared embedded broker is still running: if it died, that
-    (not the test) is the failure, and every later test would only time out."""
+    """A failed test says whether the module's embedded broker is still running: if it died,
+    that (not the test) is the failure."""
     outcome = yield
     report = outcome.get_result()
-    if report.failed and _session_broker is not None:
-        report.sections.append(("embedded broker", _session_broker.health()))
+    if report.failed and _module_broker is not None:
+        report.sections.append(("embedded broker", _module_broker.health()))
 
 
 def make_settings(bootstrap: str, **overrides) -> Settings:
