@@ -54,6 +54,12 @@ class Settings(BaseSettings):
         "latency (librdkafka's 500 ms default: ~250 ms a hop, measured). Apache Kafka answers as soon "
         "as data is there; there a short wait only means more fetch requests from idle consumers.",
     )
+    case_report_wait_ms: int = Field(
+        default=30_000, ge=0,
+        description="How long the case stage holds a status update whose case it does not know yet, "
+        "waiting for the report it answers (which may be behind it on another inbound topic), before "
+        "dead-lettering it UNKNOWN_CASE.",
+    )
     commit_interval_ms: int = Field(
         default=20, ge=0,
         description="Least time between two transaction commits of a stage (processors.runner): each "

@@ -28,8 +28,8 @@ events at-least-once; a replay after a crash re-emits them with the same ids (ca
 rules) and the fan-out drops what it delivered already.
 
 A status update for a case this partition does not know yet is held (parked) up to
-PARK_MS before it is dead-lettered UNKNOWN_CASE: ingest reads many inbound topics, and an
-answer published right after its report may overtake it there.
+`Settings.case_report_wait_ms` before it is dead-lettered UNKNOWN_CASE: ingest reads many
+inbound topics, and an answer published right after its report may overtake it there.
 """
 
 from __future__ import annotations
@@ -61,8 +61,6 @@ from processors.runner import Output, Stage
 log = logging.getLogger(__name__)
 
 STAGE = "cases"
-# How long a status update for a case not (yet) known waits for its report.
-PARK_MS = 30_000
 # How long a commit waits for the broker to acknowledge the case events written beside it.
 FLUSH_TIMEOUT_S = 30.0
 
@@ -350,7 +348,7 @@ class CaseStage(Stage):
             return [self._dead_letter(record, e.reason, e.detail)]
         except CaseError as e:
             if e.reason is Reason.UNKNOWN_CASE:
-                book.cases.park(event["id"], event["data"]["case_id"], now_ms + PARK_MS, record)
+                book.cases.park(event["id"], event["data"]["case_id"], now_ms + self.ctx.settings.case_report_wait_ms, record)
                 return []
             return [self._dead_letter(record, e.reason, e.detail)]
         for out in outputs:
@@ -370,7 +368,7 @@ class CaseStage(Stage):
         letters = []
         for event_id in expired:
             reference, _, record = book.cases.unpark(event_id)
-            detail = f"no case {reference!r} is open or remembered (waited {PARK_MS // 1000}s for its report)"
+            detail = f"no case {reference!r} is open or remembered (waited {self.ctx.settings.case_report_wait_ms / 1000:g}s for its report)"
             letters.append(self._dead_letter(record, Reason.UNKNOWN_CASE, detail))
         return letters
 

@@ -81,8 +81,12 @@ def pytest_runtest_makereport(item, call):
         report.sections.append(("embedded broker", _module_broker.health()))
 
 
+# Tests wait for an update whose report never comes to be dead-lettered: a third of the default.
+CASE_REPORT_WAIT_MS = 10_000
+
+
 def make_settings(bootstrap: str, **overrides) -> Settings:
-    return Settings(bootstrap=bootstrap, namespace=f"t{uuid.uuid4().hex[:10]}.", **overrides)
+    return Settings(bootstrap=bootstrap, namespace=f"t{uuid.uuid4().hex[:10]}.", **{"case_report_wait_ms": CASE_REPORT_WAIT_MS, **overrides})
 
 
 @pytest.fixture

@@ -125,6 +125,7 @@ def stage_env(ctx: BusContext) -> dict[str, str]:
         "CIVICBUS_CONFIG": str(ctx.settings.config),
         "CIVICBUS_STATE_DIR": str(ctx.settings.state_dir),  # one stack: the same keys (civicbus.signing)
         "CIVICBUS_SESSION_TIMEOUT_MS": str(ctx.settings.session_timeout_ms),
+        "CIVICBUS_CASE_REPORT_WAIT_MS": str(ctx.settings.case_report_wait_ms),
     }
 
 

@@ -1,5 +1,5 @@
 """A status update that overtakes its report waits for it; one whose report never comes is
-dead-lettered UNKNOWN_CASE once the wait (processors.cases.PARK_MS) is over.
+dead-lettered UNKNOWN_CASE once the wait (Settings.case_report_wait_ms) is over.
 
 Ingest reads every department's inbound topic; an answer published right after the report it
 answers can reach the case stage first.
