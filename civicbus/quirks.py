@@ -31,11 +31,12 @@ Kafka; the ones that cost something there are switched on only when `is_embedded
    every topic, producer (with its sequences per epoch and partition) and transaction in one
    document, which each such request clones and serializes to JSON (OptiCon::with_mut); a
    transactional batch does so twice, and so do AddPartitionsToTxn, TxnOffsetCommit and EndTxn.
-   Measured (2026-12-02, `python -m benchmarks broker`): 270 us of broker CPU per idempotent batch
-   on a fresh broker, about 2.8 ms more per 1,000 topics it holds, 0.3 ms more per 100 producers
-   it has registered; a plain (non-idempotent) batch costs 130-170 us whatever it holds. Nothing
-   is ever removed from it. A stack holds 55 topics (one partition each); each restart of a stage
-   adds an epoch to its producer.
+   Measured (2026-12-02, `python -m benchmarks broker`, Intel Xeon): 233 us of broker CPU per
+   single-record idempotent batch on a fresh broker, about 2 ms more per 1,000 topics it holds and
+   1.2 ms more per 100 producers it has registered; a plain batch costs 170-200 us whatever it
+   holds. A transaction costs about 1.3 ms per partition it writes (20 records over 25 topics:
+   1.3 ms a record). Nothing is ever removed from it. A stack holds 55 topics (one partition
+   each); each restart of a stage adds an epoch to its producer.
    -> fewer batches per event (2); the tests start an embedded broker per module, not one for the
    whole session of per-test namespaces.
 """
