@@ -22,6 +22,7 @@ from civicbus.policy.decision import (
     ReceiveGrant,
     below_floor,
     decide,
+    masked_fields,
 )
 from civicbus.policy.loading import PolicyError, PolicySource, check_document, dispatch_reach, load_policy
 from civicbus.policy.masking import mask_text, mask_value, maskable, masked_event
@@ -29,5 +30,5 @@ from civicbus.policy.masking import mask_text, mask_value, maskable, masked_even
 __all__ = [
     "ALL_FIELDS", "RANK", "Area", "Delivery", "DepartmentRules", "Policy", "PolicyDocument", "RateLimit", "ReceiveGrant",
     "PolicyError", "PolicySource", "below_floor", "check_document", "decide", "dispatch_reach", "load_policy",
-    "mask_text", "mask_value", "maskable", "masked_event",
+    "mask_text", "mask_value", "maskable", "masked_event", "masked_fields",
 ]

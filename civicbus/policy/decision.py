@@ -123,6 +123,11 @@ def decide(department: str, rules: DepartmentRules, event: dict[str, Any], event
     inside = rules.inside(event.get("location"))
     if inside is False or (inside is None and not dispatched):
         return None
+    return Delivery(department, *masked_fields(rules, event, event_type))
+
+
+def masked_fields(rules: DepartmentRules, event: dict[str, Any], event_type: EventType) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(personal fields of `data` masked whole, free-text fields scanned) for a department's copy."""
     data = event.get("data") or {}
     masked = tuple(
         f for f in event_type.personal_fields if data.get(f) not in (None, "", []) and not rules.sees_whole(event_type.name, f)
@@ -130,7 +135,7 @@ def decide(department: str, rules: DepartmentRules, event: dict[str, Any], event
     scanned = tuple(
         f for f in (*event_type.free_text_fields, *event_type.envelope_free_text) if not rules.sees_whole(event_type.name, f)
     )
-    return Delivery(department, masked, scanned)
+    return masked, scanned
 
 
 def below_floor(event: dict[str, Any], event_type: EventType) -> str | None:

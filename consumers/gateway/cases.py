@@ -29,7 +29,7 @@ from pydantic import BaseModel
 from civicbus.audit import GatewayAudit
 from civicbus.context import BusContext
 from civicbus.kafka import TopicFollower
-from civicbus.policy import RANK, masked_event
+from civicbus.policy import RANK, masked_event, masked_fields
 from civicbus.serde import DecodeError
 from civicbus.topology import CASES
 from civicbus.wire import to_json
@@ -134,12 +134,8 @@ class CaseAccess:
 
     def masked_view(self, department: str, snapshot: dict[str, Any]) -> CaseView:
         """The snapshot with the personal fields the department's policy does not grant masked."""
-        rules = self.ctx.policy.get().rules(department)
         event_type = self.ctx.catalog[SNAPSHOT_TYPE]
-        data = snapshot["data"]
-        masked = tuple(f for f in event_type.personal_fields
-                       if data.get(f) not in (None, "", []) and not rules.sees_whole(SNAPSHOT_TYPE, f))
-        scanned = tuple(f for f in (*event_type.free_text_fields, *event_type.envelope_free_text) if not rules.sees_whole(SNAPSHOT_TYPE, f))
+        masked, scanned = masked_fields(self.ctx.policy.get().rules(department), snapshot, event_type)
         copy, entries = masked_event(snapshot, event_type, masked, scanned)
         return CaseView(copy, entries)
 
