@@ -46,11 +46,20 @@ class Snapshot:
 
 
 class OffsetsReader:
-    """Reads Snapshots; raises KafkaUnavailable when the cluster does not answer in time."""
+    """Reads Snapshots; raises KafkaUnavailable when the cluster does not answer in time.
 
-    def __init__(self, bootstrap: str, group_pattern: str = "", timeout_s: float = 5.0, **client_config):
+    Log start offsets move only when retention deletes old segments, so they are read once every
+    `earliest_every_s` (and for a partition seen for the first time), not at every poll: each
+    ListOffsets costs the embedded broker a listing of every batch of each partition asked for.
+    """
+
+    def __init__(self, bootstrap: str, group_pattern: str = "", timeout_s: float = 5.0, earliest_every_s: float = 60.0,
+                 **client_config):
         self.group_pattern = re.compile(group_pattern)
         self.timeout_s = timeout_s
+        self.earliest_every_s = earliest_every_s
+        self._earliest: dict[TopicPartitionKey, int] = {}
+        self._earliest_read_at = float("-inf")
         quiet = logging.getLogger("civicbus.lag.librdkafka")
         quiet.setLevel(logging.CRITICAL)  # an unreachable broker is reported as up=0, not as log noise
         self.admin = AdminClient({"bootstrap.servers": bootstrap, "logger": quiet, **client_config})
@@ -63,7 +72,7 @@ class OffsetsReader:
             started = time.perf_counter()
             latest = self._list_offsets(wanted, OffsetSpec.latest())
             list_offsets_s = time.perf_counter() - started
-            earliest = self._list_offsets(wanted, OffsetSpec.earliest())
+            earliest = self._log_starts(wanted)
         except KafkaException as e:
             raise KafkaUnavailable(str(e.args[0] if e.args else e)) from None
         return Snapshot(time.time(), tuple(groups), latest, earliest, list_offsets_s)
@@ -94,6 +103,13 @@ class OffsetsReader:
                     committed.setdefault((tp.topic, tp.partition), None)
         state = description.state
         return GroupOffsets(group, state.name, state in ACTIVE_STATES, committed)
+
+    def _log_starts(self, partitions: set[TopicPartitionKey]) -> dict[TopicPartitionKey, int]:
+        if time.monotonic() - self._earliest_read_at >= self.earliest_every_s:
+            self._earliest, self._earliest_read_at = self._list_offsets(partitions, OffsetSpec.earliest()), time.monotonic()
+        else:
+            self._earliest.update(self._list_offsets(partitions - self._earliest.keys(), OffsetSpec.earliest()))
+        return {tp: self._earliest[tp] for tp in partitions}
 
     def _list_offsets(self, partitions: set[TopicPartitionKey], spec: OffsetSpec) -> dict[TopicPartitionKey, int]:
         if not partitions:

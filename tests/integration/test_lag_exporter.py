@@ -66,6 +66,30 @@ def test_exporter_lag_equals_the_true_lag_and_never_goes_negative(bus):
     assert partition_1.lag == 0.0 and partition_1.lag_seconds == 0.0
 
 
+def test_log_start_offsets_are_read_once_a_minute_and_for_a_new_partition_at_once(bus, monkeypatch):
+    """Every ListOffsets makes the embedded broker list each partition's batches: the log starts,
+    which move only with retention, are not asked for at every poll."""
+    topic, group = bus.topology.name(TOPIC), bus.topology.group("dept.transport")
+    create_topic(bus.bootstrap, topic, 2)
+    produce_one_per_flush(bus.bootstrap, topic, 0, 3)
+    commit(bus.bootstrap, group, {(topic, 0): 1})
+    exporter = build_exporter(bus.settings, bus.bootstrap, window=2)
+    asked: list[tuple[str, set]] = []
+    list_offsets = exporter.reader._list_offsets
+    monkeypatch.setattr(exporter.reader, "_list_offsets", lambda tps, spec: asked.append((type(spec).__name__, set(tps))) or list_offsets(tps, spec))
+    earliest = lambda: [tps for spec, tps in asked if spec == "EarliestSpec" and tps]  # noqa: E731
+
+    assert exporter.poll().up and earliest() == [{(topic, 0)}]
+    assert exporter.poll().up and earliest() == [{(topic, 0)}]  # not again
+    commit(bus.bootstrap, group, {(topic, 0): 1, (topic, 1): 0})  # a partition the exporter has not seen
+    report = exporter.poll()
+    assert earliest() == [{(topic, 0)}, {(topic, 1)}]
+    assert {(p.topic, p.partition): p.lag for p in report.groups[0].partitions} == {(topic, 0): 2, (topic, 1): 0}
+    exporter.reader._earliest_read_at -= exporter.reader.earliest_every_s  # a minute later
+    exporter.poll()
+    assert earliest()[-1] == {(topic, 0), (topic, 1)}
+
+
 def test_time_lag_grows_while_nothing_is_consumed_and_a_deleted_group_disappears(bus):
     topic, group = bus.topology.name(TOPIC), bus.topology.group("dept.health")
     create_topic(bus.bootstrap, topic, 1)

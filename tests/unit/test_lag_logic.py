@@ -7,7 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry, generate_latest
 
-from civicbus.lag.exporter import LagReport, report_metrics
+from civicbus.lag.exporter import MAX_POLLING_SHARE, LagReport, pause_after, report_metrics
 from civicbus.lag.lookup import LookupTable, Point
 from civicbus.lag.monitor import LagMonitor
 from civicbus.lag.offsets import GroupOffsets, Snapshot
@@ -178,3 +178,12 @@ def test_table_has_a_row_per_partition():
     assert lines[0].split() == ["GROUP", "STATE", "STATUS", "TOPIC", "PARTITION", "COMMITTED", "END", "LAG", "LAG_SECONDS"]
     assert lines[1].split()[:8] == ["g", "STABLE", "OK", "t", "0", "4", "12", "8"]
     assert lines[2].split() == ["g", "STABLE", "OK", "t", "1", "3", "3", "0", "0.0"]
+
+
+def test_polls_keep_their_interval_until_a_slow_one_would_take_more_than_its_share_of_the_time():
+    assert pause_after(0.05, 2.0) == pytest.approx(1.95)  # a healthy broker: every 2 s
+    assert pause_after(3.0, 2.0) == pytest.approx(27.0)  # a slowed one: polling stays at a tenth
+    for poll_s in (0.01, 0.1, 0.2):
+        assert poll_s + pause_after(poll_s, 2.0) == pytest.approx(2.0)
+    for poll_s in (0.5, 1.0, 5.0):
+        assert poll_s / (poll_s + pause_after(poll_s, 2.0)) == pytest.approx(MAX_POLLING_SHARE)
