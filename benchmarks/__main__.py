@@ -61,11 +61,12 @@ def broker(repeats: int = 3) -> None:
 
 
 @app.command()
-def soak(rate: float = 20.0, minutes: int = 60, seed: int = 6) -> None:
+def soak(rate: float = 20.0, minutes: int = 60, seed: int = 6,
+         bare_replay: bool = typer.Option(True, help="then the bare replay of the stages' own records at the same pace")) -> None:
     """The whole pipeline under the simulator's traffic at RATE events/s, per minute for MINUTES."""
     from benchmarks.soak import run
 
-    run(rate, minutes, seed)
+    run(rate, minutes, seed, bare_replay)
 
 
 @app.command()

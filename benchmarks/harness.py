@@ -172,10 +172,7 @@ class Arrivals:
         while missing:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"{len(missing)} of {len(keys)} events did not arrive within {timeout_s:.0f}s")
-            first = self.consumer.poll(0.1)  # returns at the first record; consume(n, t) would wait for n
-            for message in [first, *self.consumer.consume(5000, 0)] if first is not None else []:
-                if message.error():
-                    continue
+            for message in fetched(self.consumer, 0.1):
                 now = time.time()
                 self.first_seen.setdefault(message.key(), now)
                 missing.discard(message.key())
@@ -186,6 +183,16 @@ class Arrivals:
 
     def close(self) -> None:
         self.consumer.close()
+
+
+def fetched(consumer: Consumer, timeout_s: float) -> list:
+    """The records fetched already, after waiting up to `timeout_s` for the first one, errors
+    left out. consume(n, timeout) would hold what arrived until n records did or the timeout
+    passed, and add that wait to every latency measured with it."""
+    first = consumer.poll(timeout_s)
+    if first is None:
+        return []
+    return [m for m in (first, *consumer.consume(5000, 0)) if not m.error()]
 
 
 def read_all(bootstrap: str, topics: list[str], idle_s: float = 3.0) -> list:

@@ -6,12 +6,15 @@ input record that caused it, by event id. `python -m benchmarks.replay STAGE CAP
 stage on the same transactional runner as the real one, whose `process` only looks its input up
 and emits what the real stage emitted for it: the same topics, partitions, sizes and commit
 spacing, the case events through an idempotent producer beside the transaction as the real case
-stage does (processors.cases), and no decoding, policy, masking or case logic. The throughput
-benchmark runs the same inbound records through it in a second namespace of the same broker.
+stage does (processors.cases), and no decoding, policy, masking or case logic. A replayed record
+carries its input's publish time, so the replay's latency is its own. The throughput benchmark
+runs the same inbound records through it in a second namespace of the same broker; the soak
+benchmark publishes them again at their first pace on a fresh broker.
 """
 
 from __future__ import annotations
 
+import json
 import pickle
 import sys
 from collections import defaultdict
@@ -23,7 +26,8 @@ from confluent_kafka import KafkaError, KafkaException, Message, Producer
 from benchmarks.harness import read_all
 from civicbus.cli_support import bus_context, stop_on_signals
 from civicbus.context import BusContext
-from civicbus.wire import read_dead_letter
+from civicbus.signing import RecordSigner
+from civicbus.wire import PUBLISHED_MS, published_at_header, read_dead_letter, read_published_ms
 from civicbus.kafka import make_producer
 from civicbus.topology import AUDIT, DIST_EVENTS, DLQ, PIPE_CASES
 from processors.runner import Output, Stage, TransactionalRunner
@@ -64,8 +68,13 @@ def capture(ctx: BusContext, spans: dict[str, int] | None = None) -> dict[str, d
         kind, _, key = m.key().decode().partition("/")
         if kind in ("case", "report"):
             by_stage["cases"][key.encode()].append(entry(m))
-    for m in records([t.feed(d) for d in t.departments] + [t.name(AUDIT)]):
+    for m in records([t.feed(d) for d in t.departments]):
         by_stage["fanout"][m.key()].append(entry(m))
+    audited = None  # a checkpoint goes with the record it follows
+    for m in records(t.name(AUDIT)):
+        audited = json.loads(m.value()).get("event_id", audited)
+        if audited is not None:
+            by_stage["fanout"][audited.encode()].append(entry(m))
     for m in records(t.name(DLQ)):
         stage = read_dead_letter(m.headers()).get("stage", "ingest")
         by_stage.setdefault(stage, defaultdict(list))[m.key()].append(entry(m))
@@ -81,6 +90,7 @@ class ReplayStage(Stage):
         self.outputs = outputs
         self.dist_topic = ctx.topology.name(DIST_EVENTS)
         self._beside: Producer | None = None
+        self.signer = RecordSigner.of_stack(ctx.settings)
 
     def subscription(self) -> list[str]:
         t = self.ctx.topology
@@ -91,9 +101,15 @@ class ReplayStage(Stage):
             self._beside = make_producer(ctx.bootstrap, **{"linger.ms": ctx.settings.commit_interval_max_ms})
 
     def process(self, message: Message) -> Iterable[Output]:
+        """What the real stage wrote for this input, carrying this input's publish time (the
+        replay's latency is its own: ingest takes it from the inbound record's timestamp)."""
+        published = published_at_header(read_published_ms(message.headers()) or message.timestamp()[1])
         for topic, partition, key, value, headers in self.outputs.get(message.key(), ()):
             topic = self.ctx.topology.name(topic)
+            if any(name == PUBLISHED_MS for name, _ in headers):
+                headers = [published if name == PUBLISHED_MS else (name, v) for name, v in headers]
             if self._beside is not None and topic == self.dist_topic:
+                headers = self.signer.sign(topic, key, value, headers)  # as the real case stage signs what goes beside
                 self._beside.produce(topic, value, key, headers=headers, partition=partition)
             else:
                 yield Output(topic, value, key, headers, partition)

@@ -1,26 +1,38 @@
-"""Soak: the whole pipeline under the simulator's steady traffic for many minutes, measured per minute.
+"""Soak: the whole pipeline under the simulator's steady traffic for many minutes, measured per
+minute, then the bare replay of its own records at the same pace on a fresh broker.
 
     python -m benchmarks soak --rate 20 --minutes 60
 
-An own embedded broker (or CIVICBUS_BOOTSTRAP), the three stages as `civicbus process` children,
-and `civicbus simulate` publishing the city's traffic (reports, calls, camera alerts and the
-departments' status updates) at RATE events/s. A stock confluent-kafka consumer reads every feed
-read_committed, as a department would. Each minute it records:
-- lag per stage group, in records (high watermark - committed) and in seconds (age of the oldest
-  record not yet committed);
+Phase 1, the pipeline: an own embedded broker (or CIVICBUS_BOOTSTRAP), the three stages as
+`civicbus process` children, and, once they have joined (WARM_UP_S), `civicbus simulate` publishing the city's traffic (reports,
+calls, camera alerts and the departments' status updates) at RATE events/s.
+
+Phase 2, the bare replay (issue 10, point 3: what the broker alone holds): every record the
+stages wrote is captured (benchmarks.replay), and on a fresh embedded broker the same inbound
+records are published again at the times they were first published, through the replay stages:
+the same transactional runner, topics, partitions, sizes and commit spacing, no processing. On
+CIVICBUS_BOOTSTRAP the replay runs in a namespace of its own on the same cluster.
+
+In both phases a stock confluent-kafka consumer reads every feed read_committed as a department
+would (fetch wait READER_FETCH_WAIT_MS, like the gateway's reader), and each minute records:
+- lag per stage group, in records (high watermark - committed) and in seconds (age, at the time
+  the committed offsets were read, of the oldest record not yet committed);
 - p50/p99 publish -> feed (the feed record's arrival - the inbound record's timestamp);
-- records each stage processed and events delivered (the stages' own counters);
-- open cases;
+- records each stage processed (and events delivered: the real stages' own counters);
+- open cases (phase 1);
 - RSS and CPU seconds of every process, the broker included;
-- how long the broker takes to answer ListOffsets for civic.dist.events: it lists every batch of
-  the partition, as a fetch does, so it shows the broker slowing down as its logs grow.
-Targets (issue 10): every group's lag under 5 s at every minute and p99 publish -> feed under 1 s.
-Results: benchmarks/results/soak-<rate>.json.
+- how long the broker takes to answer ListOffsets for civic.dist.events and civic.pipe.cases:
+  it lists every batch of the partition, as a fetch that returns data does, so it shows the
+  broker slowing down as its logs grow.
+Targets (issue 10): every group's lag under 5 s at every minute and p99 publish -> feed under 1 s;
+the pipeline holds at least as long as the bare replay of its own records.
+Results: benchmarks/results/soak-<rate>.json, written every minute.
 """
 
 from __future__ import annotations
 
 import os
+import pickle
 import tempfile
 import threading
 import time
@@ -29,27 +41,35 @@ from collections import defaultdict
 from pathlib import Path
 
 import psutil
-from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka import Consumer, ConsumerGroupTopicPartitions, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient
 from prometheus_client import CollectorRegistry
 from prometheus_client.multiprocess import MultiProcessCollector
 
-from benchmarks.harness import bench_bus
+from benchmarks.harness import bench_bus, fetched, read_all
+from benchmarks.replay import capture
 from benchmarks.report import percentile, write_result
+from civicbus.context import BusContext
 from civicbus.topology import DIST_EVENTS, PIPE_CASES
-from civicbus.wire import read_published_ms
 
 STAGES = ("ingest", "cases", "fanout")
 TARGET_LAG_S = 5.0
 TARGET_P99_MS = 1000.0
+# Started stages join their groups (about half the session timeout on the embedded broker,
+# civicbus.quirks 6) and restore before traffic starts: the soak measures steady traffic.
+WARM_UP_S = 15.0
+# A department's reader: the gateway's (consumers.gateway.feeds) waits as long. Each hop of the
+# pipeline waits 10 ms (Settings.fetch_wait_max_ms); a reader of every feed at 10 ms would cost
+# the embedded broker about a quarter of a core by itself (benchmarks/results/broker.json).
+READER_FETCH_WAIT_MS = 100
 
 
 class FeedLatency:
     """Reads every feed (read_committed, no group) and keeps publish -> arrival per minute."""
 
     def __init__(self, bootstrap: str, feeds: list[str]):
-        self.consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"soak-{uuid.uuid4().hex}",
-                                  "enable.auto.commit": False, "isolation.level": "read_committed", "fetch.wait.max.ms": 10})
+        self.consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"soak-{uuid.uuid4().hex}", "enable.auto.commit": False,
+                                  "isolation.level": "read_committed", "fetch.wait.max.ms": READER_FETCH_WAIT_MS})
         self.consumer.assign([TopicPartition(feed, 0, 0) for feed in feeds])
         self.latencies_ms: list[float] = []
         self.lock = threading.Lock()
@@ -57,10 +77,10 @@ class FeedLatency:
         self.thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self) -> None:
+        from civicbus.wire import read_published_ms
+
         while not self.stop.is_set():
-            for message in self.consumer.consume(5000, 0.1):
-                if message.error():
-                    continue
+            for message in fetched(self.consumer, 0.1):
                 published = read_published_ms(message.headers())
                 if published:
                     with self.lock:
@@ -77,39 +97,41 @@ class GroupLag:
     """Lag of the stages' consumer groups: records, and the age of the oldest uncommitted record."""
 
     def __init__(self, bootstrap: str):
-        self.bootstrap = bootstrap
         self.admin = AdminClient({"bootstrap.servers": bootstrap})
-        self.consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"soak-lag-{uuid.uuid4().hex}",
-                                  "enable.auto.commit": False, "isolation.level": "read_uncommitted"})
+        # Reads the record at a committed offset; a short fetch wait, or every lookup would take
+        # the embedded broker's whole wait (civicbus.quirks, 1).
+        self.reader = Consumer({"bootstrap.servers": bootstrap, "group.id": f"soak-lag-{uuid.uuid4().hex}",
+                                "enable.auto.commit": False, "isolation.level": "read_uncommitted", "fetch.wait.max.ms": 10})
+        # Never fetches, so a ListOffsets it sends never queues behind a fetch held by the broker.
+        self.offsets = Consumer({"bootstrap.servers": bootstrap, "group.id": f"soak-offsets-{uuid.uuid4().hex}"})
 
     def measure(self, group: str) -> dict:
-        from confluent_kafka import ConsumerGroupTopicPartitions
-
         future = self.admin.list_consumer_group_offsets([ConsumerGroupTopicPartitions(group)])[group]
         committed = [tp for tp in future.result(timeout=30).topic_partitions if tp.offset >= 0]
+        read_at = time.time()
         records, oldest_ms = 0, None
         for tp in committed:
-            _, high = self.consumer.get_watermark_offsets(TopicPartition(tp.topic, tp.partition), timeout=30)
+            _, high = self.offsets.get_watermark_offsets(TopicPartition(tp.topic, tp.partition), timeout=30, cached=False)
             behind = max(0, high - tp.offset)
             records += behind
             if behind:
                 timestamp = self._timestamp_at(tp)
                 if timestamp is not None:
                     oldest_ms = timestamp if oldest_ms is None else min(oldest_ms, timestamp)
-        lag_s = 0.0 if oldest_ms is None else max(0.0, time.time() - oldest_ms / 1000)
+        lag_s = 0.0 if oldest_ms is None else max(0.0, read_at - oldest_ms / 1000)
         return {"records": records, "seconds": round(lag_s, 2), "committed": sum(tp.offset for tp in committed)}
 
     def _timestamp_at(self, tp: TopicPartition) -> int | None:
-        self.consumer.assign([TopicPartition(tp.topic, tp.partition, tp.offset)])
-        message = self.consumer.poll(5.0)
-        self.consumer.unassign()
+        self.reader.assign([TopicPartition(tp.topic, tp.partition, tp.offset)])
+        message = self.reader.poll(5.0)
+        self.reader.unassign()
         if message is None or message.error():
             return None
         return message.timestamp()[1]
 
     def offsets_round_trip_ms(self, topic: str) -> float:
         started = time.perf_counter()
-        self.consumer.get_watermark_offsets(TopicPartition(topic, 0), timeout=60, cached=False)
+        self.offsets.get_watermark_offsets(TopicPartition(topic, 0), timeout=60, cached=False)
         return round((time.perf_counter() - started) * 1000, 1)
 
 
@@ -151,72 +173,139 @@ def usage(procs: dict[str, psutil.Process]) -> dict[str, dict]:
     return out
 
 
-def run(rate: float, minutes: int, seed: int = 6) -> Path:
-    metrics_dir = tempfile.mkdtemp(prefix="civicbus-soak-metrics-")
-    os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir  # the stage processes inherit it
-    rows = []
-    with bench_bus() as (ctx, stages):
-        for stage in STAGES:
-            stages.start_stage(stage)
-        stages.start("simulator", ["-m", "civicbus.cli", "simulate", "--rate", str(rate), "--duration", str(minutes * 60 + 30),
-                                   "--seed", str(seed)])
-        feeds = FeedLatency(ctx.bootstrap, [ctx.topology.feed(d) for d in ctx.city.department_ids()])
-        feeds.thread.start()
-        lag = GroupLag(ctx.bootstrap)
-        procs = processes(stages)
-        previous_counts: dict[str, float] = {}
-        previous_cpu = usage(procs)
-        started = time.monotonic()
-        try:
-            for minute in range(1, minutes + 1):
-                time.sleep(max(0.0, started + minute * 60 - time.monotonic()))
-                latencies = feeds.take()
-                counts = stage_counters(metrics_dir)
-                now_usage = usage(procs)
-                row = {
-                    "minute": minute,
-                    "load_average_1m": round(os.getloadavg()[0], 2),  # the machine's, shared with whatever else runs
-                    "lag": {stage: lag.measure(ctx.topology.group(f"civicbus-{stage}")) for stage in STAGES},
-                    "feed_records": len(latencies),
-                    "p50_ms": round(percentile(latencies, 50), 1) if latencies else None,
-                    "p99_ms": round(percentile(latencies, 99), 1) if latencies else None,
-                    "per_minute": {k: round(v - previous_counts.get(k, 0.0)) for k, v in counts.items() if k != "open_cases"},
-                    "open_cases": counts.get("open_cases"),
-                    "processes": {name: {"rss_mb": u["rss_mb"],
-                                         "cpu_s_per_min": None if u["cpu_s"] is None or previous_cpu[name]["cpu_s"] is None
-                                         else round(u["cpu_s"] - previous_cpu[name]["cpu_s"], 1)}
-                                  for name, u in now_usage.items()},
-                    "broker_list_offsets_ms": {"dist.events": lag.offsets_round_trip_ms(ctx.topology.name(DIST_EVENTS)),
-                                               "pipe.cases": lag.offsets_round_trip_ms(ctx.topology.name(PIPE_CASES))},
-                }
-                previous_counts, previous_cpu = counts, now_usage
-                rows.append(row)
-                lags = ", ".join(f"{s}: {v['records']} rec/{v['seconds']} s" for s, v in row["lag"].items())
-                print(f"minute {minute}: lag {{{lags}}} "
-                      f"p50/p99 {row['p50_ms']}/{row['p99_ms']} ms, feed records {row['feed_records']}, open cases {row['open_cases']}, "
-                      f"broker cpu {row['processes'].get('broker', {}).get('cpu_s_per_min')} s/min, "
-                      f"list offsets {row['broker_list_offsets_ms']}", flush=True)
-                write_soak(rate, minutes, seed, rows)  # every minute, so a run stopped early keeps what it measured
-        finally:
-            feeds.stop.set()
-            feeds.thread.join(10)
-            stages.stop()
-    return write_soak(rate, minutes, seed, rows)
+def measure_minutes(ctx: BusContext, stages, metrics_dir: str, minutes: int, label: str, on_minute) -> list[dict]:
+    """The per-minute rows of one phase; `on_minute(rows)` after each (the file is written then)."""
+    rows: list[dict] = []
+    feeds = FeedLatency(ctx.bootstrap, [ctx.topology.feed(d) for d in ctx.city.department_ids()])
+    feeds.thread.start()
+    lag = GroupLag(ctx.bootstrap)
+    procs = processes(stages)
+    previous_counts: dict[str, float] = {}
+    previous_cpu = usage(procs)
+    started = time.monotonic()
+    try:
+        for minute in range(1, minutes + 1):
+            time.sleep(max(0.0, started + minute * 60 - time.monotonic()))
+            latencies = feeds.take()
+            counts = stage_counters(metrics_dir)
+            now_usage = usage(procs)
+            row = {
+                "minute": minute,
+                "load_average_1m": round(os.getloadavg()[0], 2),  # the machine's, shared with whatever else runs
+                "lag": {stage: lag.measure(ctx.topology.group(f"civicbus-{stage}")) for stage in STAGES},
+                "feed_records": len(latencies),
+                "p50_ms": round(percentile(latencies, 50), 1) if latencies else None,
+                "p99_ms": round(percentile(latencies, 99), 1) if latencies else None,
+                "per_minute": {k: round(v - previous_counts.get(k, 0.0)) for k, v in counts.items() if k != "open_cases"},
+                "open_cases": counts.get("open_cases"),
+                "processes": {name: {"rss_mb": u["rss_mb"],
+                                     "cpu_s_per_min": None if u["cpu_s"] is None or previous_cpu[name]["cpu_s"] is None
+                                     else round(u["cpu_s"] - previous_cpu[name]["cpu_s"], 1)}
+                              for name, u in now_usage.items()},
+                "broker_list_offsets_ms": {"dist.events": lag.offsets_round_trip_ms(ctx.topology.name(DIST_EVENTS)),
+                                           "pipe.cases": lag.offsets_round_trip_ms(ctx.topology.name(PIPE_CASES))},
+            }
+            previous_counts, previous_cpu = counts, now_usage
+            rows.append(row)
+            lags = ", ".join(f"{s}: {v['records']} rec/{v['seconds']} s" for s, v in row["lag"].items())
+            print(f"{label} minute {minute}: lag {{{lags}}} p50/p99 {row['p50_ms']}/{row['p99_ms']} ms, feed records {row['feed_records']}, "
+                  f"open cases {row['open_cases']}, broker cpu {row['processes'].get('broker', {}).get('cpu_s_per_min')} s/min, "
+                  f"list offsets {row['broker_list_offsets_ms']}", flush=True)
+            on_minute(rows)
+    finally:
+        feeds.stop.set()
+        feeds.thread.join(10)
+    return rows
 
 
-def write_soak(rate: float, minutes: int, seed: int, rows: list[dict]) -> Path:
+def inbound_schedule(ctx: BusContext) -> list[tuple[float, str, bytes | None, bytes | None, list]]:
+    """Every inbound record of phase 1 as (seconds after the first, topic without the namespace,
+    key, value, headers), in publishing order."""
+    records = read_all(ctx.bootstrap, [ctx.topology.inbound(d) for d in ctx.city.department_ids()])
+    records.sort(key=lambda m: m.timestamp()[1])
+    first_ms = records[0].timestamp()[1] if records else 0
+    strip = len(ctx.topology.namespace)
+    return [((m.timestamp()[1] - first_ms) / 1000, m.topic()[strip:], m.key(), m.value(), list(m.headers() or [])) for m in records]
+
+
+def publish_on_schedule(ctx: BusContext, schedule: list, stop: threading.Event) -> None:
+    """Publishes `schedule` again at its own pace, as a stock client (timestamps: now)."""
+    producer = Producer({"bootstrap.servers": ctx.bootstrap, "enable.idempotence": True, "linger.ms": 5})
+    started = time.monotonic()
+    for offset_s, topic, key, value, headers in schedule:
+        delay = started + offset_s - time.monotonic()
+        if delay > 0 and stop.wait(delay):
+            break
+        producer.produce(ctx.topology.namespace + topic, value, key, headers=headers)
+        producer.poll(0)
+    producer.flush(30)
+
+
+def held_until(rows: list[dict]) -> dict:
     held = [r for r in rows if all(v["seconds"] < TARGET_LAG_S for v in r["lag"].values())
             and r["p99_ms"] is not None and r["p99_ms"] < TARGET_P99_MS]
     first_miss = next((r["minute"] for r in rows if r not in held), None)
-    return write_result(f"soak-{int(rate)}", {
+    return {"minutes_done": len(rows), "first_minute_missed": first_miss, "minutes_measured": rows}
+
+
+def run(rate: float, minutes: int, seed: int = 6, bare_replay: bool = True) -> Path:
+    phases: dict[str, dict] = {}
+
+    def write(name: str, rows: list[dict]) -> Path:
+        phases[name] = held_until(rows)
+        return write_soak(rate, minutes, seed, phases)
+
+    with tempfile.TemporaryDirectory(prefix="civicbus-soak-") as work:
+        work_dir = Path(work)
+        pipeline_metrics = tempfile.mkdtemp(prefix="metrics-pipeline-", dir=work)
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = pipeline_metrics  # the stage processes inherit it
+        with bench_bus() as (ctx, stages):
+            for stage in STAGES:
+                stages.start_stage(stage)
+            time.sleep(WARM_UP_S)
+            stages.start("simulator", ["-m", "civicbus.cli", "simulate", "--rate", str(rate), "--duration", str(minutes * 60 + 30),
+                                       "--seed", str(seed)])
+            path = write("pipeline", measure_minutes(ctx, stages, pipeline_metrics, minutes, "pipeline", lambda rows: write("pipeline", rows)))
+            if not bare_replay:
+                return path
+            stages.stop()  # what the stages wrote is final before it is captured
+            capture_path = work_dir / "capture.pickle"
+            capture_path.write_bytes(pickle.dumps(capture(ctx)))
+            schedule = inbound_schedule(ctx)
+        replay_metrics = tempfile.mkdtemp(prefix="metrics-replay-", dir=work)
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = replay_metrics
+        with bench_bus(namespace="bench.replay.") as (ctx, stages):
+            for stage in STAGES:
+                stages.start(f"replay-{stage}", ["-m", "benchmarks.replay", stage, str(capture_path)])
+            time.sleep(WARM_UP_S)
+            stop = threading.Event()
+            publisher = threading.Thread(target=publish_on_schedule, args=(ctx, schedule, stop), daemon=True)
+            publisher.start()
+            try:
+                path = write("bare_replay", measure_minutes(ctx, stages, replay_metrics, minutes, "bare replay",
+                                                            lambda rows: write("bare_replay", rows)))
+            finally:
+                stop.set()
+                publisher.join(30)
+    return path
+
+
+def write_soak(rate: float, minutes: int, seed: int, phases: dict[str, dict]) -> Path:
+    pipeline, replay = phases.get("pipeline"), phases.get("bare_replay")
+    done = lambda phase: phase is not None and phase["minutes_done"] == minutes  # noqa: E731
+    figures = {
         "rate_events_per_s": rate,
         "minutes": minutes,
-        "minutes_done": len(rows),
         "seed": seed,
         "workload": "`civicbus simulate` (the city's reports, calls, alerts and status updates) into the three stages; "
-                    "a read_committed consumer of every feed",
+                    "then the same inbound records at the same pace through the replay of the stages' own records "
+                    "(benchmarks.replay) on a fresh broker; in both, a read_committed consumer of every feed",
+        "reader_fetch_wait_ms": READER_FETCH_WAIT_MS,
         "targets": {"lag_seconds_below": TARGET_LAG_S, "p99_publish_to_feed_ms_below": TARGET_P99_MS},
-        "held_every_minute": first_miss is None and len(rows) == minutes,
-        "first_minute_missed": first_miss,
-        "minutes_measured": rows,
-    })
+        "held_every_minute": done(pipeline) and pipeline["first_minute_missed"] is None,
+    }
+    if done(pipeline) and done(replay):
+        last = lambda phase: minutes if phase["first_minute_missed"] is None else phase["first_minute_missed"] - 1  # noqa: E731
+        figures["minutes_held"] = {"pipeline": last(pipeline), "bare_replay": last(replay)}
+        figures["pipeline_holds_as_long_as_bare_replay"] = last(pipeline) >= last(replay)
+    return write_result(f"soak-{int(rate)}", {**figures, "phases": phases})
