@@ -29,6 +29,7 @@ from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 from civicbus.broker import EmbeddedBroker
 from civicbus.context import BusContext
 from civicbus.kafka import apply_topics
+from civicbus.lifeline import with_lifeline
 from civicbus.registry import lock_schemas
 from civicbus.schemas import EventCatalog
 from civicbus.settings import Settings
@@ -254,7 +255,8 @@ class StageProcesses:
 
     def start(self, name: str, argv: list[str]) -> subprocess.Popen:
         with open(self.log_dir / f"{name}.log", "ab") as log:
-            self.processes[name] = subprocess.Popen([sys.executable, *argv], env=self.env(), stdout=log, stderr=subprocess.STDOUT)
+            # they die with the benchmark, however it ends
+            self.processes[name] = subprocess.Popen(with_lifeline([sys.executable, *argv]), env=self.env(), stdout=log, stderr=subprocess.STDOUT)
         return self.processes[name]
 
     def log_tails(self, chars: int = 1500) -> str:

@@ -13,10 +13,12 @@ records are published again at the times they were first published, through the 
 the same transactional runner, topics, partitions, sizes and commit spacing, no processing. On
 CIVICBUS_BOOTSTRAP the replay runs in a namespace of its own on the same cluster.
 
-In both phases a stock confluent-kafka consumer reads every feed read_committed as a department
-would (fetch wait READER_FETCH_WAIT_MS, like the gateway's reader), and each minute records:
+In both phases each department's feed is read by a stock confluent-kafka consumer of its own,
+read_committed, as the department would (fetch wait civicbus.kafka.FEED_READER_FETCH_WAIT_MS,
+the subscriber SDK's), and each minute records:
 - lag per stage group, in records (high watermark - committed) and in seconds (age, at the time
-  the committed offsets were read, of the oldest record not yet committed);
+  the committed offsets were read, of the oldest record not yet committed; null when a record
+  behind could not be read within 5 s, which counts as a minute missed);
 - p50/p99 publish -> feed (the feed record's arrival - the inbound record's timestamp);
 - records each stage processed (and events delivered: the real stages' own counters);
 - open cases (phase 1);
@@ -50,7 +52,9 @@ from benchmarks.harness import bench_bus, fetched, read_all
 from benchmarks.replay import capture
 from benchmarks.report import percentile, write_result
 from civicbus.context import BusContext
+from civicbus.kafka import FEED_READER_FETCH_WAIT_MS
 from civicbus.topology import DIST_EVENTS, PIPE_CASES
+from civicbus.wire import read_published_ms
 
 STAGES = ("ingest", "cases", "fanout")
 TARGET_LAG_S = 5.0
@@ -58,34 +62,38 @@ TARGET_P99_MS = 1000.0
 # Started stages join their groups (about half the session timeout on the embedded broker,
 # civicbus.quirks 6) and restore before traffic starts: the soak measures steady traffic.
 WARM_UP_S = 15.0
-# A department's reader: the gateway's (consumers.gateway.feeds) waits as long. Each hop of the
-# pipeline waits 10 ms (Settings.fetch_wait_max_ms); a reader of every feed at 10 ms would cost
-# the embedded broker about a quarter of a core by itself (benchmarks/results/broker.json).
-READER_FETCH_WAIT_MS = 100
-
-
 class FeedLatency:
-    """Reads every feed (read_committed, no group) and keeps publish -> arrival per minute."""
+    """A reader per department, each of its own feed (read_committed, no group, the wait of the
+    subscriber SDK), and publish -> arrival per minute over all of them."""
 
     def __init__(self, bootstrap: str, feeds: list[str]):
-        self.consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"soak-{uuid.uuid4().hex}", "enable.auto.commit": False,
-                                  "isolation.level": "read_committed", "fetch.wait.max.ms": READER_FETCH_WAIT_MS})
-        self.consumer.assign([TopicPartition(feed, 0, 0) for feed in feeds])
+        self.readers = [Consumer({"bootstrap.servers": bootstrap, "group.id": f"soak-{uuid.uuid4().hex}", "enable.auto.commit": False,
+                                  "isolation.level": "read_committed", "fetch.wait.max.ms": FEED_READER_FETCH_WAIT_MS})
+                        for _ in feeds]
+        for reader, feed in zip(self.readers, feeds):
+            reader.assign([TopicPartition(feed, 0, 0)])
         self.latencies_ms: list[float] = []
         self.lock = threading.Lock()
         self.stop = threading.Event()
-        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.threads = [threading.Thread(target=self._run, args=(reader,), daemon=True) for reader in self.readers]
 
-    def _run(self) -> None:
-        from civicbus.wire import read_published_ms
+    def start(self) -> None:
+        for thread in self.threads:
+            thread.start()
 
+    def close(self) -> None:
+        self.stop.set()
+        for thread in self.threads:
+            thread.join(10)
+
+    def _run(self, reader: Consumer) -> None:
         while not self.stop.is_set():
-            for message in fetched(self.consumer, 0.1):
+            for message in fetched(reader, 0.1):
                 published = read_published_ms(message.headers())
                 if published:
                     with self.lock:
                         self.latencies_ms.append(time.time() * 1000 - published)
-        self.consumer.close()
+        reader.close()
 
     def take(self) -> list[float]:
         with self.lock:
@@ -109,17 +117,18 @@ class GroupLag:
         future = self.admin.list_consumer_group_offsets([ConsumerGroupTopicPartitions(group)])[group]
         committed = [tp for tp in future.result(timeout=30).topic_partitions if tp.offset >= 0]
         read_at = time.time()
-        records, oldest_ms = 0, None
+        records, timestamps = 0, []
         for tp in committed:
             _, high = self.offsets.get_watermark_offsets(TopicPartition(tp.topic, tp.partition), timeout=30, cached=False)
             behind = max(0, high - tp.offset)
             records += behind
             if behind:
-                timestamp = self._timestamp_at(tp)
-                if timestamp is not None:
-                    oldest_ms = timestamp if oldest_ms is None else min(oldest_ms, timestamp)
-        lag_s = 0.0 if oldest_ms is None else max(0.0, read_at - oldest_ms / 1000)
-        return {"records": records, "seconds": round(lag_s, 2), "committed": sum(tp.offset for tp in committed)}
+                timestamps.append(self._timestamp_at(tp))
+        if None in timestamps:  # a record behind could not be read in time: its age is not known
+            lag_s = None
+        else:
+            lag_s = round(max(0.0, read_at - min(timestamps) / 1000), 2) if timestamps else 0.0
+        return {"records": records, "seconds": lag_s, "committed": sum(tp.offset for tp in committed)}
 
     def _timestamp_at(self, tp: TopicPartition) -> int | None:
         self.reader.assign([TopicPartition(tp.topic, tp.partition, tp.offset)])
@@ -177,7 +186,7 @@ def measure_minutes(ctx: BusContext, stages, metrics_dir: str, minutes: int, lab
     """The per-minute rows of one phase; `on_minute(rows)` after each (the file is written then)."""
     rows: list[dict] = []
     feeds = FeedLatency(ctx.bootstrap, [ctx.topology.feed(d) for d in ctx.city.department_ids()])
-    feeds.thread.start()
+    feeds.start()
     lag = GroupLag(ctx.bootstrap)
     procs = processes(stages)
     previous_counts: dict[str, float] = {}
@@ -213,8 +222,7 @@ def measure_minutes(ctx: BusContext, stages, metrics_dir: str, minutes: int, lab
                   f"list offsets {row['broker_list_offsets_ms']}", flush=True)
             on_minute(rows)
     finally:
-        feeds.stop.set()
-        feeds.thread.join(10)
+        feeds.close()
     return rows
 
 
@@ -242,7 +250,7 @@ def publish_on_schedule(ctx: BusContext, schedule: list, stop: threading.Event) 
 
 
 def held_until(rows: list[dict]) -> dict:
-    held = [r for r in rows if all(v["seconds"] < TARGET_LAG_S for v in r["lag"].values())
+    held = [r for r in rows if all(v["seconds"] is not None and v["seconds"] < TARGET_LAG_S for v in r["lag"].values())
             and r["p99_ms"] is not None and r["p99_ms"] < TARGET_P99_MS]
     first_miss = next((r["minute"] for r in rows if r not in held), None)
     return {"minutes_done": len(rows), "first_minute_missed": first_miss, "minutes_measured": rows}
@@ -299,8 +307,8 @@ def write_soak(rate: float, minutes: int, seed: int, phases: dict[str, dict]) ->
         "seed": seed,
         "workload": "`civicbus simulate` (the city's reports, calls, alerts and status updates) into the three stages; "
                     "then the same inbound records at the same pace through the replay of the stages' own records "
-                    "(benchmarks.replay) on a fresh broker; in both, a read_committed consumer of every feed",
-        "reader_fetch_wait_ms": READER_FETCH_WAIT_MS,
+                    "(benchmarks.replay) on a fresh broker; in both, a read_committed consumer of each department's feed",
+        "reader_fetch_wait_ms": FEED_READER_FETCH_WAIT_MS,
         "targets": {"lag_seconds_below": TARGET_LAG_S, "p99_publish_to_feed_ms_below": TARGET_P99_MS},
         "held_every_minute": done(pipeline) and pipeline["first_minute_missed"] is None,
     }

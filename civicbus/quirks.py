@@ -2,16 +2,23 @@
 was measured, and where civicbus works around each. The workarounds are harmless on Apache
 Kafka; the ones that cost something there are switched on only when `is_embedded` says so.
 
-1. A waiting fetch is never ended early: with no data at the request it answers after the whole
-   `fetch.wait.max.ms` (one record: 231 ms at librdkafka's 500 ms default, 1.5 ms at 10 ms).
+1. A waiting fetch is never ended early. tansu-storage's FetchService reads every partition of the
+   request once, then sleeps what is left of `fetch.wait.max.ms` (half of it from 250 ms) whether
+   it found data or not: a consumer sends one fetch per wait whatever the traffic, a record waits
+   up to the wait before a read and the whole wait after it, and an idle consumer costs the broker
+   about 0.09 of a core at 10 ms and 0.02 at 100 ms, plus about 0.01 per partition it reads at
+   10 ms (benchmarks/results/broker.json, idle_read_committed_consumer_broker_cores).
    -> consumers on an event's path wait 10 ms (Settings.fetch_wait_max_ms); followers that are not
-   (master data, the case router) wait FOLLOWER_FETCH_WAIT_MS (civicbus.kafka.TopicFollower).
+   (master data, the case router) wait FOLLOWER_FETCH_WAIT_MS (civicbus.kafka.TopicFollower);
+   departments' feed readers (the subscriber SDK, `tail`, the gateway) FEED_READER_FETCH_WAIT_MS.
 2. Every fetch that returns data lists every batch and transaction marker its partition holds
    (DynoStore::fetch over the in-memory object store): 7 ms empty, 21 ms at 15,000 batches, 47 ms at
    20,000, over 2 s from 40,000; nothing trims a partition (no DeleteRecords, no retention).
    -> the runner spaces commits by the batches a stage wrote (processors.runner.CommitSpacing,
-   EMBEDDED_COMMIT_SPACING_PER_BATCH_US); the exporter publishes how long ListOffsets takes
-   (civicbus_broker_list_offsets_seconds) and the live view warns when it climbs.
+   EMBEDDED_COMMIT_SPACING_PER_BATCH_US); ListOffsets lists them too, so the lag exporter reads log
+   starts once a minute and keeps its polling under a tenth of the time (civicbus.lag), and
+   publishes how long ListOffsets takes (civicbus_broker_list_offsets_seconds); the live view warns
+   when it climbs.
 3. A transaction commits only once every other open transaction that wrote an overlapping range
    of the same partition is prepared (DynoStore::txn_end): two transactional writers on one
    partition stall each other's readers under steady traffic.

@@ -33,7 +33,7 @@ from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, KafkaError, 
 from confluent_kafka.admin import OffsetSpec
 
 from civicbus.context import BusContext
-from civicbus.kafka import make_admin, make_consumer
+from civicbus.kafka import FEED_READER_FETCH_WAIT_MS, make_admin, make_consumer
 from civicbus.metrics import FORGED_SKIPPED
 from civicbus.signing import RecordSigner
 from civicbus.wire import read_masked
@@ -59,6 +59,11 @@ def offsets_at_time(consumer: Consumer, topic: str, partitions: list[int], since
 
 def delivered_before(message: Message, since_ms: int | None) -> bool:
     return since_ms is not None and message.timestamp()[1] < since_ms
+
+
+def feed_reader(ctx: BusContext, group: str) -> Consumer:
+    """A consumer of a department's feed: it waits like a reader, not like a stage (civicbus.kafka)."""
+    return make_consumer(ctx.settings, ctx.bootstrap, group, **{"fetch.wait.max.ms": FEED_READER_FETCH_WAIT_MS})
 
 
 @dataclass(frozen=True)
@@ -104,7 +109,7 @@ class FeedReader:
         self.epoch = topic_epoch(make_admin(ctx.bootstrap), self.topic)
         self.poll_timeout_s = poll_timeout_s
         # librdkafka wants a group.id even for a consumer that never joins or commits
-        self._consumer = make_consumer(ctx.settings, ctx.bootstrap, f"civicbus-reader-{department}")
+        self._consumer = feed_reader(ctx, f"civicbus-reader-{department}")
         partitions = list(self._consumer.list_topics(self.topic, timeout=10).topics[self.topic].partitions)
         self._since_ms = int(start.timestamp() * 1000) if isinstance(start, datetime) else None
         if self._since_ms is not None:
@@ -178,7 +183,7 @@ class FeedSubscriber:
             start.check_within(self._ends(), self.topic)
         self._start: datetime | FeedPosition | None = start
         group = group_id or ctx.topology.department_group_prefix(department) + "subscriber"
-        self._consumer = make_consumer(ctx.settings, ctx.bootstrap, group)
+        self._consumer = feed_reader(ctx, group)
         self._consumer.subscribe([self.topic], on_assign=self._on_assign)
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:

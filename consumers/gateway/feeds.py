@@ -37,7 +37,7 @@ from pydantic import BaseModel
 
 from civicbus.audit import GatewayAudit
 from civicbus.context import BusContext
-from civicbus.kafka import consumer_config, make_admin
+from civicbus.kafka import FEED_READER_FETCH_WAIT_MS, consumer_config, make_admin
 from civicbus.metrics import FORGED_SKIPPED
 from civicbus.serde import DecodeError
 from civicbus.signing import RecordSigner
@@ -257,7 +257,8 @@ class FeedReader:
         pool = self._idle.setdefault(feed.topic, [])
         if pool:
             return pool.pop()
-        config = consumer_config(self.ctx.settings, self.ctx.bootstrap, "civicbus-gateway-reader", **{"fetch.wait.max.ms": 100, "enable.partition.eof": True})
+        config = consumer_config(self.ctx.settings, self.ctx.bootstrap, "civicbus-gateway-reader",
+                                 **{"fetch.wait.max.ms": FEED_READER_FETCH_WAIT_MS, "enable.partition.eof": True})
         self.open_readers += 1
         return _TopicReader(feed, Consumer(config))  # assigned, never subscribed: no group join
 
