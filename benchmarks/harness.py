@@ -16,8 +16,10 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
+from collections import Counter
 from collections.abc import Iterable
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
@@ -30,6 +32,7 @@ from civicbus.broker import EmbeddedBroker
 from civicbus.context import BusContext
 from civicbus.kafka import apply_topics
 from civicbus.lifeline import with_lifeline
+from civicbus.stack import RESTART_BACKOFF_S
 from civicbus.registry import lock_schemas
 from civicbus.schemas import EventCatalog
 from civicbus.settings import Settings
@@ -248,12 +251,17 @@ class StageProcesses:
         self.ctx = ctx
         self.log_dir = log_dir
         self.processes: dict[str, subprocess.Popen] = {}
+        self._argv: dict[str, list[str]] = {}
+        self.restarts: Counter[str] = Counter()
+        self._stopping = threading.Event()
+        self._supervisor: threading.Thread | None = None
 
     def env(self) -> dict[str, str]:
         return {**os.environ, "CIVICBUS_BOOTSTRAP": self.ctx.bootstrap, "CIVICBUS_NAMESPACE": self.ctx.settings.namespace,
-                "CIVICBUS_LOG_LEVEL": "WARNING"}
+                "CIVICBUS_LOG_LEVEL": os.environ.get("CIVICBUS_LOG_LEVEL", "WARNING")}
 
     def start(self, name: str, argv: list[str]) -> subprocess.Popen:
+        self._argv[name] = argv
         with open(self.log_dir / f"{name}.log", "ab") as log:
             # they die with the benchmark, however it ends
             self.processes[name] = subprocess.Popen(with_lifeline([sys.executable, *argv]), env=self.env(), stdout=log, stderr=subprocess.STDOUT)
@@ -265,7 +273,30 @@ class StageProcesses:
     def start_stage(self, stage: str, instance: str = "0") -> None:
         self.start(f"{stage}-{instance}", ["-m", "civicbus.cli", "process", stage, "--instance", instance])
 
+    def supervise(self, names: Iterable[str]) -> None:
+        """Start these processes again whenever they exit, after civicbus up's backoff, until
+        stop(): a soak measures the stack as `civicbus up` runs it. `restarts` counts them."""
+        names = list(names)
+
+        def run() -> None:
+            due: dict[str, float] = {}
+            while not self._stopping.wait(0.5):
+                for name in names:
+                    if self.processes[name].poll() is None:
+                        continue
+                    if name not in due:
+                        due[name] = time.monotonic() + RESTART_BACKOFF_S[min(self.restarts[name], len(RESTART_BACKOFF_S) - 1)]
+                    elif time.monotonic() >= due.pop(name):
+                        self.restarts[name] += 1
+                        self.start(name, self._argv[name])  # from this thread, which lives until stop()
+
+        self._supervisor = threading.Thread(target=run, name="bench-supervisor", daemon=True)
+        self._supervisor.start()
+
     def stop(self) -> None:
+        self._stopping.set()
+        if self._supervisor is not None:
+            self._supervisor.join(10)
         for process in self.processes.values():
             if process.poll() is None:
                 process.terminate()
@@ -279,10 +310,14 @@ class StageProcesses:
 
 
 @contextmanager
-def bench_bus(partitions: int = 1, namespace: str = "bench."):
+def bench_bus(partitions: int = 1, namespace: str = "bench.", keep_logs_in: Path | None = None):
     """An own embedded broker (or CIVICBUS_BOOTSTRAP), a context over the benchmark city, and
-    the stage processes, stopped on the way out."""
+    the stage processes, stopped on the way out; with `keep_logs_in`, their logs (and the
+    broker's) are copied there then."""
     with tempfile.TemporaryDirectory(prefix="civicbus-bench-") as work, ExitStack() as cleanup:
+        if keep_logs_in is not None:
+            cleanup.callback(lambda: shutil.copytree(work, keep_logs_in, ignore=shutil.ignore_patterns("config", "schemas", "state"),
+                                                     dirs_exist_ok=True))
         work_dir = Path(work)
         settings = cleanup.enter_context(benchmark_city(work_dir))
         bootstrap = os.environ.get("CIVICBUS_BOOTSTRAP")

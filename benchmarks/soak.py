@@ -21,14 +21,16 @@ the subscriber SDK's), and each minute records:
   behind could not be read within 5 s, which counts as a minute missed);
 - p50/p99 publish -> feed (the feed record's arrival - the inbound record's timestamp);
 - records each stage processed (and events delivered: the real stages' own counters);
-- open cases (phase 1);
+- open cases (phase 1), and how often a stage exited and was started again (as `civicbus up`
+  restarts them);
 - RSS and CPU seconds of every process, the broker included;
 - how long the broker takes to answer ListOffsets for civic.dist.events and civic.pipe.cases:
   it lists every batch of the partition, as a fetch that returns data does, so it shows the
   broker slowing down as its logs grow.
 Targets (issue 10): every group's lag under 5 s at every minute and p99 publish -> feed under 1 s;
 the pipeline holds at least as long as the bare replay of its own records.
-Results: benchmarks/results/soak-<rate>.json, written every minute.
+Results: benchmarks/results/soak-<rate>.json, written every minute; the processes' logs in
+benchmarks/results/soak-<rate>-logs/ (not committed; CIVICBUS_LOG_LEVEL=INFO for the stages' own).
 """
 
 from __future__ import annotations
@@ -50,7 +52,7 @@ from prometheus_client.multiprocess import MultiProcessCollector
 
 from benchmarks.harness import bench_bus, fetched, read_all
 from benchmarks.replay import capture
-from benchmarks.report import percentile, write_result
+from benchmarks.report import RESULTS_DIR, percentile, write_result
 from civicbus.context import BusContext
 from civicbus.kafka import FEED_READER_FETCH_WAIT_MS
 from civicbus.topology import DIST_EVENTS, PIPE_CASES
@@ -176,10 +178,19 @@ def usage(procs: dict[str, psutil.Process]) -> dict[str, dict]:
     for name, proc in procs.items():
         try:
             times = proc.cpu_times()
-            out[name] = {"rss_mb": round(proc.memory_info().rss / 2**20, 1), "cpu_s": round(times.user + times.system, 1)}
+            out[name] = {"pid": proc.pid, "rss_mb": round(proc.memory_info().rss / 2**20, 1), "cpu_s": round(times.user + times.system, 1)}
         except psutil.Error:
-            out[name] = {"rss_mb": None, "cpu_s": None}
+            out[name] = {"pid": proc.pid, "rss_mb": None, "cpu_s": None}
     return out
+
+
+def cpu_per_minute(now: dict, before: dict | None) -> float | None:
+    """CPU seconds over the minute; a process started again since counts from its start."""
+    if now["cpu_s"] is None:
+        return None
+    if before is None or before["pid"] != now["pid"] or before["cpu_s"] is None:
+        return now["cpu_s"]
+    return round(now["cpu_s"] - before["cpu_s"], 1)
 
 
 def measure_minutes(ctx: BusContext, stages, metrics_dir: str, minutes: int, label: str, on_minute) -> list[dict]:
@@ -188,16 +199,15 @@ def measure_minutes(ctx: BusContext, stages, metrics_dir: str, minutes: int, lab
     feeds = FeedLatency(ctx.bootstrap, [ctx.topology.feed(d) for d in ctx.city.department_ids()])
     feeds.start()
     lag = GroupLag(ctx.bootstrap)
-    procs = processes(stages)
     previous_counts: dict[str, float] = {}
-    previous_cpu = usage(procs)
+    previous_cpu = usage(processes(stages))
     started = time.monotonic()
     try:
         for minute in range(1, minutes + 1):
             time.sleep(max(0.0, started + minute * 60 - time.monotonic()))
             latencies = feeds.take()
             counts = stage_counters(metrics_dir)
-            now_usage = usage(procs)
+            now_usage = usage(processes(stages))  # anew: a stage started again has another pid
             row = {
                 "minute": minute,
                 "load_average_1m": round(os.getloadavg()[0], 2),  # the machine's, shared with whatever else runs
@@ -207,9 +217,8 @@ def measure_minutes(ctx: BusContext, stages, metrics_dir: str, minutes: int, lab
                 "p99_ms": round(percentile(latencies, 99), 1) if latencies else None,
                 "per_minute": {k: round(v - previous_counts.get(k, 0.0)) for k, v in counts.items() if k != "open_cases"},
                 "open_cases": counts.get("open_cases"),
-                "processes": {name: {"rss_mb": u["rss_mb"],
-                                     "cpu_s_per_min": None if u["cpu_s"] is None or previous_cpu[name]["cpu_s"] is None
-                                     else round(u["cpu_s"] - previous_cpu[name]["cpu_s"], 1)}
+                "stage_restarts": dict(stages.restarts),  # since the start: each exited and was started again
+                "processes": {name: {"rss_mb": u["rss_mb"], "cpu_s_per_min": cpu_per_minute(u, previous_cpu.get(name))}
                               for name, u in now_usage.items()},
                 "broker_list_offsets_ms": {"dist.events": lag.offsets_round_trip_ms(ctx.topology.name(DIST_EVENTS)),
                                            "pipe.cases": lag.offsets_round_trip_ms(ctx.topology.name(PIPE_CASES))},
@@ -267,9 +276,10 @@ def run(rate: float, minutes: int, seed: int = 6, bare_replay: bool = True) -> P
         work_dir = Path(work)
         pipeline_metrics = tempfile.mkdtemp(prefix="metrics-pipeline-", dir=work)
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = pipeline_metrics  # the stage processes inherit it
-        with bench_bus() as (ctx, stages):
+        with bench_bus(keep_logs_in=RESULTS_DIR / f"soak-{int(rate)}-logs" / "pipeline") as (ctx, stages):
             for stage in STAGES:
                 stages.start_stage(stage)
+            stages.supervise(f"{stage}-0" for stage in STAGES)
             time.sleep(WARM_UP_S)
             stages.start("simulator", ["-m", "civicbus.cli", "simulate", "--rate", str(rate), "--duration", str(minutes * 60 + 30),
                                        "--seed", str(seed)])
@@ -282,9 +292,10 @@ def run(rate: float, minutes: int, seed: int = 6, bare_replay: bool = True) -> P
             schedule = inbound_schedule(ctx)
         replay_metrics = tempfile.mkdtemp(prefix="metrics-replay-", dir=work)
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = replay_metrics
-        with bench_bus(namespace="bench.replay.") as (ctx, stages):
+        with bench_bus(namespace="bench.replay.", keep_logs_in=RESULTS_DIR / f"soak-{int(rate)}-logs" / "bare_replay") as (ctx, stages):
             for stage in STAGES:
                 stages.start(f"replay-{stage}", ["-m", "benchmarks.replay", stage, str(capture_path)])
+            stages.supervise(f"replay-{stage}" for stage in STAGES)
             time.sleep(WARM_UP_S)
             stop = threading.Event()
             publisher = threading.Thread(target=publish_on_schedule, args=(ctx, schedule, stop), daemon=True)
