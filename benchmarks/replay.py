@@ -106,8 +106,7 @@ class ReplayStage(Stage):
         published = published_at_header(read_published_ms(message.headers()) or message.timestamp()[1])
         for topic, partition, key, value, headers in self.outputs.get(message.key(), ()):
             topic = self.ctx.topology.name(topic)
-            if any(name == PUBLISHED_MS for name, _ in headers):
-                headers = [published if name == PUBLISHED_MS else (name, v) for name, v in headers]
+            headers = [published if name == PUBLISHED_MS else (name, v) for name, v in headers]
             if self._beside is not None and topic == self.dist_topic:
                 headers = self.signer.sign(topic, key, value, headers)  # as the real case stage signs what goes beside
                 self._beside.produce(topic, value, key, headers=headers, partition=partition)
