@@ -116,6 +116,8 @@ class Stack:
         return f"http://127.0.0.1:{self.registry_port}"
 
     def run(self) -> None:
+        for stream in (sys.stdout, sys.stderr):  # `up > up.log` shows each step as it happens
+            stream.reconfigure(line_buffering=True)
         sys.stdout, sys.stderr = ReaderGone(sys.stdout), ReaderGone(sys.stderr)
         stop = stop_on_signals()
         state_dir = self.settings.state_dir
@@ -169,7 +171,7 @@ class Stack:
                 registry=self.settings.schema_registry_url or self.registry_url))
             cleanup.callback(endpoints.remove, state_dir)
             print(f"endpoints  {endpoints.path(state_dir)} (commands run from this folder find the stack there)")
-            print("Ctrl-C stops everything.\n", flush=True)
+            print("Ctrl-C stops everything.\n")
             view = LiveView(str(metrics_dir), exporter)
             while not stop.wait(1.0):
                 self._supervise(env, log_dir)

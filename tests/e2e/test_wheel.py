@@ -80,7 +80,11 @@ def test_up_from_an_empty_folder_delivers_an_event_and_stops_on_ctrl_c(installed
     output = lambda: (tmp_path / "up.log").read_text(errors="replace")
     tail = None
     try:
-        wait_for(lambda: "Ctrl-C stops everything" in output(), 90, "up to print its endpoints")
+        try:
+            wait_for(lambda: "Ctrl-C stops everything" in output() or up.poll() is not None, 90, "up to print its endpoints")
+        except AssertionError as timeout:
+            raise AssertionError(f"{timeout}; up printed:\n{output()[-3000:]}\n{logs_of(tmp_path)}") from None
+        assert up.poll() is None, f"up exited with {up.returncode}:\n{output()[-3000:]}\n{logs_of(tmp_path)}"
         recorded = json.loads((tmp_path / ".civicbus" / "endpoints.json").read_text())
         assert recorded["broker"] == f"127.0.0.1:{ports[0]}" and recorded["gateway"] == f"http://127.0.0.1:{ports[1]}"
         assert "keeps everything in memory" in output()
@@ -98,3 +102,9 @@ def test_up_from_an_empty_folder_delivers_an_event_and_stops_on_ctrl_c(installed
     assert returncode == 0, output()[-3000:]
     assert not (tmp_path / ".civicbus" / "endpoints.json").exists()
     assert (tmp_path / ".civicbus" / "logs" / "fanout.log").stat().st_size > 0
+
+
+def logs_of(folder: Path, tail_chars: int = 1500) -> str:
+    """The end of each log `up` keeps in its state folder, for a failure report."""
+    return "\n".join(f"--- {log.name}:\n{log.read_text(errors='replace')[-tail_chars:]}"
+                     for log in sorted((folder / ".civicbus" / "logs").glob("*.log")))
