@@ -178,9 +178,12 @@ class AsyncProducer:
         await acked
 
     def close(self, timeout_s: float = 10.0) -> None:
+        """Deliver what is queued (up to `timeout_s`), then release the librdkafka handle now, not
+        when the last reference goes: a handle left behind keeps reconnecting to its broker."""
         self._stop.set()
         self._poller.join()
         self._producer.flush(timeout_s)
+        self._producer.close()
 
 
 @dataclass(frozen=True)

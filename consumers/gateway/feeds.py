@@ -102,6 +102,11 @@ class FeedAdmin:
         self.ctx = ctx
         self.admin = make_admin(ctx.bootstrap)
 
+    def close(self) -> None:
+        """Release the admin client's handle (it has no close(); it goes with its last reference),
+        so a stopped gateway's client does not keep reconnecting to its broker."""
+        self.admin = None
+
     async def state(self, topic: str) -> FeedState:
         description = await _result(self.admin.describe_topics(TopicCollection([topic]), request_timeout=10)[topic])
         return FeedState(topic, epoch_of(description), tuple(sorted(p.id for p in description.partitions)))
@@ -347,6 +352,7 @@ class FeedReader:
         self._idle.clear()
         self.open_readers -= len(readers)
         await asyncio.gather(*(asyncio.to_thread(r.consumer.close) for r in readers))
+        self.admin.close()
 
 
 class FeedPageModel(BaseModel):
