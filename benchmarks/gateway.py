@@ -181,13 +181,14 @@ async def post_some(base: str, tokens: dict[str, str], events: dict[str, list[by
 
 def sample_events(seed: int, count: int = 1000) -> dict[str, list[bytes]]:
     """The simulator's traffic as each department posts it, in JSON: type, location, data (the
-    gateway fills the rest). Status updates are left out: they refer to cases by id."""
+    gateway fills the rest, a new id each post among it). Status updates are left out: they
+    refer to cases by id."""
     traffic = CityTraffic(bus_context(), seed)
     events: dict[str, list[bytes]] = {}
     while sum(map(len, events.values())) < count:
         department, event = traffic.next_event()
         if event["type"] != "case.status.updated":
-            events.setdefault(department, []).append(to_json(event).encode())
+            events.setdefault(department, []).append(to_json({k: v for k, v in event.items() if k != "id"}).encode())
     return events
 
 

@@ -60,18 +60,25 @@ REMEMBERED_IDS = 200_000
 
 
 class PublishedIds:
-    """The newest ids this gateway published, with who published what under each."""
+    """The newest ids this gateway published, with who published what under each, and the time the
+    gateway gave an event posted without one: a client that retries the same body (its first
+    answer lost) sends no time again, and gets the same event again, a duplicate, not a 409."""
 
     def __init__(self, capacity: int = REMEMBERED_IDS):
         self.capacity = capacity
-        self._ids: OrderedDict[str, Publication] = OrderedDict()
+        self._ids: OrderedDict[str, tuple[Publication, datetime | None]] = OrderedDict()
 
     def conflict(self, event_id: str, publication: Publication) -> str | None:
         first = self._ids.get(event_id)
-        return None if first is None else id_conflict(event_id, first, publication)
+        return None if first is None else id_conflict(event_id, first[0], publication)
 
-    def add(self, event_id: str, publication: Publication) -> None:
-        self._ids[event_id] = publication
+    def time_given(self, event_id: Any) -> datetime | None:
+        """The time this gateway filled in for `event_id` when it was first posted without one."""
+        first = self._ids.get(event_id) if isinstance(event_id, str) else None
+        return None if first is None else first[1]
+
+    def add(self, event_id: str, publication: Publication, time_given: datetime | None) -> None:
+        self._ids[event_id] = (publication, time_given)
         self._ids.move_to_end(event_id)
         if len(self._ids) > self.capacity:
             self._ids.popitem(last=False)
@@ -136,6 +143,8 @@ def ingest_router(ctx: BusContext, department_of_caller: Callable[..., str], pro
             raise HTTPException(422, [{"field": "type", "message": "an event type name is required, e.g. city.case.reported"}])
         if type_name in ctx.catalog and not ctx.policy.get().may_publish(department, type_name):
             raise HTTPException(403, f"{department} may not publish {type_name}")
+        if "time" not in event and (given := published.time_given(event.get("id"))) is not None:
+            event = {**event, "time": given}  # a retry of an event this gateway gave its time
         try:
             completed = complete_event(ctx, department, event)
         except EventValidationError as e:
@@ -159,7 +168,7 @@ def ingest_router(ctx: BusContext, department_of_caller: Callable[..., str], pro
             await producer().send(topic, value, completed["id"].encode(), headers)
         except KafkaException as e:
             raise HTTPException(503, f"the broker did not acknowledge the event: {e.args[0].str()}") from None
-        published.add(completed["id"], publication)
+        published.add(completed["id"], publication, None if "time" in event else completed["time"])
         return Accepted(id=completed["id"])
 
     return router
