@@ -5,6 +5,7 @@ commands that need no broker start fast (benchmarks/cli.py)."""
 
 from __future__ import annotations
 
+import gc
 import signal
 import threading
 from datetime import datetime, timezone
@@ -84,6 +85,10 @@ def gateway(
     # was there before: make that a no-op, so a clean stop exits 0 like every other part.
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: None)
+    # What start-up built (FastAPI's routes and models, the catalog, the policy) lives as long as
+    # the process: out of the collector's sight, a full collection no longer scans it, and no
+    # longer stalls every request for 70-140 ms (seen in the gateway benchmark's case reads).
+    gc.freeze()
     uvicorn.run(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=5)
 
 
