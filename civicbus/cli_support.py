@@ -37,6 +37,11 @@ def bus_context() -> BusContext:
     return BusContext(Settings())
 
 
+# How long the HTTP servers (gateway, registry) keep an idle keep-alive connection: longer than
+# clients keep theirs (httpx, requests: 5 s, as uvicorn's own default). At equal timeouts a client
+# may reuse a connection just as the server closes it, and its request fails with a reset (the
+# gateway benchmark saw 2 of 492 feed reads fail so). 75 s is nginx's keepalive_timeout.
+HTTP_KEEP_ALIVE_S = 75
 CONFIG_HINT = "the city config folder comes from --config or CIVICBUS_CONFIG; `civicbus init DIR` writes one"
 
 

@@ -197,8 +197,11 @@ def serve_registry(schemas_dir: Path, host: str, port: int) -> None:
     """Run the API on uvicorn until SIGTERM or Ctrl-C, then exit 0 like every part of `civicbus up`."""
     import uvicorn
 
+    from civicbus.cli_support import HTTP_KEEP_ALIVE_S
+
     # uvicorn stops gracefully on SIGTERM/SIGINT, then re-raises the signal to the handler that
     # was there before: make that a no-op, so a clean stop exits 0.
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: None)
-    uvicorn.run(create_registry_app(SchemaLock(schemas_dir)), host=host, port=port, log_level="warning", timeout_graceful_shutdown=5)
+    uvicorn.run(create_registry_app(SchemaLock(schemas_dir)), host=host, port=port, log_level="warning", timeout_graceful_shutdown=5,
+                timeout_keep_alive=HTTP_KEEP_ALIVE_S)

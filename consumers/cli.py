@@ -12,7 +12,7 @@ from datetime import datetime, timezone
 
 import typer
 
-from civicbus.cli_support import bus_context, configure_logging, fail, stop_on_signals
+from civicbus.cli_support import HTTP_KEEP_ALIVE_S, bus_context, configure_logging, fail, stop_on_signals
 
 
 def _start(value: str | None) -> datetime | str | None:
@@ -89,7 +89,7 @@ def gateway(
     # the process: out of the collector's sight, a full collection no longer scans it, and no
     # longer stalls every request for 70-140 ms (seen in the gateway benchmark's case reads).
     gc.freeze()
-    uvicorn.run(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=5)
+    uvicorn.run(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=5, timeout_keep_alive=HTTP_KEEP_ALIVE_S)
 
 
 def register(app: typer.Typer) -> None:
