@@ -26,6 +26,7 @@ import time
 from pathlib import Path
 
 import httpx
+from prometheus_client.parser import text_string_to_metric_families
 
 from benchmarks.report import percentile, write_result
 from civicbus.broker import free_port
@@ -189,8 +190,10 @@ async def drained(metrics_url: str, timeout_s: float = 120.0) -> None:
     lags: dict[str, float] = {}
     async with httpx.AsyncClient(timeout=10) as client:
         while time.monotonic() < deadline:
-            lags = {group: float(line.rsplit(" ", 1)[1]) for line in (await client.get(metrics_url)).text.splitlines()
-                    for group in STAGE_GROUPS if line.startswith(f'kafka_consumergroup_group_max_lag_seconds{{group="{group}"')}
+            lags = {sample.labels["group"]: sample.value
+                    for family in text_string_to_metric_families((await client.get(metrics_url)).text)
+                    if family.name == "kafka_consumergroup_group_max_lag_seconds"
+                    for sample in family.samples if sample.labels.get("group") in STAGE_GROUPS}
             if len(lags) == len(STAGE_GROUPS) and max(lags.values()) < 1.0:
                 return
             await asyncio.sleep(1)

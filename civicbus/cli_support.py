@@ -42,6 +42,23 @@ def bus_context() -> BusContext:
 # may reuse a connection just as the server closes it, and its request fails with a reset (the
 # gateway benchmark saw 2 of 492 feed reads fail so). 75 s is nginx's keepalive_timeout.
 HTTP_KEEP_ALIVE_S = 75
+
+
+def serve_http(app, host: str, port: int) -> None:
+    """Serve an ASGI app on uvicorn until SIGTERM or Ctrl-C, then exit 0 like every part of `up`."""
+    import gc
+
+    import uvicorn
+
+    # uvicorn stops gracefully on SIGTERM/SIGINT, then re-raises the signal to the handler that
+    # was there before: make that a no-op, so a clean stop exits 0.
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: None)
+    # What start-up built (FastAPI's routes and models, the catalog, the policy) lives as long as
+    # the process: out of the collector's sight, a full collection no longer scans it, and no
+    # longer stalls every request for 70-140 ms (seen in the gateway benchmark's case reads).
+    gc.freeze()
+    uvicorn.run(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=5, timeout_keep_alive=HTTP_KEEP_ALIVE_S)
 CONFIG_HINT = "the city config folder comes from --config or CIVICBUS_CONFIG; `civicbus init DIR` writes one"
 
 

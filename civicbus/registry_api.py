@@ -11,7 +11,6 @@ auto-register keep working; nothing changes).
 from __future__ import annotations
 
 import json
-import signal
 from pathlib import Path
 from typing import Any
 
@@ -195,13 +194,6 @@ def _version(version: str) -> int | str:
 
 def serve_registry(schemas_dir: Path, host: str, port: int) -> None:
     """Run the API on uvicorn until SIGTERM or Ctrl-C, then exit 0 like every part of `civicbus up`."""
-    import uvicorn
+    from civicbus.cli_support import serve_http
 
-    from civicbus.cli_support import HTTP_KEEP_ALIVE_S
-
-    # uvicorn stops gracefully on SIGTERM/SIGINT, then re-raises the signal to the handler that
-    # was there before: make that a no-op, so a clean stop exits 0.
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: None)
-    uvicorn.run(create_registry_app(SchemaLock(schemas_dir)), host=host, port=port, log_level="warning", timeout_graceful_shutdown=5,
-                timeout_keep_alive=HTTP_KEEP_ALIVE_S)
+    serve_http(create_registry_app(SchemaLock(schemas_dir)), host, port)

@@ -5,14 +5,12 @@ commands that need no broker start fast (benchmarks/cli.py)."""
 
 from __future__ import annotations
 
-import gc
-import signal
 import threading
 from datetime import datetime, timezone
 
 import typer
 
-from civicbus.cli_support import HTTP_KEEP_ALIVE_S, bus_context, configure_logging, fail, stop_on_signals
+from civicbus.cli_support import bus_context, configure_logging, fail, serve_http, stop_on_signals
 
 
 def _start(value: str | None) -> datetime | str | None:
@@ -72,8 +70,6 @@ def gateway(
     host: str = typer.Option("127.0.0.1", help="Address to listen on."),
 ) -> None:
     """Run the HTTP gateway (publish, feeds, SSE, catalog) until SIGTERM or Ctrl-C."""
-    import uvicorn
-
     from consumers.gateway.app import create_app
 
     configure_logging()
@@ -81,15 +77,7 @@ def gateway(
     broker = ctx.bootstrap  # asked here, so that no broker is one line rather than a failed app start-up
     app = create_app(ctx)
     typer.echo(f"gateway listening on http://{host}:{port} (OpenAPI at /openapi.json), broker {broker}")
-    # uvicorn stops gracefully on SIGTERM/SIGINT, then re-raises the signal to the handler that
-    # was there before: make that a no-op, so a clean stop exits 0 like every other part.
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: None)
-    # What start-up built (FastAPI's routes and models, the catalog, the policy) lives as long as
-    # the process: out of the collector's sight, a full collection no longer scans it, and no
-    # longer stalls every request for 70-140 ms (seen in the gateway benchmark's case reads).
-    gc.freeze()
-    uvicorn.run(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=5, timeout_keep_alive=HTTP_KEEP_ALIVE_S)
+    serve_http(app, host, port)
 
 
 def register(app: typer.Typer) -> None:
