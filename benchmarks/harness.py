@@ -215,8 +215,10 @@ def read_all(bootstrap: str, topics: list[str], idle_s: float = 3.0) -> list:
     return records
 
 
-def locate(ctx: BusContext, keys: set[bytes]) -> dict[str, dict[str, int]]:
-    """How many of `keys` each hop holds, committed and uncommitted: where missing events stopped."""
+def locate(ctx: BusContext, keys: set[bytes]) -> dict[str, dict]:
+    """Where missing events stopped: how many of `keys` each hop holds, committed and uncommitted,
+    the offsets of the first few there, and how far each stage group has committed on the
+    partitions it reads (against their high watermarks)."""
     hops = {
         "inbound": [ctx.topology.inbound(d) for d in ctx.city.department_ids()],
         "pipe.cases": [ctx.topology.name(PIPE_CASES)],
@@ -224,7 +226,7 @@ def locate(ctx: BusContext, keys: set[bytes]) -> dict[str, dict[str, int]]:
         "feeds": [ctx.topology.feed(d) for d in ctx.city.department_ids()],
         "dlq": [ctx.topology.name(DLQ)],
     }
-    found: dict[str, dict[str, int]] = {}
+    found: dict[str, dict] = {}
     for hop, topics in hops.items():
         for isolation in ("read_committed", "read_uncommitted"):
             consumer = Consumer({"bootstrap.servers": ctx.bootstrap, "group.id": f"locate-{uuid.uuid4().hex}", "enable.auto.commit": False,
@@ -232,16 +234,38 @@ def locate(ctx: BusContext, keys: set[bytes]) -> dict[str, dict[str, int]]:
             metadata = consumer.list_topics(timeout=10).topics
             partitions = [TopicPartition(t, p, 0) for t in topics for p in metadata[t].partitions]
             consumer.assign(partitions)
-            seen, ended, deadline = set(), 0, time.monotonic() + 30
+            seen: dict[bytes, str] = {}
+            ended, deadline = 0, time.monotonic() + 30
             while ended < len(partitions) and time.monotonic() < deadline:
                 for message in consumer.consume(5000, 0.5):
                     if message.error():
                         ended += message.error().code() == KafkaError._PARTITION_EOF
                     elif message.key() in keys:
-                        seen.add(message.key())
+                        seen.setdefault(message.key(), f"{message.topic()}[{message.partition()}]@{message.offset()}")
             consumer.close()
             found.setdefault(hop, {})[isolation] = len(seen)
+            if isolation == "read_uncommitted" and seen:
+                found[hop]["first_at"] = sorted(seen.values())[:5]
+    found["committed/high watermark"] = committed_positions(ctx)
     return found
+
+
+def committed_positions(ctx: BusContext) -> dict[str, str]:
+    """Each stage group's committed offset / high watermark, per partition it reads."""
+    inputs = {"ingest": [ctx.topology.inbound(d) for d in ctx.city.department_ids()],
+              "cases": [ctx.topology.name(PIPE_CASES)], "fanout": [ctx.topology.name(DIST_EVENTS)]}
+    positions = {}
+    for stage, topics in inputs.items():
+        consumer = Consumer({"bootstrap.servers": ctx.bootstrap, "group.id": ctx.topology.group(f"civicbus-{stage}"),
+                             "enable.auto.commit": False})
+        metadata = consumer.list_topics(timeout=10).topics
+        partitions = [TopicPartition(t, p) for t in topics for p in metadata[t].partitions]
+        for tp in consumer.committed(partitions, timeout=10):
+            high = consumer.get_watermark_offsets(tp, timeout=10)[1]
+            if tp.offset != high:
+                positions[f"{stage} {tp.topic}[{tp.partition}]"] = f"{tp.offset}/{high}"
+        consumer.close()
+    return positions
 
 
 class StageProcesses:
