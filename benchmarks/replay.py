@@ -3,9 +3,9 @@
 `capture(ctx)` reads back every record the three stages wrote for a run (civic.pipe.cases,
 civic.dist.events, the feeds, civic.audit, civic.dlq, civic.state.cases) and files each under the
 input record that caused it, by event id. `python -m benchmarks.replay STAGE CAPTURE` then runs a
-stage on the same transactional runner as the real one, whose `process` only looks its input up
-and emits what the real stage emitted for it: the same topics, partitions, sizes and commit
-spacing, the case events through an idempotent producer beside the transaction as the real case
+stage on the same runner as the real one, whose `process` only looks its input up and emits what
+the real stage emitted for it: the same topics, partitions, sizes, commit spacing and commits (a
+transaction where the real stage has one), the case events through an idempotent producer beside the transaction as the real case
 stage does (processors.cases), and no decoding, policy, masking or case logic. A replayed record
 carries its input's publish time, so the replay's latency is its own. The throughput benchmark
 runs the same inbound records through it in a second namespace of the same broker; the soak
@@ -30,7 +30,8 @@ from civicbus.signing import RecordSigner
 from civicbus.wire import PUBLISHED_MS, published_at_header, read_dead_letter, read_published_ms
 from civicbus.kafka import make_producer
 from civicbus.topology import AUDIT, DIST_EVENTS, DLQ, PIPE_CASES
-from processors.runner import Output, Stage, TransactionalRunner
+from processors import stage_class
+from processors.runner import Output, Stage, StageRunner
 
 # (topic without the namespace, partition, key, value, headers)
 Captured = tuple[str, int, bytes | None, bytes | None, list]
@@ -87,6 +88,7 @@ class ReplayStage(Stage):
     def __init__(self, ctx: BusContext, name: str, outputs: dict[bytes, list[Captured]]):
         self.ctx = ctx
         self.name = name
+        self.exactly_once = stage_class(name).exactly_once  # commits as the real stage does
         self.outputs = outputs
         self.dist_topic = ctx.topology.name(DIST_EVENTS)
         self._beside: Producer | None = None
@@ -121,7 +123,7 @@ class ReplayStage(Stage):
 def main(stage: str, capture_path: str) -> None:
     ctx = bus_context()
     outputs = pickle.loads(Path(capture_path).read_bytes())[stage]
-    TransactionalRunner(ReplayStage(ctx, stage, outputs), ctx).run(stop_on_signals())
+    StageRunner(ReplayStage(ctx, stage, outputs), ctx).run(stop_on_signals())
 
 
 if __name__ == "__main__":

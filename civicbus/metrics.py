@@ -24,6 +24,11 @@ POLICY_RELOADS = Counter("civicbus_policy_reloads_total", "Policy file changes s
 GATEWAY_REQUESTS = Counter("civicbus_gateway_requests_total", "HTTP gateway requests by route and status code.", ["route", "status"])
 DUPLICATES_DROPPED = Counter("civicbus_duplicates_dropped_total", "Re-emitted events dropped by id.", ["stage"])
 STAGE_RECORDS = Counter("civicbus_stage_records_total", "Input records processed by a stage.", ["stage"])
+SKIPPED_BATCHES = Counter(
+    "civicbus_broker_skipped_batches_total",
+    "Record batches the embedded broker left out of a fetch at a partition's end, read again (civicbus.quirks, 9).",
+    ["stage", "topic"],
+)
 STAGE_BATCH_SECONDS = Histogram(
     "civicbus_stage_batch_seconds", "Time to process and commit one transactional batch.", ["stage"],
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),

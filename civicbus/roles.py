@@ -60,8 +60,7 @@ def roles(topology: Topology) -> tuple[Role, ...]:
         # the case stage's state log: which partition holds each report (processors.routing)
         reads=(Resource(t.name(IN_PREFIX), PREFIXED), Resource(t.name(REF_PREFIX), PREFIXED), Resource(t.cases_changelog)),
         writes=(Resource(t.name(PIPE_CASES)), Resource(t.name(DIST_EVENTS)), Resource(t.name(DLQ))),
-        groups=(stage_group("ingest"),),
-        transactional_ids=(stage_group("ingest"),),
+        groups=(stage_group("ingest"),),  # no transactional id: it commits at least once (processors.runner)
     )
     cases = Role(
         "cases",

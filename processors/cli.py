@@ -23,13 +23,10 @@ def process(
     """Run one pipeline stage in the foreground until SIGTERM or Ctrl-C."""
     configure_logging()
     ctx = bus_context()
-    from processors.cases import CaseStage
-    from processors.fanout import FanoutStage
-    from processors.ingest import IngestStage
-    from processors.runner import TransactionalRunner
+    from processors import stage_class
+    from processors.runner import StageRunner
 
-    implementation = {StageName.ingest: IngestStage, StageName.cases: CaseStage, StageName.fanout: FanoutStage}[stage](ctx)
-    TransactionalRunner(implementation, ctx, instance=instance).run(stop_on_signals())
+    StageRunner(stage_class(stage.value)(ctx), ctx, instance=instance).run(stop_on_signals())
     logging.getLogger(__name__).info("stage %s exited cleanly", stage.value)
 
 

@@ -49,6 +49,7 @@ def check_publisher(policy: Policy, department: str, event: dict[str, Any], even
 
 class IngestStage(Stage):
     name = "ingest"
+    exactly_once = False  # it holds no state; what a replay writes again, readers drop by id (processors.runner)
 
     def __init__(self, ctx: BusContext):
         self.ctx = ctx

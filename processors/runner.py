@@ -1,11 +1,19 @@
-"""The consume-transform-produce loop every pipeline stage runs in, exactly once.
+"""The consume-transform-produce loop every pipeline stage runs in.
 
-A batch of input records is processed into output records inside one Kafka transaction
-together with the input offsets (send_offsets_to_transaction): a crash before the commit
-replays the batch, a crash after it replays nothing. A stage is an object with a `name`, the
-topics it reads and a `process(message) -> outputs` function; this loop owns everything Kafka:
-batching, the transaction, the one catch of unexpected errors (a dead letter with
-PROCESSING_ERROR) and the stage metrics.
+A stage is an object with a `name`, the topics it reads and a `process(message) -> outputs`
+function; this loop owns everything Kafka: batching, commits, the one catch of unexpected errors
+(a dead letter with PROCESSING_ERROR) and the stage metrics. It commits a batch one of two ways:
+- exactly once (`Stage.exactly_once`, the default): the outputs and the input offsets in one Kafka
+  transaction (send_offsets_to_transaction): a crash before the commit replays the batch, a crash
+  after it replays nothing. The case stage (its state log) and the fan-out (feeds and their audit
+  records together) need it.
+- at least once: the outputs are flushed, then the input offsets committed. A crash between the
+  two replays the batch, and what it wrote once is written again with the same event ids, which
+  every reader downstream drops (civicbus.ids). Ingest, which holds no state, runs this way: a
+  transaction costs it five broker round trips a commit (AddPartitionsToTxn, AddOffsetsToTxn,
+  TxnOffsetCommit, EndTxn, and the flush) where a flush costs one, and a transaction marker in
+  every partition it wrote (measured at 100 events/s on the embedded broker: 64 % of ingest's
+  time was spent committing, and an event waited 98 ms, median, before ingest wrote it).
 
 Transactions are spaced (CommitSpacing). Each commit costs the broker a record batch and a
 transaction marker in every partition the transaction wrote, and the embedded broker's cost per
@@ -31,7 +39,7 @@ from civicbus.context import BusContext
 from civicbus.dlq import DeadLetter, Reason
 from civicbus.kafka import make_consumer, producer_config
 from civicbus.metrics import REJECTED, STAGE_BATCH_SECONDS, STAGE_RECORDS, labelled
-from civicbus.quirks import EMBEDDED_COMMIT_SPACING_PER_BATCH_US, is_embedded
+from civicbus.quirks import EMBEDDED_COMMIT_SPACING_PER_BATCH_US, SkippedBatchGuard, is_embedded
 from civicbus.signing import SIGNATURE_HEADER, RecordSigner
 from civicbus.topology import DLQ
 
@@ -51,6 +59,7 @@ class Stage:
     """Base of the confluent-kafka stages: subclasses set `name` and implement the two below."""
 
     name: str
+    exactly_once = True  # False: outputs flushed, then offsets committed (see the module docstring)
 
     def subscription(self) -> list[str]:
         raise NotImplementedError
@@ -71,10 +80,10 @@ class Stage:
         """Called before each batch: per-batch work such as taking the policy in force."""
 
     def before_commit(self, producer: Producer) -> None:
-        """Called inside the transaction, after the batch's outputs were produced."""
+        """Called before the batch commits (inside its transaction), after its outputs were produced."""
 
     def after_commit(self) -> None:
-        """The batch's transaction committed: its effects are durable."""
+        """The batch committed: its effects are durable."""
 
     def after_abort(self) -> None:
         """The batch's transaction was aborted: forget what it did; its input will be replayed."""
@@ -107,10 +116,11 @@ class CommitSpacing:
         self.per_batch_s = per_batch_us / 1e6
         self.batches: Counter[tuple[str, int]] = Counter()
 
-    def committed(self, partitions: Iterable[tuple[str, int]]) -> None:
-        """A transaction that wrote `partitions` committed: a batch and a marker in each."""
+    def committed(self, partitions: Iterable[tuple[str, int]], transactional: bool) -> None:
+        """A batch that wrote `partitions` committed: a record batch in each, and a transaction
+        marker if it was a transaction."""
         for partition in partitions:
-            self.batches[partition] += 2
+            self.batches[partition] += 2 if transactional else 1
 
     @property
     def interval_s(self) -> float:
@@ -118,10 +128,11 @@ class CommitSpacing:
         return min(self.maximum_s, max(self.minimum_s, fullest * self.per_batch_s))
 
 
-class TransactionalRunner:
-    """Runs a Stage: records are processed as they are fetched, into a transaction that commits
-    once the commit spacing has passed since the previous commit (at once after a quiet spell)
-    or `batch_size` records are in it. See the module docstring for why commits are spaced."""
+class StageRunner:
+    """Runs a Stage: records are processed as they are fetched, into a batch (a transaction, for a
+    stage that needs one) that commits once the commit spacing has passed since the previous
+    commit (at once after a quiet spell) or `batch_size` records are in it. See the module
+    docstring for why commits are spaced."""
 
     def __init__(self, stage: Stage, ctx: BusContext, instance: str = "0", batch_size: int = 2000,
                  batch_timeout_s: float = 0.05):
@@ -139,24 +150,27 @@ class TransactionalRunner:
         self._open: list[Message] = []  # the records of the open transaction
         self._started = 0.0  # perf_counter when the open transaction began
         self._last_commit = 0.0
+        self._failed_delivery: KafkaException | None = None  # at least once: an output the producer gave up on
+        self._guard: SkippedBatchGuard | None = None  # on the embedded broker (civicbus.quirks, 9)
         self.signer = RecordSigner.of_stack(ctx.settings)
 
     def run(self, stop: threading.Event) -> None:
         settings = self.ctx.settings
+        embedded = is_embedded(self.ctx.bootstrap)
         per_batch_us = settings.commit_spacing_per_batch_us
         if per_batch_us is None:
-            per_batch_us = EMBEDDED_COMMIT_SPACING_PER_BATCH_US if is_embedded(self.ctx.bootstrap) else 0.0
+            per_batch_us = EMBEDDED_COMMIT_SPACING_PER_BATCH_US if embedded else 0.0
         self.spacing = CommitSpacing(settings.commit_interval_ms, settings.commit_interval_max_ms, per_batch_us)
         linger_ms = max(2, int(self.spacing.maximum_s * 1000))  # a commit flushes: one batch per partition
-        self._producer = Producer(
-            producer_config(
-                self.ctx.bootstrap,
-                **{"transactional.id": self.transactional_id, "transaction.timeout.ms": 60000, "linger.ms": linger_ms},
-            )
-        )
-        self._producer.init_transactions()  # fences a previous incarnation and aborts its open transaction
+        if self.stage.exactly_once:
+            self._producer = Producer(producer_config(
+                self.ctx.bootstrap, **{"transactional.id": self.transactional_id, "transaction.timeout.ms": 60000, "linger.ms": linger_ms}))
+            self._producer.init_transactions()  # fences a previous incarnation and aborts its open transaction
+        else:
+            self._producer = Producer(producer_config(self.ctx.bootstrap, **{"linger.ms": linger_ms}))
         self.stage.prepare(self.ctx)
         self._consumer = make_consumer(self.ctx.settings, self.ctx.bootstrap, self.group_id)
+        self._guard = SkippedBatchGuard(self._consumer, self.stage.name) if embedded else None
         self._consumer.subscribe(self.stage.subscription(), on_assign=self._on_assign, on_revoke=self._on_revoke)
         log.info("stage %s running as %s", self.stage.name, self.transactional_id)
         try:
@@ -165,7 +179,7 @@ class TransactionalRunner:
                 if self._open and self._commit_due():
                     self._commit()
             if self._open:
-                self._commit()  # what was processed before the stop is delivered, not replayed
+                self._commit(wait=True)  # what was processed before the stop is delivered, not replayed
         finally:
             self._consumer.close()  # leave the group now, so a successor is assigned at once
             self._producer.flush(10)
@@ -177,11 +191,13 @@ class TransactionalRunner:
         return len(self._open) >= self.batch_size or now - self._last_commit >= self.spacing.interval_s
 
     def _on_assign(self, consumer, partitions: list[TopicPartition]) -> None:
+        if self._guard is not None:
+            self._guard.forget()
         self.stage.assigned(partitions)
 
     def _on_revoke(self, consumer, partitions: list[TopicPartition]) -> None:
         if self._open:
-            self._commit()  # while the partitions are still ours to commit offsets for
+            self._commit(wait=True)  # while the partitions are still ours to commit offsets for
         self.stage.revoked(partitions)
 
     def _take(self, consumer) -> list[Message]:
@@ -200,16 +216,16 @@ class TransactionalRunner:
     def _process(self, messages: list[Message]) -> None:
         if not messages:
             return
-        if not self._open:
-            self.stage.begin_batch()
-            self._producer.begin_transaction()
-            self._started = time.perf_counter()
         try:
             for message in messages:
                 if message.error():
                     if message.error().code() == KafkaError._PARTITION_EOF:
                         continue
                     raise KafkaException(message.error())
+                if self._guard is not None and not self._guard.admits(message):
+                    continue
+                if not self._open:
+                    self._begin()
                 self._open.append(message)
                 self._consumed[(message.topic(), message.partition())] = message.offset() + 1
                 for out in self._safe_process(message):
@@ -218,36 +234,59 @@ class TransactionalRunner:
         except KafkaException as e:
             self._abort(e)
 
-    def _commit(self) -> None:
+    def _begin(self) -> None:
+        self.stage.begin_batch()
+        if self.stage.exactly_once:
+            self._producer.begin_transaction()
+        self._started = time.perf_counter()
+
+    def _commit(self, wait: bool = False) -> None:
+        """Commit the open batch; `wait`: at least once, also for the offsets' commit (on a stop
+        or a revocation, when another worker starts from them)."""
         producer, consumer, count = self._producer, self._consumer, len(self._open)
+        # only the partitions this batch read: each one costs the broker work at commit
+        positions = [TopicPartition(topic, partition, offset) for (topic, partition), offset in self._consumed.items()]
         try:
             self.stage.before_commit(producer)
-            # only the partitions this transaction read: each one costs the broker work at commit
-            positions = [TopicPartition(topic, partition, offset) for (topic, partition), offset in self._consumed.items()]
-            producer.send_offsets_to_transaction(positions, consumer.consumer_group_metadata())
-            producer.commit_transaction()
+            if self.stage.exactly_once:
+                producer.send_offsets_to_transaction(positions, consumer.consumer_group_metadata())
+                producer.commit_transaction()
+            else:
+                self._flush_then_commit(positions, wait)
         except KafkaException as e:
             self._abort(e)
             return
         finally:
             self._last_commit = time.perf_counter()
-        producer.poll(0)  # the last delivery reports: which partitions the transaction wrote
-        self.spacing.committed(self._written)
+        producer.poll(0)  # the last delivery reports: which partitions the batch wrote
+        self.spacing.committed(self._written, self.stage.exactly_once)
         self._written, self._consumed = set(), {}
         self._open = []
         self.stage.after_commit()
         labelled(STAGE_RECORDS, self.stage.name).inc(count)
         labelled(STAGE_BATCH_SECONDS, self.stage.name).observe(self._last_commit - self._started)
 
+    def _flush_then_commit(self, positions: list[TopicPartition], wait: bool) -> None:
+        """At least once: every output acknowledged, then the offsets (asynchronously unless
+        `wait`: a commit lost to a crash only replays records whose outputs are written already)."""
+        while self._producer.flush(1.0):
+            log.warning("stage %s: %d outputs not acknowledged yet; waiting", self.stage.name, len(self._producer))
+        if self._failed_delivery is not None:
+            raise self._failed_delivery  # not retriable any more: exit, and the supervisor's restart replays the batch
+        self._consumer.commit(offsets=positions, asynchronous=not wait)
+
     def _abort(self, error: KafkaException) -> None:
-        if not error.args[0].txn_requires_abort():
+        if not self.stage.exactly_once or not error.args[0].txn_requires_abort():
             raise error  # fatal (fenced, broker gone for good): exit and let the supervisor restart us
         log.warning("stage %s aborting batch: %s", self.stage.name, error)
-        self._producer.abort_transaction()
+        if self._open:
+            self._producer.abort_transaction()
         self._open = []
         self._written, self._consumed = set(), {}
         self.stage.after_abort()
         self._rewind(self._consumer)
+        if self._guard is not None:
+            self._guard.forget()
 
     def _produce(self, out: Output) -> None:
         """Produce, signed when bound for an internal topic (civicbus.signing); delivery reports
@@ -265,6 +304,8 @@ class TransactionalRunner:
     def _delivered(self, error, message: Message) -> None:
         if error is None:
             self._written.add((message.topic(), message.partition()))
+        else:
+            self._failed_delivery = KafkaException(error)
 
     def _safe_process(self, message: Message) -> Iterable[Output]:
         if self.signer.covers(message.topic()) and not self.signer.verifies_message(message):

@@ -25,7 +25,7 @@ from civicbus.topology import Topology
 from processors.cases import CaseStage
 from processors.fanout import FanoutStage
 from processors.ingest import IngestStage
-from processors.runner import Stage, TransactionalRunner
+from processors.runner import Stage, StageRunner
 from tests.kafka_authorizer import Acl, Request, StandardAuthorizer
 from tests.prometheus_support import OPS, REPO
 
@@ -74,13 +74,14 @@ def produce(principal: str, topics: list[str], client: str, transactional_id: st
 
 
 def runner_stage_requests(the_role: Role, stage: Stage) -> list[Request]:
-    runner = TransactionalRunner(stage, CTX)
+    runner = StageRunner(stage, CTX)
     subscribed = [t for t in TOPICS if any(re.match(s, t) if s.startswith("^") else s == t for s in stage.subscription())]
     assert subscribed, f"{stage.name} subscribes to no topic of the topology"
     reads = sorted(set(subscribed) | set(covered(the_role.reads)))
     client = f"{stage.name} stage"
     return (consume(the_role.principal, reads, runner.group_id, client)
-            + produce(the_role.principal, covered(the_role.writes), client, runner.transactional_id, runner.group_id))
+            + produce(the_role.principal, covered(the_role.writes), client, runner.transactional_id if stage.exactly_once else None,
+                      runner.group_id))
 
 
 def requests_of(role_name: str) -> list[Request]:

@@ -13,14 +13,17 @@ def test_commit_spacing_grows_with_the_fullest_partition_written_and_is_bounded(
     spacing = CommitSpacing(minimum_ms=20, maximum_ms=1000, per_batch_us=20)
     assert spacing.interval_s == 0.02
     for _ in range(5_000):  # 10,000 batches and markers in one partition, a few in another
-        spacing.committed([("civic.feed.police", 0)])
-    spacing.committed([("civic.audit", 0)])
+        spacing.committed([("civic.feed.police", 0)], transactional=True)
+    spacing.committed([("civic.audit", 0)], transactional=True)
     assert spacing.interval_s == 10_000 * 20e-6
+    for _ in range(2_500):  # without a transaction: a batch, no marker
+        spacing.committed([("civic.feed.police", 0)], transactional=False)
+    assert spacing.interval_s == 12_500 * 20e-6
     for _ in range(100_000):
-        spacing.committed([("civic.feed.police", 0)])
+        spacing.committed([("civic.feed.police", 0)], transactional=True)
     assert spacing.interval_s == 1.0
     fixed = CommitSpacing(minimum_ms=20, maximum_ms=1000, per_batch_us=0)  # Apache Kafka
-    fixed.committed([("civic.feed.police", 0)] * 10)
+    fixed.committed([("civic.feed.police", 0)] * 10, transactional=True)
     assert fixed.interval_s == 0.02
 
 
