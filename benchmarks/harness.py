@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import shutil
 import subprocess
 import sys
@@ -31,6 +32,7 @@ from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 from civicbus.broker import EmbeddedBroker
 from civicbus.context import BusContext
 from civicbus.kafka import apply_topics
+from civicbus.lag.offsets import OffsetsReader
 from civicbus.lifeline import with_lifeline
 from civicbus.stack import RESTART_BACKOFF_S
 from civicbus.registry import lock_schemas
@@ -251,21 +253,13 @@ def locate(ctx: BusContext, keys: set[bytes]) -> dict[str, dict]:
 
 
 def committed_positions(ctx: BusContext) -> dict[str, str]:
-    """Each stage group's committed offset / high watermark, per partition it reads."""
-    inputs = {"ingest": [ctx.topology.inbound(d) for d in ctx.city.department_ids()],
-              "cases": [ctx.topology.name(PIPE_CASES)], "fanout": [ctx.topology.name(DIST_EVENTS)]}
-    positions = {}
-    for stage, topics in inputs.items():
-        consumer = Consumer({"bootstrap.servers": ctx.bootstrap, "group.id": ctx.topology.group(f"civicbus-{stage}"),
-                             "enable.auto.commit": False})
-        metadata = consumer.list_topics(timeout=10).topics
-        partitions = [TopicPartition(t, p) for t in topics for p in metadata[t].partitions]
-        for tp in consumer.committed(partitions, timeout=10):
-            high = consumer.get_watermark_offsets(tp, timeout=10)[1]
-            if tp.offset != high:
-                positions[f"{stage} {tp.topic}[{tp.partition}]"] = f"{tp.offset}/{high}"
-        consumer.close()
-    return positions
+    """Each stage group's committed offset / high watermark, per partition it has committed short
+    of the watermark (which the embedded broker understates, civicbus.quirks 5: what shows is behind)."""
+    stage_groups = f"^{re.escape(ctx.topology.group('civicbus-'))}(ingest|cases|fanout)$"
+    snapshot = OffsetsReader(ctx.bootstrap, stage_groups).read()
+    return {f"{g.group} {topic}[{partition}]": f"{offset}/{snapshot.latest[(topic, partition)]}"
+            for g in snapshot.groups for (topic, partition), offset in g.committed.items()
+            if offset is None or offset < snapshot.latest[(topic, partition)]}  # None: assigned, never committed
 
 
 class StageProcesses:

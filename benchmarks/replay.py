@@ -5,8 +5,9 @@ civic.dist.events, the feeds, civic.audit, civic.dlq, civic.state.cases) and fil
 input record that caused it, by event id. `python -m benchmarks.replay STAGE CAPTURE` then runs a
 stage on the same runner as the real one, whose `process` only looks its input up and emits what
 the real stage emitted for it: the same topics, partitions, sizes, commit spacing and commits (a
-transaction where the real stage has one), the case events through an idempotent producer beside the transaction as the real case
-stage does (processors.cases), and no decoding, policy, masking or case logic. A replayed record
+transaction where the real stage has one), the case events through an idempotent producer beside
+the transaction as the real case stage does (processors.cases), and no decoding, policy, masking
+or case logic. A replayed record
 carries its input's publish time, so the replay's latency is its own. The throughput benchmark
 runs the same inbound records through it in a second namespace of the same broker; the soak
 benchmark publishes them again at their first pace on a fresh broker.

@@ -30,7 +30,7 @@ SKIPPED_BATCHES = Counter(
     ["stage", "topic"],
 )
 STAGE_BATCH_SECONDS = Histogram(
-    "civicbus_stage_batch_seconds", "Time to process and commit one transactional batch.", ["stage"],
+    "civicbus_stage_batch_seconds", "Time to process and commit one batch.", ["stage"],
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
 )
 END_TO_END_LATENCY = Histogram(

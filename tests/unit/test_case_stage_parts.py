@@ -7,6 +7,7 @@ import json
 from processors.cases import CaseStore, PipeRecord
 from processors.routing import CaseRouter, partition_of, place_key
 from processors.runner import CommitSpacing
+from tests.unit.fake_records import FakeRecord
 
 
 def test_commit_spacing_grows_with_the_fullest_partition_written_and_is_bounded():
@@ -44,24 +45,14 @@ def test_reports_of_one_district_share_a_partition_and_updates_follow_their_repo
 
 
 def test_the_router_learns_reports_routed_elsewhere_from_the_state_log():
-    class Logged:
-        def __init__(self, key, value, partition):
-            self._key, self._value, self._partition = key, value, partition
-
-        def key(self):
-            return self._key
-
-        def value(self):
-            return self._value
-
-        def partition(self):
-            return self._partition
+    def logged(key, value, partition):
+        return FakeRecord(_partition=partition, _key=key, _value=value)
 
     router = CaseRouter(partitions=4)
-    router._learn(Logged(b"report/r1", b'{"case": "c1"}', 3))
-    router._learn(Logged(b"case/c1", b"{}", 3))
+    router._learn(logged(b"report/r1", b'{"case": "c1"}', 3))
+    router._learn(logged(b"case/c1", b"{}", 3))
     assert router.update("r1") == 3
-    router._learn(Logged(b"report/r1", None, 3))  # the case was forgotten
+    router._learn(logged(b"report/r1", None, 3))  # the case was forgotten
     assert router.update("r1") == partition_of("r1", 4)
 
 

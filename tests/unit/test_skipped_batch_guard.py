@@ -5,22 +5,7 @@ from dataclasses import dataclass, field
 
 from civicbus.metrics import SKIPPED_BATCHES
 from civicbus.quirks import SkippedBatchGuard
-
-
-@dataclass
-class Record:
-    _topic: str
-    _offset: int
-    _partition: int = 0
-
-    def topic(self):
-        return self._topic
-
-    def partition(self):
-        return self._partition
-
-    def offset(self):
-        return self._offset
+from tests.unit.fake_records import FakeRecord
 
 
 @dataclass
@@ -41,7 +26,7 @@ class Consumer:
         present = [o for o in self.log if o >= self.position and o not in self.hidden][:n]
         if present:
             self.position = present[-1] + 1
-        return [Record("civic.dist.events", o) for o in present]
+        return [FakeRecord("civic.dist.events", _offset=o) for o in present]
 
 
 def processed_through(consumer: Consumer, guard: SkippedBatchGuard, fetches: int = 20) -> list[int]:
