@@ -98,14 +98,18 @@ class PipeRecord:
                    {k: unb64(v) for k, v in data["headers"].items()})
 
 
+# What a case keeps per report: logged as one record per report, never inside the case's own record.
+PER_REPORT = ("reports", "report_origins")
+
+
 class CaseStore(MutableMapping):
     """One partition's cases, with what changed since the last commit, logged to civic.state.cases.
 
-    The log holds three kinds of keys: `case/<id>` (a case without its report list), `report/<id>`
-    (one record per report, naming its case) and `parked/<id>` (a held status update). A report
-    adds one small record however many reports its case holds already (a mass incident: thousands
-    of people reporting one fire), and a case changed many times in one transaction is written
-    once. Restoring reads the partition to its end (end-of-partition, not the watermark the
+    The log holds three kinds of keys: `case/<id>` (a case without what it keeps per report),
+    `report/<id>` (one record per report, naming its case, with its publisher and content digest)
+    and `parked/<id>` (a held status update). A report adds one small record however many reports
+    its case holds already (a mass incident: thousands of people reporting one fire), and a case
+    changed many times in one transaction is written once. Restoring reads the partition to its end (end-of-partition, not the watermark the
     embedded broker understates) and attaches each case's reports in log order.
     """
 
@@ -169,10 +173,11 @@ class CaseStore(MutableMapping):
                 for report_id in self._forgotten.get(case_id, ()):
                     yield f"report/{report_id}".encode(), None
                 continue
-            core = {k: v for k, v in case.items() if k != "reports"}
+            core = {k: v for k, v in case.items() if k not in PER_REPORT}
             yield f"case/{case_id}".encode(), json.dumps(core).encode()
+            origins = case.get("report_origins", {})
             for report_id in case["reports"][logged:]:
-                yield f"report/{report_id}".encode(), json.dumps({"case": case_id}).encode()
+                yield f"report/{report_id}".encode(), json.dumps({"case": case_id, **origins.get(report_id, {})}).encode()
         for event_id in self._dirty_parked:
             parked = self.parked.get(event_id)
             value = None if parked is None else json.dumps(
@@ -198,7 +203,7 @@ class CaseStore(MutableMapping):
         self._dirty.clear()
         self._dirty_parked.clear()
         self._forgotten.clear()
-        reports: dict[str, dict[str, None]] = {}  # case id -> its report ids, in log order
+        reports: dict[str, dict[str, dict]] = {}  # case id -> its report ids (in log order) -> their origins
 
         def apply(message: Message) -> None:
             kind, _, key = message.key().decode().partition("/")
@@ -210,7 +215,7 @@ class CaseStore(MutableMapping):
                 else:
                     self.data[key] = value
             elif kind == "report" and value is not None:
-                reports.setdefault(value["case"], {})[key] = None
+                reports.setdefault(value.pop("case"), {})[key] = value
             elif kind == "parked":
                 if value is None:
                     self.parked.pop(key, None)
@@ -225,7 +230,10 @@ class CaseStore(MutableMapping):
         finally:
             consumer.close()
         for case_id, case in self.data.items():
-            case["reports"] = list(reports.get(case_id, ()))
+            origins = reports.get(case_id, {})
+            case["reports"] = list(origins)
+            # a log written before origins moved to the report records holds them in the case's own
+            case["report_origins"] = case.get("report_origins", {}) | {r: origin for r, origin in origins.items() if origin}
         for event_id, (reference, _, _) in self.parked.items():
             self._waiting.setdefault(reference, set()).add(event_id)
         self._logged_reports = {case_id: len(case["reports"]) for case_id, case in self.data.items()}

@@ -9,7 +9,7 @@ from civicbus.config import load_city
 from civicbus.dlq import Reason
 from civicbus.schemas import EventCatalog
 from civicbus.settings import REPO_ROOT
-from processors.casebook import CaseBook, CaseError, CaseRules, derived_id, to_ms
+from processors.casebook import LISTED_REPORTS, CaseBook, CaseError, CaseRules, derived_id, to_ms
 from processors.standardise import Standardiser
 
 CITY = load_city(REPO_ROOT / "config")
@@ -294,3 +294,24 @@ def test_a_status_id_is_its_publishers_too(book):
     assert refusal(book, as_report_id).reason is Reason.ID_CONFLICT
     assert [s["status"] for s in book.cases[case["id"]]["statuses"]] == ["accepted"]
     assert handle(book, accepted)["id"] == accepted["id"]  # a replay is still fine
+
+
+def test_a_mass_incident_logs_one_small_record_per_report_however_many_its_case_holds():
+    from processors.cases import CaseStore
+
+    store = CaseStore(partition=0)
+    book = CaseBook(CaseRules.from_city(CITY, CATALOG["case.escalated"]), store)
+    first = handle(book, event("hotline.request.received"))
+    store.committed()
+    logged_bytes = []  # of the case's own record, then of the report's, at each report
+    for i in range(2_000):  # thousands of people reporting the same thing within minutes
+        joined = handle(book, event("hotline.request.received", at=T0 + timedelta(milliseconds=50 * i)))
+        assert joined["correlation_id"] == first["id"]
+        changes = list(store.changes())
+        assert [k for k, _ in changes] == [f"case/{first['id']}".encode(), f"report/{joined['id']}".encode()]
+        logged_bytes.append([len(value) for _, value in changes])
+        store.committed()
+    assert len(book.cases[first["id"]]["reports"]) == 2_001
+    # once the case lists its first reports in full, what a report costs the log stops growing
+    settled = logged_bytes[LISTED_REPORTS]
+    assert all(case - settled[0] < 10 and report == settled[1] for case, report in logged_bytes[LISTED_REPORTS:])
