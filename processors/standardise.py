@@ -103,13 +103,18 @@ class Cell:
 
 
 class GridIndex:
-    """Point-in-polygon over the grid cells with a shapely STRtree."""
+    """Point-in-polygon over the grid cells with a shapely STRtree.
 
-    def __init__(self, features: list[dict]):
+    Answers are cached by point: most points come again (a camera's or a sensor's fixed position,
+    the gazetteer's point of a typed address), and a query costs 16-27 us of ingest's time, about
+    a sixth of it (py-spy, `python -m benchmarks throughput --profile`)."""
+
+    def __init__(self, features: list[dict], cache_size: int = 65536):
         self._cells = [Cell(**{k: f["properties"][k] for k in ("grid", "street", "district")}) for f in features]
         self._tree = shapely.STRtree([shape(f["geometry"]) for f in features])
+        self.locate = lru_cache(maxsize=cache_size)(self._locate)
 
-    def locate(self, lat: float, lon: float) -> Cell | None:
+    def _locate(self, lat: float, lon: float) -> Cell | None:
         hits = self._tree.query(shapely.Point(lon, lat), predicate="intersects")
         return self._cells[min(hits)] if len(hits) else None  # on a shared edge: the first cell, always
 
