@@ -2,22 +2,20 @@
 kept as a log that shows tampering (after X-Road's signed message log).
 
 Records. The fan-out writes one record per event it delivers, naming every department it
-reached and the fields masked for each (path "fanout"), in the same transaction as the feed
-records; the HTTP gateway writes one per event it hands to a department, and answers only once
+reached and the fields masked for each (path "fanout"), flushed with the feed records before its
+input offsets are committed (after a crash, its replay records only deliveries the log does not
+show yet: processors.fanout); the HTTP gateway writes one per event it hands to a department, and answers only once
 they are acknowledged (path "gateway"). Both are JSON.
 
 Chains. Every record carries its writer's id, a sequence number and the SHA-256 of the writer's
 previous record, so a record removed, changed or moved breaks the chain at that point. Two
-writers cannot share one chain head: the fan-out writes inside Kafka transactions in one
-process, the gateway outside them in another, and neither could learn the other's newest hash
+writers cannot share one chain head: the fan-out writes in one
+process, the gateway in another, and neither could learn the other's newest hash
 without a round trip through the log. So each writer keeps its own chain, keyed by writer id
 (`fanout.0`, `gateway.0`): the id is also the record key, so a chain stays in one partition,
 and chains of several writers interleave there while verify follows each by its id. One process
 per writer id. A writer takes up its chain from the end of the topic on start (its last record
-whose signature verifies); the fan-out does so again after an aborted transaction, so the next
-record follows whatever the aborted batch left visible (nothing on Apache Kafka, where
-read_committed hides it; the records themselves on the embedded broker, which shows them).
-The gateway writes one batch at a time, the records of every read waiting (a group commit), each
+whose signature verifies). The gateway writes one batch at a time, the records of every read waiting (a group commit), each
 after the previous was acknowledged, and takes up its chain from the log again after a failed write.
 
 Checkpoints. After `audit_checkpoint_records` records, or with the first record once
@@ -41,7 +39,7 @@ import asyncio
 import hashlib
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Annotated, Literal
 
 from confluent_kafka import TopicPartition
@@ -152,6 +150,9 @@ class ChainHead:
     seq: int = 0  # the next record's number
     prev: str = ""  # hash of the last record
     unsealed: int = 0  # records since the last checkpoint
+    # event id -> departments the writer's records in the tail read back name: what a replay
+    # after a crash must not record again (processors.fanout)
+    recent_deliveries: dict[str, set[str]] = field(default_factory=dict)
 
 
 class AuditChain:
@@ -220,6 +221,8 @@ def read_chain_head(settings: Settings, bootstrap: str, writer: str) -> ChainHea
             return
         head.seq, head.prev = entry.seq + 1, record_hash(message.value())
         head.unsealed = 0 if isinstance(entry, Checkpoint) else head.unsealed + 1
+        if isinstance(entry, AuditRecord):
+            head.recent_deliveries.setdefault(entry.event_id, set()).update(d.department for d in entry.deliveries)
 
     try:
         partitions = sorted(consumer.list_topics(topic, timeout=10).topics[topic].partitions)

@@ -25,8 +25,9 @@ Kafka; the ones that cost something there are switched on only when `is_embedded
    -> one transactional writer per partition: the case stage writes civic.dist.events beside its
    transaction (processors.cases).
 4. read_committed readers see the records of aborted transactions.
-   -> every hop is idempotent by event id; the fan-out reads back FEED_TAIL_RECORDS of every feed
-   on start (processors.fanout).
+   -> every hop is idempotent by event id; the case stage restores its state and replays its
+   input after an abort. (The fan-out, which reads back FEED_TAIL_RECORDS of every feed on start,
+   writes no transactions: 8.)
 5. ListOffsets answers the base offset of the last batch + 1 for the high watermark.
    -> restores read to end-of-partition, not to the watermark (civicbus.kafka.read_to_end); the
    exporter never reports negative lag.
@@ -44,8 +45,11 @@ Kafka; the ones that cost something there are switched on only when `is_embedded
    holds. A transaction costs about 1.3 ms per partition it writes (20 records over 25 topics:
    1.3 ms a record). Nothing is ever removed from it. A stack holds 55 topics (one partition
    each); each restart of a stage adds an epoch to its producer.
-   -> fewer batches per event (2); the tests start an embedded broker per module, not one for the
-   whole session of per-test namespaces.
+   -> fewer batches per event (2); only the case stage, whose state must match its committed
+   input, commits in transactions: ingest and the fan-out, whose batches write a partition per
+   feed, commit at least once (processors.runner; at 1,000 events/s the fan-out's transactions
+   alone kept the broker's busy core full, README Benchmarks); the tests start an embedded broker
+   per module, not one for the whole session of per-test namespaces.
 9. A fetch at a partition's end can leave out a batch for good. DynoStore::produce raises the high
    watermark first and stores the batch after; a transactional batch rewrites the metadata (8) in
    between. A fetch in that window lists the batches below the watermark, and when a batch written
@@ -76,8 +80,8 @@ EMBEDDED_CLUSTER_ID_PREFIX = "tansu"
 # (2) How much a stage's commit spacing grows per batch it wrote to a partition: at 20 us a
 # partition written at every commit holds about 19,000 batches after an hour, committed to every 0.4 s.
 EMBEDDED_COMMIT_SPACING_PER_BATCH_US = 20.0
-# (4) Records read back from the end of each feed when the fan-out starts: far more than one
-# transaction writes there, and more than a crashed case stage re-emits.
+# Records read back from the end of each feed when the fan-out starts: far more than one of its
+# batches writes there, and more than a crashed case stage re-emits.
 FEED_TAIL_RECORDS = 5_000
 
 

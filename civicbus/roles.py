@@ -76,8 +76,7 @@ def roles(topology: Topology) -> tuple[Role, ...]:
         # the feeds' tails (delivered ids) and its audit chain's end, read back on start
         reads=(Resource(t.name(DIST_EVENTS)), Resource(t.name(FEED_PREFIX), PREFIXED), Resource(t.name(AUDIT))),
         writes=(Resource(t.name(FEED_PREFIX), PREFIXED), Resource(t.name(AUDIT)), Resource(t.name(DLQ))),
-        groups=(stage_group("fanout"),),
-        transactional_ids=(stage_group("fanout"),),
+        groups=(stage_group("fanout"),),  # no transactional id: it commits at least once (processors.fanout)
     )
     gateway = Role(  # publishes and reads on behalf of the department its token names
         "gateway",

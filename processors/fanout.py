@@ -5,22 +5,26 @@ clearance and jurisdiction), re-read when config/policy.yaml changes, so an edit
 next event. Personal fields a department holds no grant for are masked in its copy, free text it
 holds no grant for is scanned and masked where it identifies a person (civicbus.policy.masking;
 the record then carries the `civic_masked` header saying what), and each delivered event is
-recorded in civic.audit (one record naming every department it reached; civicbus.audit) in the
-same transaction as the feed records.
+recorded in civic.audit (one record naming every department it reached; civicbus.audit).
 
 An event the policy lets no department receive (dispatched only to departments not cleared
 for it, say) goes to civic.dlq as UNDELIVERABLE rather than vanishing.
 
-Exactly once into the feeds. The stage runs in Kafka transactions, and it also drops events it
-has already delivered, by id: the case stage writes its events at-least-once (processors.cases)
-and may emit an event twice after a crash, and the embedded broker exposes records of aborted
-transactions (see DESIGN notes in README). An id is its publisher's (civicbus.ids): the same id
-from another department, or with other content, is no duplicate but a conflict, dead-lettered as
-ID_CONFLICT. Delivered ids are kept in memory while the stage runs and, on start, read back from
-the tail of every feed (as the same publication, since a masked copy is not what was published): what a restarted case stage re-emits is
-what it emitted since its last commit, seconds ago, well inside those tails. (A separate
-delivered-id log was written here before; it cost every transaction one more batch and marker
-and a flush, and told nothing the feeds' tails do not.)
+Once into the feeds, without transactions. The stage commits at least once (processors.runner):
+a batch's feed and audit records are flushed, then its input offsets committed, and after a
+crash it delivers again only what neither the feeds nor the audit log show. A transaction cost
+the embedded broker about a millisecond per partition it wrote, and a fan-out's batch writes a
+dozen feeds and the audit log: at 1,000 events/s its commits alone kept the broker's one busy
+core full (README, Benchmarks). It also drops events it has already delivered, by id: the case
+stage writes its events at-least-once (processors.cases) and may emit an event twice after a
+crash. An id is its publisher's (civicbus.ids): the same id from another department, or with
+other content, is no duplicate but a conflict, dead-lettered as ID_CONFLICT.
+
+Delivered ids are kept in memory while the stage runs and, on start, read back from the tail of
+every feed (as the same publication, since a masked copy is not what was published) and of the
+audit log: a batch cut short by a crash may have reached some of an event's feeds, or its audit
+record, and not the rest, and the replay writes exactly the rest. What is replayed is what was
+fetched since the last commit, seconds ago, well inside those tails.
 """
 
 from __future__ import annotations
@@ -72,15 +76,13 @@ class SeenIds:
 
 class FanoutStage(Stage):
     name = "fanout"
+    exactly_once = False  # see the module docstring
 
     def __init__(self, ctx: BusContext):
         self.ctx = ctx
         self.topology = ctx.topology
         self.audit_topic = self.topology.name(AUDIT)
         self.seen = SeenIds()
-        # Ids delivered by the open transaction: they join `seen` only once it commits, so an
-        # aborted batch is replayed in full rather than dropped as duplicates.
-        self._delivered_in_batch: dict[bytes, Publication] = {}
         self._policy: Policy = ctx.policy.get()
         # Event id -> departments whose feed shows it already, read from the feeds' tails on start.
         self._in_feeds: dict[bytes, set[str]] = {}
@@ -90,15 +92,9 @@ class FanoutStage(Stage):
         return [self.topology.name(DIST_EVENTS)]
 
     def prepare(self, ctx: BusContext) -> None:
-        """Restore the delivered ids from the tail of every feed (read_committed), per department.
-
-        On the embedded broker, which shows readers the records of aborted transactions (DESIGN
-        notes in README), a fan-out killed mid-batch leaves feed records that every reader sees:
-        delivering them again would put them in the feeds twice
-        (tests/reliability/test_kill_processors.py). Such an event may be in some of its feeds
-        only, so what the tails show is kept per department, and the event is still delivered to
-        the others.
-        """
+        """Restore the delivered ids from the tail of every feed, per department, and take up the
+        audit chain (with the deliveries its tail records): a fan-out killed mid-batch leaves
+        records that a replay must not write twice (tests/reliability/test_kill_processors.py)."""
         consumer = make_consumer(
             ctx.settings, ctx.bootstrap, self.topology.group("civicbus-fanout-restore"), **{"enable.partition.eof": True}
         )
@@ -126,45 +122,50 @@ class FanoutStage(Stage):
         # Written by ingest or the case stage, which validated it: decoding is enough.
         event = self.ctx.serde.decode(message.value(), message.topic(), validate=False)
         publication = Publication.of(event, self.ctx.catalog[event["type"]])
-        if event_id in self.seen or event_id in self._delivered_in_batch:
-            first = self.seen.get(event_id) or self._delivered_in_batch.get(event_id)
+        if event_id in self.seen:
+            first = self.seen.get(event_id)
             conflict = first and id_conflict(event["id"], first, publication)
             if conflict:
                 return [dead_letter_output(self.ctx, self.name, message, Reason.ID_CONFLICT, conflict)]
             labelled(DUPLICATES_DROPPED, self.name).inc()
             return []
-        self._delivered_in_batch[event_id] = publication
+        self.seen.add(event_id, publication)  # a failed batch ends the process (processors.runner): no batch to forget
         deliveries = self._policy.deliveries(event)
         if not deliveries:
             detail = f"dispatched to {', '.join(event.get('targets') or ()) or 'nobody'}; no department may receive a {event['classification']} {event['type']} there"
             return [dead_letter_output(self.ctx, self.name, message, Reason.UNDELIVERABLE, detail)]
-        shown = self._in_feeds.pop(event_id, ())
-        if shown:  # delivered before a restart, maybe partly, by an aborted batch readers see (see prepare)
-            deliveries = [d for d in deliveries if self.topology.feed(d.department) not in shown]
-            if not deliveries:
-                labelled(DUPLICATES_DROPPED, self.name).inc()
-                return []
+        # written before a restart, maybe partly (see prepare): the replay writes what is not
+        shown, audited = self._in_feeds.pop(event_id, ()), self.audit.head.recent_deliveries.pop(event["id"], ())
+        unaudited = [d for d in deliveries if d.department not in audited]
+        deliveries = [d for d in deliveries if self.topology.feed(d.department) not in shown]
+        if not deliveries and not unaudited:
+            labelled(DUPLICATES_DROPPED, self.name).inc()
+            return []
         published_ms = read_published_ms(message.headers())
         latency_s = max(0.0, time.time() - published_ms / 1000) if published_ms else None
         copies: dict[tuple, tuple[bytes, list, tuple[str, ...]]] = {}  # one encoding per masking
-        outputs = []
-        masked_for: list[tuple[str, tuple[str, ...]]] = []
+        outputs: list[Output] = []
         for delivery in deliveries:
             department = delivery.department
-            if delivery.masking not in copies:
-                copies[delivery.masking] = self._copy(message, event, delivery)
-            value, headers, masked = copies[delivery.masking]
+            value, headers, masked = self._copy_for(copies, message, event, delivery)
             outputs.append(Output(self.topology.feed(department), value, event_id, headers))
-            masked_for.append((department, masked))
             if masked:
                 labelled(MASKED, department, event["type"]).inc(len(masked))
             labelled(DELIVERED, department, event["type"]).inc()
             if latency_s is not None:
                 labelled(END_TO_END_LATENCY, department).observe(latency_s)
-        audited = self.audit.record(event["id"], event["type"], "fanout", masked_for)
-        outputs += [Output(self.audit_topic, value, self.audit.kafka_key) for value in audited]
-        labelled(AUDITED, "fanout").inc(len(deliveries))
+        if unaudited:
+            masked_for = [(d.department, self._copy_for(copies, message, event, d)[2]) for d in unaudited]
+            record = self.audit.record(event["id"], event["type"], "fanout", masked_for)
+            outputs += [Output(self.audit_topic, value, self.audit.kafka_key) for value in record]
+            labelled(AUDITED, "fanout").inc(len(unaudited))
         return outputs
+
+    def _copy_for(self, copies: dict, message: Message, event: dict, delivery: Delivery) -> tuple[bytes, list, tuple[str, ...]]:
+        """The copy for `delivery`, made once per masking."""
+        if delivery.masking not in copies:
+            copies[delivery.masking] = self._copy(message, event, delivery)
+        return copies[delivery.masking]
 
     def _copy(self, message: Message, event: dict, delivery: Delivery) -> tuple[bytes, list, tuple[str, ...]]:
         """A department's copy (the record itself when nothing is masked), its headers, and what was masked."""
@@ -173,12 +174,3 @@ class FanoutStage(Stage):
             return message.value(), message.headers(), ()
         value, _ = self.ctx.serde.encode(copy, message.topic())
         return value, (message.headers() or []) + [masked_header(masked)], masked
-
-    def after_commit(self) -> None:
-        for event_id, publication in self._delivered_in_batch.items():
-            self.seen.add(event_id, publication)
-        self._delivered_in_batch = {}
-
-    def after_abort(self) -> None:
-        self._delivered_in_batch = {}
-        self.audit = AuditChain.restored(self.ctx.settings, self.ctx.bootstrap, FANOUT_WRITER)  # follow what the log shows

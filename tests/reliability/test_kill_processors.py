@@ -1,4 +1,4 @@
-"""kill -9 each processor in turn during a 12,000-event run: every event in every feed it belongs in, once."""
+"""kill -9 each processor in turn during a 12,000-event run: every event in every feed it belongs in, once, and audited once."""
 
 import threading
 import time
@@ -6,7 +6,7 @@ import time
 import pytest
 
 from producers.sdk import Publisher
-from tests.reliability.workload import Delivery, city_events, count_feeds, read_dispatched, wait_for_feeds
+from tests.reliability.workload import Delivery, audit_problems, city_events, count_feeds, read_dispatched, wait_for_feeds
 
 EVENTS = 12_000
 RATE = 1_000  # events/s: the run lasts ~12 s, so every kill lands while records are flowing
@@ -54,4 +54,6 @@ def test_kill_9_ingest_cases_and_fanout_during_a_run_loses_and_duplicates_nothin
     targets = read_dispatched(bus, published, timeout_s=150)
     wait_for_feeds(bus, targets, timeout_s=120)
     assert set(pipeline.stop_all().values()) == {0}, pipeline.logs()  # at rest: nothing more can arrive
-    assert Delivery(targets, count_feeds(bus)).problems(published) == [], pipeline.logs()
+    feed_counts = count_feeds(bus)
+    assert Delivery(targets, feed_counts).problems(published) == [], pipeline.logs()
+    assert audit_problems(bus, feed_counts) == [], pipeline.logs()

@@ -1,4 +1,4 @@
-"""What the reliability tests share: a seeded realistic workload and the exactly-once check."""
+"""What the reliability tests share: a seeded realistic workload and the exactly-once checks of the feeds and the audit log."""
 
 from __future__ import annotations
 
@@ -6,6 +6,8 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
+from civicbus.audit import FANOUT_WRITER, AuditRecord, verification_key
+from civicbus.audit_verify import check, read_log
 from civicbus.context import BusContext
 from civicbus.topology import DIST_EVENTS
 from producers.sdk import Publisher
@@ -105,3 +107,22 @@ def count_feeds(ctx: BusContext) -> Counter:
     """(department, event id) -> records, over every feed, read to the end (read_committed)."""
     prefix = len(ctx.topology.feed(""))
     return Counter((m.topic()[prefix:], m.key().decode()) for m in read_topic(ctx, feed_topics(ctx), idle_s=3.0))
+
+
+def audit_problems(ctx: BusContext, feed_counts: Counter) -> list[str]:
+    """The audit log verifies, and names each (department, event id) a feed holds, once."""
+    records, from_start = read_log(ctx.settings, ctx.bootstrap, None)
+    verdict = check(records, verification_key(ctx.settings)[0], from_start)
+    found = [] if verdict.problem is None else [f"audit log: {verdict.problem}"]
+    audited = Counter((d.department, r.entry.event_id) for r in records if isinstance(r.entry, AuditRecord)
+                      and r.entry.writer == FANOUT_WRITER for d in r.entry.deliveries)
+    unaudited = set(feed_counts) - set(audited)
+    if unaudited:
+        found.append(f"{len(unaudited)} (feed, id) deliveries without an audit record, e.g. {sorted(unaudited)[:3]}")
+    twice = {k: n for k, n in audited.items() if n > 1}
+    if twice:
+        found.append(f"{len(twice)} (feed, id) deliveries audited more than once, e.g. {sorted(twice.items())[:3]}")
+    never = set(audited) - set(feed_counts)
+    if never:
+        found.append(f"{len(never)} audited deliveries no feed holds, e.g. {sorted(never)[:3]}")
+    return found
