@@ -170,6 +170,10 @@ class Arrivals:
         self.first_seen: dict[bytes, float] = {}
         # (key, arrival time s, published-at ms, written-at ms: the record's own CreateTime) per record
         self.records: list[tuple[bytes, float, int, int]] = []
+        # A record this reader was handed again at an offset it had read already: the client
+        # re-read, nothing was written twice (its offset was reset, see civicbus.quirks 5)
+        self._read: set[tuple[str, int, int]] = set()
+        self.rereads = 0
 
     def wait_for(self, keys: set[bytes], timeout_s: float) -> float:
         """Block until every key arrived; return the arrival time of the last one."""
@@ -180,6 +184,11 @@ class Arrivals:
                 raise TimeoutError(f"{len(missing)} of {len(keys)} events did not arrive within {timeout_s:.0f}s")
             for message in fetched(self.consumer, 0.1):
                 now = time.time()
+                where = (message.topic(), message.partition(), message.offset())
+                if where in self._read:
+                    self.rereads += 1
+                    continue
+                self._read.add(where)
                 self.first_seen.setdefault(message.key(), now)
                 missing.discard(message.key())
                 published = read_published_ms(message.headers())

@@ -115,6 +115,7 @@ def one_run(seed: int) -> dict:
         feeds.wait_for({r.key for r in warmup}, 120)
         for rate, records in runs.items():
             feeds.records.clear()
+            feeds.rereads = 0
             started_ms = time.time() * 1000
             publisher = threading.Thread(target=publish_at, args=(ctx.bootstrap, records, rate))
             publisher.start()
@@ -134,6 +135,7 @@ def one_run(seed: int) -> dict:
                 on_path = [r for r in found if path in ("all", r.path)]
                 results[str(rate)][path] = summary([r.latency for r in on_path]) | segment_medians(on_path)
             results[str(rate)]["slowest_windows"] = slowest_windows(found, started_ms)
+            results[str(rate)]["records_the_reader_read_again"] = feeds.rereads  # left out of the figures
             print(f"latency at {rate}/s: {results[str(rate)]['all']}")
         feeds.close()
         stages.stop()
