@@ -182,19 +182,33 @@ class Arrivals:
         while missing:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"{len(missing)} of {len(keys)} events did not arrive within {timeout_s:.0f}s")
-            for message in fetched(self.consumer, 0.1):
-                now = time.time()
-                where = (message.topic(), message.partition(), message.offset())
-                if where in self._read:
-                    self.rereads += 1
-                    continue
-                self._read.add(where)
-                self.first_seen.setdefault(message.key(), now)
-                missing.discard(message.key())
-                published = read_published_ms(message.headers())
-                if published:
-                    self.records.append((message.key(), now, published, message.timestamp()[1]))
+            missing -= self._read_once()
         return max(self.first_seen[k] for k in keys)
+
+    def settle(self, quiet_s: float = 1.0, timeout_s: float = 60.0) -> None:
+        """Read on until nothing arrives for `quiet_s`: wait_for returns once each key arrived
+        once, while an event's copies for other feeds may still be on their way."""
+        deadline, last = time.monotonic() + timeout_s, time.monotonic()
+        while time.monotonic() - last < quiet_s and time.monotonic() < deadline:
+            if self._read_once():
+                last = time.monotonic()
+
+    def _read_once(self) -> set[bytes]:
+        """Note what is fetched already (after waiting up to 0.1 s for it); the keys read."""
+        keys = set()
+        for message in fetched(self.consumer, 0.1):
+            now = time.time()
+            where = (message.topic(), message.partition(), message.offset())
+            if where in self._read:
+                self.rereads += 1
+                continue
+            self._read.add(where)
+            self.first_seen.setdefault(message.key(), now)
+            keys.add(message.key())
+            published = read_published_ms(message.headers())
+            if published:
+                self.records.append((message.key(), now, published, message.timestamp()[1]))
+        return keys
 
     def close(self) -> None:
         self.consumer.close()

@@ -113,6 +113,7 @@ def one_run(seed: int) -> dict:
         warmup = workload.inbound_records(workload.mix(300))
         produce(ctx.bootstrap, warmup)
         feeds.wait_for({r.key for r in warmup}, 120)
+        feeds.settle()  # the warm-up's last copies (seen: 130 of them counted in the first phase, 5-6 s after publishing)
         for rate, records in runs.items():
             feeds.records.clear()
             feeds.rereads = 0
@@ -124,6 +125,7 @@ def one_run(seed: int) -> dict:
             except TimeoutError as e:
                 missing = {r.key for r in records} - set(feeds.first_seen)
                 raise TimeoutError(f"{e}; where the missing ones are: {locate(ctx, missing)}\n{stages.log_tails()}") from None
+            feeds.settle()  # and every other copy of them
             publisher.join()
             keys = {r.key for r in records}
             in_dist = {m.key(): m.timestamp()[1] for m in reversed(read_all(ctx.bootstrap, [ctx.topology.name(DIST_EVENTS)], idle_s=1.0))
