@@ -67,8 +67,8 @@ class FeedPosition:
     def check_within(self, ends: dict[int, int], topic: str) -> None:
         """A position beyond the feed's end can only come from a feed that was reset.
 
-        `ends` as the broker reports them; the embedded broker reports the base offset of the last
-        record batch + 1 (DESIGN.md), exact for feeds, which the fan-out writes in transactions."""
+        `ends` read to each partition's real end (civicbus.kafka.partition_ends): the embedded
+        broker's watermark is short by the rest of the last batch, where a reader's position may be."""
         beyond = {p: o for p, o in self.positions.items() if p in ends and o > ends[p]}
         if beyond:
             shown = ", ".join(f"partition {p} offset {o} > end {ends[p]}" for p, o in sorted(beyond.items()))

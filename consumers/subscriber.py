@@ -33,7 +33,7 @@ from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, KafkaError, 
 from confluent_kafka.admin import OffsetSpec
 
 from civicbus.context import BusContext
-from civicbus.kafka import FEED_READER_FETCH_WAIT_MS, make_admin, make_consumer
+from civicbus.kafka import FEED_READER_FETCH_WAIT_MS, make_admin, make_consumer, partition_ends
 from civicbus.metrics import FORGED_SKIPPED
 from civicbus.signing import RecordSigner
 from civicbus.wire import read_masked
@@ -179,10 +179,14 @@ class FeedSubscriber:
         self._signer = RecordSigner.of_stack(ctx.settings) if verify else None
         if isinstance(start, int):
             start = FeedPosition({p: start for p in self._ends()})
-        if isinstance(start, FeedPosition) and start.epoch is None:  # with an epoch, the epoch told
-            start.check_within(self._ends(), self.topic)
-        self._start: datetime | FeedPosition | None = start
         group = group_id or ctx.topology.department_group_prefix(department) + "subscriber"
+        if isinstance(start, FeedPosition) and start.epoch is None:  # with an epoch, the epoch told
+            probe = make_consumer(ctx.settings, ctx.bootstrap, group, **{"enable.partition.eof": True})
+            try:
+                start.check_within(partition_ends(probe, self.topic, self._ends()), self.topic)
+            finally:
+                probe.close()
+        self._start: datetime | FeedPosition | None = start
         self._consumer = feed_reader(ctx, group)
         self._consumer.subscribe([self.topic], on_assign=self._on_assign)
 

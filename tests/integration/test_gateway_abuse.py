@@ -179,6 +179,24 @@ def test_the_subscriber_sdk_raises_on_a_position_from_before_a_reset(bus):
         assert next(iter(feed)).offset == 1
 
 
+def test_a_position_at_the_end_of_a_batch_the_broker_reports_short_is_within_the_feed(bus, tmp_path):
+    """The fan-out writes a feed one batch per commit, and the embedded broker reports the end as
+    the last batch's base offset + 1: a reader that read the whole batch is at the end, not beyond."""
+    bus.settings.state_dir = tmp_path
+    seeded = seed_feed(bus, "citymgmt", 5)  # one flush: one batch
+    group = bus.topology.group(f"dept.citymgmt.{uuid.uuid4().hex[:6]}")
+    with FeedSubscriber(bus, "citymgmt", group_id=group, start=4) as feed:
+        assert next(iter(feed)).event["id"] == seeded[4]
+    FeedSubscriber(bus, "citymgmt", group_id=group, start=5).close()  # the end: no FeedResetError
+    with pytest.raises(FeedResetError, match="beyond the end"):
+        FeedSubscriber(bus, "citymgmt", group_id=group, start=6)
+    with TestClient(create_app(bus)) as gateway:
+        at_end = gateway.get("/v1/feeds/citymgmt/events", params={"cursor": "0:5"}, headers=bearer(bus, "citymgmt"))
+        assert at_end.status_code == 200 and at_end.json()["events"] == []
+        beyond = gateway.get("/v1/feeds/citymgmt/events", params={"cursor": "0:6"}, headers=bearer(bus, "citymgmt"))
+        assert beyond.status_code == 409 and "beyond the end" in beyond.json()["detail"]
+
+
 def test_a_new_embedded_broker_is_a_reset_for_the_running_gateway_and_subscriber(tmp_path):
     port = free_port()
     broker = EmbeddedBroker(port=port).start()
