@@ -27,8 +27,8 @@ def test_the_readme_curl_examples_work_as_written(bus, tmp_path):
     token_line, curls = lines[0], [line for line in lines[1:] if line.startswith("curl ")]
     assert len(curls) == len(lines) - 1 == 5
     bus.settings.state_dir = tmp_path
-    for _ in range(20):  # what the pipeline would have delivered by now, one batch each as the
-        seed_feed(bus, "citymgmt", 1)  # fan-out's transactions write them (so the end is exact)
+    for _ in range(20):  # what the pipeline would have delivered by now, one batch each (so the
+        seed_feed(bus, "citymgmt", 1)  # end the embedded broker reports is exact)
     env = {**stage_env(bus), "CIVICBUS_STATE_DIR": str(tmp_path), "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
     with running_gateway(bus, tmp_path) as gateway:
         port = gateway.base.rsplit(":", 1)[1]

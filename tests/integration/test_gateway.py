@@ -293,8 +293,9 @@ def test_http_readers_lag_shows_in_the_exporter_under_the_departments_gateway_gr
 
 
 def test_an_http_reader_at_the_end_of_a_transactional_feed_shows_lag_0(bus, gateway):
-    """The fan-out writes feeds in transactions: the commit marker takes an offset, so the cursor
-    (and the committed position) must move past it, or a reader that is done would show lag 1."""
+    """A feed written in transactions (as the fan-out wrote them before it committed at least
+    once): the commit marker takes an offset, so the cursor (and the committed position) must move
+    past it, or a reader that is done would show lag 1."""
     topic = bus.topology.feed("citymgmt")
     producer = make_producer(bus.bootstrap, **{"transactional.id": bus.topology.group(f"fanout-like-{uuid.uuid4().hex[:6]}")})
     producer.init_transactions(10)
