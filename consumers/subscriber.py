@@ -181,11 +181,7 @@ class FeedSubscriber:
             start = FeedPosition({p: start for p in self._ends()})
         group = group_id or ctx.topology.department_group_prefix(department) + "subscriber"
         if isinstance(start, FeedPosition) and start.epoch is None:  # with an epoch, the epoch told
-            probe = make_consumer(ctx.settings, ctx.bootstrap, group, **{"enable.partition.eof": True})
-            try:
-                start.check_within(partition_ends(probe, self.topic, self._ends()), self.topic)
-            finally:
-                probe.close()
+            start.check_within(partition_ends(ctx.settings, ctx.bootstrap, group, self.topic, self._ends()), self.topic)
         self._start: datetime | FeedPosition | None = start
         self._consumer = feed_reader(ctx, group)
         self._consumer.subscribe([self.topic], on_assign=self._on_assign)

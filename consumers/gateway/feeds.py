@@ -267,13 +267,6 @@ class FeedReader:
         self.open_readers += 1
         return _TopicReader(feed, Consumer(config))  # assigned, never subscribed: no group join
 
-    def _real_ends(self, topic: str, reported: dict[int, int]) -> dict[int, int]:
-        probe = Consumer(consumer_config(self.ctx.settings, self.ctx.bootstrap, "civicbus-gateway-reader", **{"enable.partition.eof": True}))
-        try:
-            return partition_ends(probe, topic, reported)
-        finally:
-            probe.close()
-
     def _give_back(self, reader: _TopicReader) -> None:
         pool = self._idle.setdefault(reader.feed.topic, [])
         if len(pool) >= READERS_PER_FEED:
@@ -300,7 +293,9 @@ class FeedReader:
             raise ValueError(f"cursor names partitions {sorted(unknown)} the feed does not have")
         if position.epoch is None:
             reported = await self.admin.offsets(feed.topic, feed.partitions, OffsetSpec.latest())
-            position.check_within(await asyncio.get_running_loop().run_in_executor(None, self._real_ends, feed.topic, reported), feed.topic)
+            ends = await asyncio.get_running_loop().run_in_executor(
+                None, partition_ends, self.ctx.settings, self.ctx.bootstrap, "civicbus-gateway-reader", feed.topic, reported)
+            position.check_within(ends, feed.topic)
         removed = {p: o for p, o in position.positions.items() if o < oldest[p]}
         if removed:
             raise FeedResetError(f"{feed.topic} no longer holds the events after this cursor (retention removed them up to offset "
