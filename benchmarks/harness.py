@@ -26,6 +26,7 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+import psutil
 import yaml
 from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 
@@ -371,3 +372,27 @@ def bench_bus(partitions: int = 1, namespace: str = "bench.", keep_logs_in: Path
         stages = StageProcesses(ctx, work_dir)
         cleanup.callback(stages.stop)  # before the broker stops, also when the benchmark fails
         yield ctx, stages
+
+
+def processes(stages: StageProcesses) -> dict[str, psutil.Process]:
+    """The stage processes by name, and the embedded broker (a child of this process) as "broker"."""
+    found = {name: psutil.Process(p.pid) for name, p in stages.processes.items()}
+    for child in psutil.Process().children(recursive=True):
+        try:
+            if "tansu" in child.name() or "tansu" in " ".join(child.cmdline()[:1]):
+                found["broker"] = child
+        except psutil.Error:
+            continue
+    return found
+
+
+def usage(procs: dict[str, psutil.Process]) -> dict[str, dict]:
+    """Pid, resident memory and CPU seconds (user + system, since it started) of each process."""
+    out = {}
+    for name, proc in procs.items():
+        try:
+            times = proc.cpu_times()
+            out[name] = {"pid": proc.pid, "rss_mb": round(proc.memory_info().rss / 2**20, 1), "cpu_s": times.user + times.system}
+        except psutil.Error:
+            out[name] = {"pid": proc.pid, "rss_mb": None, "cpu_s": None}
+    return out

@@ -44,13 +44,12 @@ import uuid
 from collections import defaultdict
 from pathlib import Path
 
-import psutil
 from confluent_kafka import Consumer, ConsumerGroupTopicPartitions, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient
 from prometheus_client import CollectorRegistry
 from prometheus_client.multiprocess import MultiProcessCollector
 
-from benchmarks.harness import bench_bus, fetched, read_all
+from benchmarks.harness import bench_bus, fetched, processes, read_all, usage
 from benchmarks.replay import capture
 from benchmarks.report import RESULTS_DIR, percentile, write_result
 from civicbus.context import BusContext
@@ -162,34 +161,12 @@ def stage_counters(metrics_dir: str) -> dict[str, float]:
     return dict(totals)
 
 
-def processes(stages) -> dict[str, psutil.Process]:
-    found = {name: psutil.Process(p.pid) for name, p in stages.processes.items()}
-    for child in psutil.Process().children(recursive=True):
-        try:
-            if "tansu" in child.name() or "tansu" in " ".join(child.cmdline()[:1]):
-                found["broker"] = child
-        except psutil.Error:
-            continue
-    return found
-
-
-def usage(procs: dict[str, psutil.Process]) -> dict[str, dict]:
-    out = {}
-    for name, proc in procs.items():
-        try:
-            times = proc.cpu_times()
-            out[name] = {"pid": proc.pid, "rss_mb": round(proc.memory_info().rss / 2**20, 1), "cpu_s": round(times.user + times.system, 1)}
-        except psutil.Error:
-            out[name] = {"pid": proc.pid, "rss_mb": None, "cpu_s": None}
-    return out
-
-
 def cpu_per_minute(now: dict, before: dict | None) -> float | None:
     """CPU seconds over the minute; a process started again since counts from its start."""
     if now["cpu_s"] is None:
         return None
     if before is None or before["pid"] != now["pid"] or before["cpu_s"] is None:
-        return now["cpu_s"]
+        return round(now["cpu_s"], 1)
     return round(now["cpu_s"] - before["cpu_s"], 1)
 
 

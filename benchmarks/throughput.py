@@ -4,7 +4,10 @@
 - the replay of exactly the records the pipeline wrote for those events (benchmarks.replay: the
   same topics, partitions, sizes and transactions, no processing), in a second namespace of the
   same broker, in the same run: what the broker alone costs for this pipeline's traffic.
-Also counts what the pipeline writes per event: records per topic and transactions per stage.
+Also counts what the pipeline writes per event (records and transaction markers per topic) and
+what each process spends on it: CPU microseconds per event of every stage, the broker and the
+benchmark's own producer and reader, pipeline beside replay. On the 2-core machine the broker
+alone fills about one core, so the stages' CPU per event is what the ratio to the replay turns on.
 Optionally profiles every stage with py-spy while the pipeline is busy.
 
 Target (issue 10): pipeline >= 0.5 of the replay of its own records; the ratio to the raw
@@ -13,16 +16,17 @@ passthrough is reported beside it.
 
 from __future__ import annotations
 
+import pickle
 import time
+from collections import Counter
 from pathlib import Path
 
-import pickle
-from collections import Counter
+import psutil
 
 from confluent_kafka import Consumer, Producer, TopicPartition
 
 from benchmarks import profile as profiler
-from benchmarks.harness import Arrivals, Record, StageProcesses, Workload, bench_bus, locate, produce
+from benchmarks.harness import Arrivals, Record, StageProcesses, Workload, bench_bus, locate, processes, produce, usage
 from benchmarks.replay import capture
 from benchmarks.report import RESULTS_DIR, median, write_result
 from civicbus.context import BusContext
@@ -75,6 +79,32 @@ def through(ctx: BusContext, arrivals: Arrivals, records: list[Record], timeout_
     return len(records) / (last - started)
 
 
+class CpuSpent:
+    """CPU seconds spent by each process (the stages, the broker, this benchmark: its producer and
+    reader) while the measured runs of one path were under way."""
+
+    def __init__(self, stages: StageProcesses):
+        self.stages = stages
+        self.spent: dict[str, Counter[str]] = {}
+
+    def measure(self, path: str, run):
+        procs = processes(self.stages) | {"benchmark": psutil.Process()}
+        before = usage(procs)
+        result = run()
+        after = usage(procs)
+        spent = self.spent.setdefault(path, Counter())
+        for name, now in after.items():
+            if now["cpu_s"] is not None and before[name]["cpu_s"] is not None:
+                spent[name.removeprefix("replay-").removesuffix("-0")] += now["cpu_s"] - before[name]["cpu_s"]
+        return result
+
+    def per_event_us(self, path: str, events: int) -> dict[str, int]:
+        spent = self.spent.get(path, Counter())
+        figures = {name: round(seconds / events * 1e6) for name, seconds in sorted(spent.items())}
+        figures["stages_together"] = round(sum(s for n, s in spent.items() if n not in ("broker", "benchmark")) / events * 1e6)
+        return figures
+
+
 def profile_stages(ctx: BusContext, stages: StageProcesses, workload: Workload, arrivals: Arrivals, seconds: int) -> dict:
     busy = workload.inbound_records(workload.mix(2500 * seconds))
     outputs = {name: RESULTS_DIR / f"profile-{name}.txt" for name in stages.processes}
@@ -117,7 +147,8 @@ def run(events: int = 10_000, repeats: int = 3, seed: int = 6, profile: bool = F
             stages.start_stage(stage)
         feeds = Arrivals(ctx.bootstrap, [ctx.topology.feed(d) for d in ctx.city.department_ids()])
         through(ctx, feeds, warmup["no_case"] + warmup["case"], timeout_s=120)
-        pipeline = {path: [through(ctx, feeds, records) for records in batches[path]] for path in PATHS}
+        pipeline_cpu = CpuSpent(stages)
+        pipeline = {path: pipeline_cpu.measure(path, lambda: [through(ctx, feeds, records) for records in batches[path]]) for path in PATHS}
         stages.stop()
         spans: dict[str, int] = {}
         captured = capture(ctx, spans)
@@ -135,7 +166,9 @@ def run(events: int = 10_000, repeats: int = 3, seed: int = 6, profile: bool = F
                 replay_stages.start(f"replay-{stage}", ["-m", "benchmarks.replay", stage, str(capture_path)])
             replay_feeds = Arrivals(ctx.bootstrap, [replay_ctx.topology.feed(d) for d in ctx.city.department_ids()])
             through(ctx, replay_feeds, retargeted(ctx, warmup["no_case"] + warmup["case"], replay_ns), timeout_s=120)
-            replay = {path: [through(ctx, replay_feeds, retargeted(ctx, records, replay_ns)) for records in batches[path]] for path in PATHS}
+            replay_cpu = CpuSpent(replay_stages)
+            replay = {path: replay_cpu.measure(path, lambda: [through(ctx, replay_feeds, retargeted(ctx, records, replay_ns))
+                                                               for records in batches[path]]) for path in PATHS}
         finally:
             replay_stages.stop()
             capture_path.unlink(missing_ok=True)
@@ -163,6 +196,8 @@ def run(events: int = 10_000, repeats: int = 3, seed: int = 6, profile: bool = F
             for path in PATHS
         },
         "records_written_per_event": written,
+        "cpu_us_per_event": {path: {"pipeline": pipeline_cpu.per_event_us(path, events * repeats),
+                                    "replay": replay_cpu.per_event_us(path, events * repeats)} for path in PATHS},
         "target": {"ratio_to_replay_at_least": 0.5},
     }
     figures["target_met"] = all(figures["events_per_s"][p]["ratio_to_replay"] >= 0.5 for p in PATHS)

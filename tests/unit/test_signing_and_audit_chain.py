@@ -31,6 +31,15 @@ def test_signature_covers_topic_key_value_and_headers():
     assert not RecordSigner(b"x" * 32, "t1.").verifies("t1.civic.feed.police", b"id", b"value", headers)  # another stack
 
 
+def test_the_signed_bytes_stay_what_records_already_in_the_logs_were_signed_over():
+    """Records on Kafka outlive a release: a faster digest must sign exactly what the first one did
+    (these signatures were made by the original, straightforward construction)."""
+    signed = SIGNER.sign("t1.civic.feed.police", b"id-1", b"\x00\x00\x00\x00\x01body", [("ce_id", b"e-1"), ("empty", b""), ("none", None)])
+    assert signed[-1] == (SIGNATURE_HEADER, b"fe0afa5844aacc016bb71f20a999e284932f050bf580fca710e1c473f7a9f447")
+    assert SIGNER.sign("t1.civic.feed.police", None, None, []) == [
+        (SIGNATURE_HEADER, b"db023e391be7aa9964409a12cd60d889e77eabba8a23124274dca143cf8a92f5")]
+
+
 def test_a_copied_record_is_signed_afresh_and_the_namespace_is_not_signed():
     first = SIGNER.sign("t1.civic.dist.events", b"id", b"v", [("ce_id", b"id")])
     copied = SIGNER.sign("t1.civic.feed.police", b"id", b"v", first)
