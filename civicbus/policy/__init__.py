@@ -14,6 +14,7 @@ from civicbus.policy.decision import (
     ALL_FIELDS,
     RANK,
     Area,
+    DecisionInputs,
     Delivery,
     DepartmentRules,
     Policy,
@@ -23,12 +24,13 @@ from civicbus.policy.decision import (
     below_floor,
     decide,
     masked_fields,
+    present_personal,
 )
 from civicbus.policy.loading import PolicyError, PolicySource, check_document, dispatch_reach, load_policy
 from civicbus.policy.masking import mask_text, mask_value, maskable, masked_event
 
 __all__ = [
     "ALL_FIELDS", "RANK", "Area", "Delivery", "DepartmentRules", "Policy", "PolicyDocument", "RateLimit", "ReceiveGrant",
-    "PolicyError", "PolicySource", "below_floor", "check_document", "decide", "dispatch_reach", "load_policy",
-    "mask_text", "mask_value", "maskable", "masked_event", "masked_fields",
+    "PolicyError", "PolicySource", "below_floor", "check_document", "DecisionInputs", "decide", "dispatch_reach", "load_policy",
+    "mask_text", "mask_value", "maskable", "masked_event", "masked_fields", "present_personal",
 ]

@@ -26,6 +26,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validat
 from civicbus.schemas import CLASSIFICATIONS, EventCatalog, EventType
 
 RANK = {level: rank for rank, level in enumerate(CLASSIFICATIONS)}
+# Decisions a Policy keeps (Policy.deliveries); a city's traffic repeats a few thousand kinds of event.
+DECISIONS_REMEMBERED = 20_000
 ALL_FIELDS = "*"
 
 Classification = Literal["PUBLIC", "INTERNAL", "RESTRICTED", "CONFIDENTIAL"]
@@ -54,10 +56,10 @@ class ReceiveGrant(_Frozen):
     categories: tuple[str, ...] = ()  # empty: every category of the type
     confidential: bool = False  # the grant reaches CONFIDENTIAL events of the type too
 
-    def matches(self, event: dict[str, Any]) -> bool:
-        if event["type"] != self.type or (event["classification"] == "CONFIDENTIAL" and not self.confidential):
+    def matches(self, seen: DecisionInputs) -> bool:
+        if seen.type != self.type or (seen.classification == "CONFIDENTIAL" and not self.confidential):
             return False
-        return not self.categories or (event.get("data") or {}).get("category") in self.categories
+        return not self.categories or seen.category in self.categories
 
 
 class DepartmentRules(_Frozen):
@@ -67,12 +69,11 @@ class DepartmentRules(_Frozen):
     receives: tuple[ReceiveGrant, ...] = ()
     personal: dict[str, tuple[str, ...]] = {}  # event type -> personal and free-text fields seen whole ("*": all)
 
-    def inside(self, location: dict[str, Any] | None) -> bool | None:
-        """Whether the location lies in the jurisdiction; None when its place is unknown."""
+    def inside(self, seen: DecisionInputs) -> bool | None:
+        """Whether the event's place lies in the jurisdiction; None when its place is unknown."""
         if self.jurisdiction == "city":
             return True
-        level, name = ("street", self.jurisdiction.street) if self.jurisdiction.street else ("district", self.jurisdiction.district)
-        placed = (location or {}).get(level)
+        placed, name = (seen.street, self.jurisdiction.street) if self.jurisdiction.street else (seen.district, self.jurisdiction.district)
         return None if placed is None else placed == name
 
     def sees_whole(self, event_type: str, field_name: str) -> bool:
@@ -113,25 +114,49 @@ class Delivery:
         return self.masked, self.scanned
 
 
-def decide(department: str, rules: DepartmentRules, event: dict[str, Any], event_type: EventType) -> Delivery | None:
-    """May `department` receive `event`, and which of its fields are masked or scanned? (pure)"""
-    dispatched = department in (event.get("targets") or ())
-    if not (dispatched or any(grant.matches(event) for grant in rules.receives)):
+def present_personal(event: dict[str, Any], event_type: EventType) -> tuple[str, ...]:
+    """The personal fields of the event's `data` that hold something to mask."""
+    data = event.get("data") or {}
+    return tuple(f for f in event_type.personal_fields if data.get(f) not in (None, "", []))
+
+
+@dataclass(frozen=True)
+class DecisionInputs:
+    """All of an event that the decision reads, and nothing else: decide() sees only this, so a
+    decision made once holds for every event with the same inputs (Policy.deliveries)."""
+
+    type: str
+    classification: str
+    targets: tuple[str, ...]  # departments dispatched to
+    district: str | None  # the standardised place; None: unknown
+    street: str | None
+    category: Any  # `data.category`, which a grant may name
+    personal: tuple[str, ...]  # present_personal
+
+    @classmethod
+    def of(cls, event: dict[str, Any], event_type: EventType) -> DecisionInputs:
+        location = event.get("location") or {}
+        return cls(event["type"], event["classification"], tuple(event.get("targets") or ()), location.get("district"),
+                   location.get("street"), (event.get("data") or {}).get("category"), present_personal(event, event_type))
+
+
+def decide(department: str, rules: DepartmentRules, seen: DecisionInputs, event_type: EventType) -> Delivery | None:
+    """May `department` receive the event, and which of its fields are masked or scanned? (pure)"""
+    dispatched = department in seen.targets
+    if not (dispatched or any(grant.matches(seen) for grant in rules.receives)):
         return None
-    if RANK[event["classification"]] > RANK[rules.clearance]:
+    if RANK[seen.classification] > RANK[rules.clearance]:
         return None
-    inside = rules.inside(event.get("location"))
+    inside = rules.inside(seen)
     if inside is False or (inside is None and not dispatched):
         return None
-    return Delivery(department, *masked_fields(rules, event, event_type))
+    return Delivery(department, *masked_fields(rules, seen.personal, event_type))
 
 
-def masked_fields(rules: DepartmentRules, event: dict[str, Any], event_type: EventType) -> tuple[tuple[str, ...], tuple[str, ...]]:
-    """(personal fields of `data` masked whole, free-text fields scanned) for a department's copy."""
-    data = event.get("data") or {}
-    masked = tuple(
-        f for f in event_type.personal_fields if data.get(f) not in (None, "", []) and not rules.sees_whole(event_type.name, f)
-    )
+def masked_fields(rules: DepartmentRules, personal: tuple[str, ...], event_type: EventType) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(personal fields of `data` masked whole, free-text fields scanned) for a department's copy;
+    `personal`: the personal fields the event holds (present_personal)."""
+    masked = tuple(f for f in personal if not rules.sees_whole(event_type.name, f))
     scanned = tuple(
         f for f in (*event_type.free_text_fields, *event_type.envelope_free_text) if not rules.sees_whole(event_type.name, f)
     )
@@ -155,6 +180,7 @@ class Policy:
     def __init__(self, document: PolicyDocument, catalog: EventCatalog):
         self.document = document
         self.catalog = catalog
+        self._decided: dict[DecisionInputs, tuple[Delivery, ...]] = {}
 
     @property
     def departments(self) -> KeysView[str]:
@@ -171,10 +197,18 @@ class Policy:
         return rules is not None and event_type in rules.publishes
 
     def deliveries(self, event: dict[str, Any]) -> list[Delivery]:
-        """Every department that receives `event`, in policy order."""
+        """Every department that receives `event`, in policy order. Decided once per distinct
+        DecisionInputs: the fan-out asks for every event, and a decision walks every department's
+        rules (13 % of the fan-out's py-spy samples at 2,500 events/s, decided afresh each time)."""
         event_type = self.catalog[event["type"]]
-        decided = (decide(d, rules, event, event_type) for d, rules in self.document.departments.items())
-        return [delivery for delivery in decided if delivery is not None]
+        seen = DecisionInputs.of(event, event_type)
+        decided = self._decided.get(seen)
+        if decided is None:
+            if len(self._decided) >= DECISIONS_REMEMBERED:
+                self._decided.clear()
+            decisions = (decide(d, rules, seen, event_type) for d, rules in self.document.departments.items())
+            decided = self._decided[seen] = tuple(delivery for delivery in decisions if delivery is not None)
+        return list(decided)
 
     def rate_limit(self, department: str) -> RateLimit:
         limits = self.document.rate_limits

@@ -29,7 +29,7 @@ from pydantic import BaseModel
 from civicbus.audit import GatewayAudit
 from civicbus.context import BusContext
 from civicbus.kafka import TopicFollower
-from civicbus.policy import RANK, masked_event, masked_fields
+from civicbus.policy import RANK, masked_event, masked_fields, present_personal
 from civicbus.serde import DecodeError
 from civicbus.topology import CASES
 from civicbus.wire import to_json
@@ -135,7 +135,7 @@ class CaseAccess:
     def masked_view(self, department: str, snapshot: dict[str, Any]) -> CaseView:
         """The snapshot with the personal fields the department's policy does not grant masked."""
         event_type = self.ctx.catalog[SNAPSHOT_TYPE]
-        masked, scanned = masked_fields(self.ctx.policy.get().rules(department), snapshot, event_type)
+        masked, scanned = masked_fields(self.ctx.policy.get().rules(department), present_personal(snapshot, event_type), event_type)
         copy, entries = masked_event(snapshot, event_type, masked, scanned)
         return CaseView(copy, entries)
 

@@ -9,12 +9,13 @@ from datetime import datetime, timezone
 
 import pytest
 from hypothesis import given, settings
+from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 from civicbus.cli import app as cli
 from civicbus.config import load_city
 from civicbus.dispatch import Dispatch, Place
-from civicbus.policy import RANK, DepartmentRules, Policy, PolicyDocument, PolicyError, below_floor, decide, dispatch_reach, load_policy, mask_text, masked_event
+from civicbus.policy import RANK, DecisionInputs, DepartmentRules, Policy, PolicyDocument, PolicyError, below_floor, decide, dispatch_reach, load_policy, mask_text, masked_event
 from civicbus.schemas import ESCALATION_TYPE, EventCatalog
 from civicbus.settings import REPO_ROOT
 from processors.casebook import CaseBook, CaseRules
@@ -99,9 +100,9 @@ def test_a_grant_by_type_never_reaches_a_confidential_event_unless_it_says_so():
     assert [d.department for d in POLICY.deliveries(CATALOG.validate(update))] == ["petition"]  # not the hotline's grant
     triage = POLICY.rules("triage").model_dump()
     by_type = DepartmentRules.model_validate({**triage, "receives": [{"type": "case.status.updated"}]})
-    assert decide("triage", by_type, update, event_type) is None
+    assert decide("triage", by_type, DecisionInputs.of(update, event_type), event_type) is None
     explicit = DepartmentRules.model_validate({**triage, "receives": [{"type": "case.status.updated", "confidential": True}]})
-    assert decide("triage", explicit, update, event_type) is not None
+    assert decide("triage", explicit, DecisionInputs.of(update, event_type), event_type) is not None
 
 
 def test_an_event_below_its_types_classification_is_refused_naming_the_field():
@@ -116,10 +117,11 @@ def test_unknown_place_reaches_a_street_office_only_when_dispatched():
     report = CATALOG.validate({**hotline_call(), "type": "city.case.reported", "classification": "INTERNAL", "location": None,
                                "data": {"category": "landscaping", "subcategory": "fallen_tree", "description": "树倒了"}})
     event_type = CATALOG["city.case.reported"]
-    assert decide("street.dongcheng.andingmen", rules, {**report, "targets": []}, event_type) is None  # granted, place unknown
-    assert decide("street.dongcheng.andingmen", rules, {**report, "targets": ["street.dongcheng.andingmen"]}, event_type)
+    seen = lambda event: DecisionInputs.of(event, event_type)  # noqa: E731
+    assert decide("street.dongcheng.andingmen", rules, seen({**report, "targets": []}), event_type) is None  # granted, place unknown
+    assert decide("street.dongcheng.andingmen", rules, seen({**report, "targets": ["street.dongcheng.andingmen"]}), event_type)
     elsewhere = {**report, "location": {**hotline_call()["location"], "street": "xicheng.xinjiekou", "district": "xicheng"}}
-    assert decide("street.dongcheng.andingmen", rules, {**elsewhere, "targets": ["street.dongcheng.andingmen"]}, event_type) is None
+    assert decide("street.dongcheng.andingmen", rules, seen({**elsewhere, "targets": ["street.dongcheng.andingmen"]}), event_type) is None
 
 
 # ---- policy check ----------------------------------------------------------------------------
@@ -321,3 +323,15 @@ def test_every_feed_is_exactly_what_the_policy_says(document, event):
             else:
                 assert free_text(copy, name) == free_text(event, name)
     assert shown == expected_receivers(policy.document, event)
+
+
+@settings(max_examples=100, deadline=None)
+@given(policy_documents(DEPARTMENTS, AREAS), st.lists(events(DEPARTMENTS, AREAS), min_size=2, max_size=12))
+def test_a_decision_remembered_is_the_one_made_afresh(document, batch):
+    """Policy.deliveries decides once per DecisionInputs: after a batch has filled its memory,
+    each event gets what a policy deciding it for the first time gives."""
+    policy = Policy(PolicyDocument.model_validate(document), CATALOG)
+    for event in batch:
+        policy.deliveries(event)
+    for event in batch + [{**event, "id": str(uuid.uuid4()), "subject": None} for event in batch]:
+        assert policy.deliveries(event) == Policy(policy.document, CATALOG).deliveries(event)
