@@ -25,6 +25,8 @@ def test_bytes_match_confluents_avro_serializer_both_ways():
     confluent_writers = {t.name: AvroSerializer(registry, t.schema_str, conf=conf) for t in ctx.catalog}
     confluent_reader = AvroDeserializer(registry, conf={"subject.name.strategy": record_subject_name_strategy})
     context = SerializationContext("civic.in.x", MessageField.VALUE)
+    events += [{**event, "location": None} for event in events[:20]]
+    assert any(e["location"] for e in events)
     for event in events:
         ours, _ = ctx.serde.encode(event, "civic.in.x")
         assert ours == confluent_writers[event["type"]](event, context)
