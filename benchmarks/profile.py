@@ -20,12 +20,20 @@ def py_spy() -> str:
 
 
 def start(pid: int, duration_s: int, output: Path) -> subprocess.Popen:
-    """Sample `pid` without pausing it, collapsed stacks to `output`."""
+    """Sample `pid` without pausing it, collapsed stacks to `output` (removed first: a sampler that
+    fails must not leave an earlier run's stacks to be read as this one's)."""
+    output.unlink(missing_ok=True)
     return subprocess.Popen(
         [py_spy(), "record", "--pid", str(pid), "--duration", str(duration_s), "--rate", "100", "--nonblocking",
          "--format", "raw", "--output", str(output)],
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
     )
+
+
+def finish(sampler: subprocess.Popen, timeout_s: float = 60) -> None:
+    """Wait for a sampler; raise with what py-spy said if it failed."""
+    if sampler.wait(timeout_s) != 0:
+        raise RuntimeError(f"py-spy failed: {sampler.stderr.read().decode(errors='replace').strip()[-500:]}")
 
 
 def summarise(collapsed: Path, top: int = 12) -> dict:

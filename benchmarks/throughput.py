@@ -111,7 +111,7 @@ def profile_stages(ctx: BusContext, stages: StageProcesses, workload: Workload, 
     samplers = {name: profiler.start(p.pid, seconds, outputs[name]) for name, p in stages.processes.items()}
     through(ctx, arrivals, busy, timeout_s=300)
     for sampler in samplers.values():
-        sampler.wait(60)
+        profiler.finish(sampler)
     return {name: profiler.summarise(path) | {"collapsed_stacks": str(path.relative_to(RESULTS_DIR.parent.parent))}
             for name, path in outputs.items() if path.exists()}
 
