@@ -1,9 +1,12 @@
 """Address text and coordinates -> address code, grid, street, district; bad locations flagged."""
 
 import pytest
+import shapely
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from civicbus.settings import REPO_ROOT
-from processors.standardise import Standardiser, chinese_to_int
+from processors.standardise import GridIndex, Standardiser, chinese_to_int
 
 STANDARDISER = Standardiser.from_config(REPO_ROOT / "config")
 ANDINGMEN_1 = {"address_code": "1101010010010001", "street": "dongcheng.andingmen", "district": "dongcheng", "resolved": True}
@@ -67,3 +70,42 @@ def test_no_location_stays_none():
 @pytest.mark.parametrize("text, value", [("一", 1), ("十二", 12), ("二十", 20), ("一百零五", 105), ("三五", 35)])
 def test_chinese_house_numbers(text, value):
     assert chinese_to_int(text) == value
+
+
+# ---- the grid lattice answers exactly what the point-in-polygon query does --------------------
+
+
+def _feature(grid: str, ring: list[tuple[float, float]]) -> dict:
+    return {"properties": {"grid": grid, "street": "s", "district": "d"}, "geometry": {"type": "Polygon", "coordinates": [ring]}}
+
+
+# Cells sharing edges, a triangle, a concave cell and a tiny one, so that the lattice holds covered
+# squares, squares no cell touches and squares an edge crosses.
+IRREGULAR = GridIndex([
+    _feature("square", [(0, 0), (1, 0), (1, 1), (0, 1), (0, 0)]),
+    _feature("beside", [(1, 0), (2, 0), (2, 1), (1, 1), (1, 0)]),
+    _feature("triangle", [(0, 1), (2, 1), (1, 2.3), (0, 1)]),
+    _feature("concave", [(3, 0), (5, 0), (5, 2), (4.5, 2), (4.5, 0.5), (3.5, 0.5), (3.5, 2), (3, 2), (3, 0)]),
+    _feature("tiny", [(6, 6), (6.01, 6), (6.01, 6.01), (6, 6.01), (6, 6)]),
+])
+CITY_GRID = STANDARDISER.grid
+
+
+@settings(max_examples=3000, deadline=None)
+@given(st.data())
+def test_a_point_is_placed_in_the_cell_the_query_finds(data):
+    index = data.draw(st.sampled_from([IRREGULAR, CITY_GRID]))
+    x0, y0, x1, y1 = shapely.total_bounds(index._tree.geometries)
+    on_lattice = st.integers(-3, int((x1 - x0) / index._step) + 3).map(lambda k: index._x0 + index._step * k)
+    lon = data.draw(st.one_of(st.floats(x0 - 0.1, x1 + 0.1), on_lattice, st.sampled_from([0.0, 1.0, 2.0, 4.5, 6.0, 6.01])))
+    on_lattice_y = st.integers(-3, int((y1 - y0) / index._step) + 3).map(lambda k: index._y0 + index._step * k)
+    lat = data.draw(st.one_of(st.floats(y0 - 0.1, y1 + 0.1), on_lattice_y, st.sampled_from([0.0, 0.5, 1.0, 2.0, 6.0])))
+    assert index.locate(lat, lon) == index._query_tree(lat, lon)
+
+
+def test_the_lattice_answers_most_points_without_the_query():
+    answers = list(CITY_GRID._answers.values())
+    assert answers.count(GridIndex._EDGE) < len(answers) / 4
+    assert {IRREGULAR._cells[a].grid for a in IRREGULAR._answers.values() if a >= 0} == {"square", "beside", "triangle", "concave"}
+    assert IRREGULAR.locate(0.5, 0.5).grid == "square" and IRREGULAR.locate(1.0, 4.0) is None  # inside the concave notch
+    assert IRREGULAR.locate(float("nan"), 0.5) is None and IRREGULAR.locate(100.0, 100.0) is None
