@@ -130,14 +130,15 @@ class DecisionInputs:
     targets: tuple[str, ...]  # departments dispatched to
     district: str | None  # the standardised place; None: unknown
     street: str | None
-    category: Any  # `data.category`, which a grant may name
+    category: str | None  # `data.category`, which a grant may name (only a string can match one)
     personal: tuple[str, ...]  # present_personal
 
     @classmethod
     def of(cls, event: dict[str, Any], event_type: EventType) -> DecisionInputs:
         location = event.get("location") or {}
+        category = (event.get("data") or {}).get("category")
         return cls(event["type"], event["classification"], tuple(event.get("targets") or ()), location.get("district"),
-                   location.get("street"), (event.get("data") or {}).get("category"), present_personal(event, event_type))
+                   location.get("street"), category if isinstance(category, str) else None, present_personal(event, event_type))
 
 
 def decide(department: str, rules: DepartmentRules, seen: DecisionInputs, event_type: EventType) -> Delivery | None:
