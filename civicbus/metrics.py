@@ -29,6 +29,12 @@ SKIPPED_BATCHES = Counter(
     "Record batches the embedded broker left out of a fetch at a partition's end, read again (civicbus.quirks, 9).",
     ["stage", "topic"],
 )
+OFFSET_COMMIT_FAILURES = Counter(
+    "civicbus_offset_commit_failures_total",
+    "Input offsets an at-least-once stage failed to commit (asynchronously): its next commit covers them; "
+    "a crash before it replays more.",
+    ["stage"],
+)
 STAGE_BATCH_SECONDS = Histogram(
     "civicbus_stage_batch_seconds", "Time to process and commit one batch.", ["stage"],
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),

@@ -33,6 +33,7 @@ from civicbus.processes import stop_process
 from civicbus.roles import role
 from civicbus.settings import DEFAULT_REGISTRY_PORT, Settings
 from civicbus.topology import Topology
+from processors import STAGES
 
 RESTART_BACKOFF_S = (1, 2, 5, 10, 30)
 MEMORY_ONLY_NOTICE = (
@@ -189,7 +190,7 @@ class Stack:
         children = []
         if not self.settings.schema_registry_url:
             children.append(Child("registry", civicbus_command("registry", "--port", str(self.registry_port)), listens=f"{self.registry_url} (Schema Registry API, the lock's ids)"))
-        children += [Child(stage, civicbus_command("process", stage)) for stage in ("ingest", "cases", "fanout")]
+        children += [Child(stage, civicbus_command("process", stage)) for stage in STAGES]
         children.append(Child("gateway", civicbus_command("gateway", "--port", str(self.http_port)), listens=f"http://127.0.0.1:{self.http_port}"))
         if self.simulate_rate > 0:
             children.append(Child("simulator", civicbus_command("simulate", "--rate", str(self.simulate_rate), "--duration", "0")))

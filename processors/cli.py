@@ -3,17 +3,11 @@
 from __future__ import annotations
 
 import logging
-from enum import Enum
 
 import typer
 
 from civicbus.cli_support import bus_context, configure_logging, stop_on_signals
-
-
-class StageName(str, Enum):
-    ingest = "ingest"
-    cases = "cases"
-    fanout = "fanout"
+from processors import StageName, stage_class
 
 
 def process(
@@ -23,7 +17,6 @@ def process(
     """Run one pipeline stage in the foreground until SIGTERM or Ctrl-C."""
     configure_logging()
     ctx = bus_context()
-    from processors import stage_class
     from processors.runner import StageRunner
 
     StageRunner(stage_class(stage.value)(ctx), ctx, instance=instance).run(stop_on_signals())

@@ -40,7 +40,7 @@ from confluent_kafka import OFFSET_BEGINNING, OFFSET_INVALID, KafkaError, KafkaE
 from civicbus.context import BusContext
 from civicbus.dlq import DeadLetter, Reason
 from civicbus.kafka import make_consumer, producer_config
-from civicbus.metrics import REJECTED, STAGE_BATCH_SECONDS, STAGE_RECORDS, labelled
+from civicbus.metrics import OFFSET_COMMIT_FAILURES, REJECTED, STAGE_BATCH_SECONDS, STAGE_RECORDS, labelled
 from civicbus.quirks import EMBEDDED_COMMIT_SPACING_PER_BATCH_US, SkippedBatchGuard, is_embedded
 from civicbus.signing import SIGNATURE_HEADER, RecordSigner
 from civicbus.topology import DLQ
@@ -171,7 +171,7 @@ class StageRunner:
         else:
             self._producer = Producer(producer_config(self.ctx.bootstrap, **{"linger.ms": linger_ms}))
         self.stage.prepare(self.ctx)
-        self._consumer = make_consumer(self.ctx.settings, self.ctx.bootstrap, self.group_id)
+        self._consumer = make_consumer(self.ctx.settings, self.ctx.bootstrap, self.group_id, on_commit=self._offsets_committed)
         self._guard = SkippedBatchGuard(self._consumer, self.stage.name) if embedded else None
         self._consumer.subscribe(self.stage.subscription(), on_assign=self._on_assign, on_revoke=self._on_revoke)
         log.info("stage %s running as %s", self.stage.name, self.transactional_id)
@@ -276,6 +276,18 @@ class StageRunner:
         if self._failed_delivery is not None:
             raise self._failed_delivery  # not retriable any more: exit, and the supervisor's restart replays the batch
         self._consumer.commit(offsets=positions, asynchronous=not wait)
+
+    def _offsets_committed(self, error: KafkaError | None, partitions: list[TopicPartition]) -> None:
+        """librdkafka's answer to an offset commit: a failure is logged and counted, not raised, since
+        the next commit covers the same partitions (and a crash before it replays from the last good one)."""
+        failed = [tp for tp in partitions if tp.error is not None]
+        if error is not None and error.code() == KafkaError._NO_OFFSET:
+            return  # nothing new to commit
+        if error is None and not failed:
+            return
+        labelled(OFFSET_COMMIT_FAILURES, self.stage.name).inc()
+        detail = "; ".join(f"{tp.topic}[{tp.partition}]@{tp.offset}: {tp.error.str()}" for tp in failed) or error.str()
+        log.warning("stage %s: an offset commit failed (%s); the next commit covers it", self.stage.name, detail)
 
     def _abort(self, error: KafkaException) -> None:
         if not self.stage.exactly_once or not error.args[0].txn_requires_abort():

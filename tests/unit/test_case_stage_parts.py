@@ -1,4 +1,4 @@
-"""The case stage's parts that need no broker: the commit spacing, the router, the state log."""
+"""The case stage's parts that need no broker: the router, the state log."""
 
 from __future__ import annotations
 
@@ -6,26 +6,7 @@ import json
 
 from processors.cases import CaseStore, PipeRecord
 from processors.routing import CaseRouter, partition_of, place_key
-from processors.runner import CommitSpacing
 from tests.unit.fake_records import FakeRecord
-
-
-def test_commit_spacing_grows_with_the_fullest_partition_written_and_is_bounded():
-    spacing = CommitSpacing(minimum_ms=20, maximum_ms=1000, per_batch_us=20)
-    assert spacing.interval_s == 0.02
-    for _ in range(5_000):  # 10,000 batches and markers in one partition, a few in another
-        spacing.committed([("civic.feed.police", 0)], transactional=True)
-    spacing.committed([("civic.audit", 0)], transactional=True)
-    assert spacing.interval_s == 10_000 * 20e-6
-    for _ in range(2_500):  # without a transaction: a batch, no marker
-        spacing.committed([("civic.feed.police", 0)], transactional=False)
-    assert spacing.interval_s == 12_500 * 20e-6
-    for _ in range(100_000):
-        spacing.committed([("civic.feed.police", 0)], transactional=True)
-    assert spacing.interval_s == 1.0
-    fixed = CommitSpacing(minimum_ms=20, maximum_ms=1000, per_batch_us=0)  # Apache Kafka
-    fixed.committed([("civic.feed.police", 0)] * 10, transactional=True)
-    assert fixed.interval_s == 0.02
 
 
 def report(event_id, district=None):
