@@ -21,7 +21,7 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +29,9 @@ from pathlib import Path
 import psutil
 import yaml
 from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
+from prometheus_client import CollectorRegistry
+from prometheus_client.multiprocess import MultiProcessCollector
+from prometheus_client.samples import Sample
 
 from civicbus.broker import EmbeddedBroker
 from civicbus.context import BusContext
@@ -85,10 +88,18 @@ def benchmark_city(work_dir: Path):
         dispatch = yaml.safe_load((config / "dispatch.yaml").read_text(encoding="utf-8"))
         dispatch["rules"].append({"type": SENSOR_TYPE, "to": [SENSOR_DEPARTMENT]})
         (config / "dispatch.yaml").write_text(yaml.safe_dump(dispatch, allow_unicode=True), encoding="utf-8")
-    saved = {name: os.environ.get(name) for name in ("CIVICBUS_SCHEMAS_DIR", "CIVICBUS_CONFIG")}
-    os.environ.update(CIVICBUS_SCHEMAS_DIR=str(schemas), CIVICBUS_CONFIG=str(config))
-    try:
+    with environment(CIVICBUS_SCHEMAS_DIR=str(schemas), CIVICBUS_CONFIG=str(config)):
         yield Settings(schemas_dir=schemas, config=config)
+
+
+@contextmanager
+def environment(**values: str):
+    """These variables set for the stage processes started meanwhile (they inherit this process's
+    environment); what was there before, back afterwards, also whatever was set inside."""
+    saved = {name: os.environ.get(name) for name in values}
+    os.environ.update(values)
+    try:
+        yield
     finally:
         for name, value in saved.items():
             os.environ.pop(name, None) if value is None else os.environ.update({name: value})
@@ -396,3 +407,31 @@ def usage(procs: dict[str, psutil.Process]) -> dict[str, dict]:
         except psutil.Error:
             out[name] = {"pid": proc.pid, "rss_mb": None, "cpu_s": None}
     return out
+
+
+def stage_samples(metrics_dir: str) -> Iterator[Sample]:
+    """Every metric sample the stage processes wrote to their multiprocess folder
+    (PROMETHEUS_MULTIPROC_DIR, inherited when they start), summed over the processes."""
+    registry = CollectorRegistry()
+    MultiProcessCollector(registry, metrics_dir)
+    for family in registry.collect():
+        yield from family.samples
+
+
+# librdkafka's names of the requests a transaction costs beside its Produce requests.
+TRANSACTION_REQUESTS = ("AddPartitionsToTxn", "AddOffsetsToTxn", "TxnOffsetCommit", "EndTxn")
+REQUEST_KINDS = {"Fetch": "fetch", "Produce": "produce", "OffsetCommit": "offset_commit"} | {r: "transaction" for r in TRANSACTION_REQUESTS}
+
+
+def client_counts(metrics_dir: str) -> Counter[tuple[str, str, str]]:
+    """What the stages' Kafka clients reported (civicbus.kafka.ClientStatistics), totals so far:
+    ("requests", kind, stage) by REQUEST_KINDS and ("batches", topic, stage) with the namespace
+    dropped and the feeds together."""
+    counts: Counter[tuple[str, str, str]] = Counter()
+    for sample in stage_samples(metrics_dir):
+        if sample.name == "civicbus_kafka_requests_total" and sample.labels["request"] in REQUEST_KINDS:
+            counts[("requests", REQUEST_KINDS[sample.labels["request"]], sample.labels["stage"])] += sample.value
+        elif sample.name == "civicbus_produced_batches_total":
+            topic = sample.labels["topic"][sample.labels["topic"].find("civic."):]
+            counts[("batches", "civic.feed.*" if topic.startswith("civic.feed.") else topic, sample.labels["stage"])] += sample.value
+    return counts

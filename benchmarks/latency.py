@@ -25,6 +25,7 @@ from confluent_kafka import Producer
 from benchmarks.harness import Arrivals, Record, Workload, bench_bus, locate, produce, read_all
 from benchmarks.report import percentile, write_result
 from civicbus.topology import DIST_EVENTS
+from processors import STAGES
 
 RATES = {100: 10.0, 1_000: 10.0, 5_000: 6.0}  # events/s: seconds at that rate
 TARGET_P99_MS = {100: 100, 1_000: 250}
@@ -107,7 +108,7 @@ def one_run(seed: int) -> dict:
         workload = Workload(ctx, seed)
         runs = {rate: workload.inbound_records(workload.mix(int(rate * seconds))) for rate, seconds in RATES.items()}
         case_keys = {r.key for records in runs.values() for r in records if ctx.catalog[dict(r.headers)["ce_type"].decode()].case_stage}
-        for stage in ("ingest", "cases", "fanout"):
+        for stage in STAGES:
             stages.start_stage(stage)
         feeds = Arrivals(ctx.bootstrap, [ctx.topology.feed(d) for d in ctx.city.department_ids()])
         warmup = workload.inbound_records(workload.mix(300))

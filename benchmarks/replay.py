@@ -29,7 +29,7 @@ from civicbus.cli_support import bus_context, stop_on_signals
 from civicbus.context import BusContext
 from civicbus.signing import RecordSigner
 from civicbus.wire import PUBLISHED_MS, published_at_header, read_dead_letter, read_published_ms
-from civicbus.kafka import make_producer
+from civicbus.kafka import ClientStatistics, make_producer
 from civicbus.topology import AUDIT, DIST_EVENTS, DLQ, PIPE_CASES
 from processors import stage_class
 from processors.runner import Output, Stage, StageRunner
@@ -101,7 +101,8 @@ class ReplayStage(Stage):
 
     def prepare(self, ctx: BusContext) -> None:
         if self.name == "cases":
-            self._beside = make_producer(ctx.bootstrap, **{"linger.ms": ctx.settings.commit_interval_max_ms})
+            self._beside = make_producer(ctx.bootstrap, **{"linger.ms": ctx.settings.commit_interval_max_ms},
+                                         **ClientStatistics(ctx.settings, self.name, "case-events").config())
 
     def process(self, message: Message) -> Iterable[Output]:
         """What the real stage wrote for this input, carrying this input's publish time (the

@@ -20,7 +20,9 @@ the subscriber SDK's), and each minute records:
   the committed offsets were read, of the oldest record not yet committed; null when a record
   behind could not be read within 5 s, which counts as a minute missed);
 - p50/p99 publish -> feed (the feed record's arrival - the inbound record's timestamp);
-- records each stage processed (and events delivered: the real stages' own counters);
+- records each stage processed (and events delivered: the real stages' own counters), and the
+  fetch, produce, transaction and offset-commit requests and record batches the stages' Kafka
+  clients reported (civicbus.kafka.ClientStatistics; every stage together);
 - open cases (phase 1), and how often a stage exited and was started again (as `civicbus up`
   restarts them);
 - RSS and CPU seconds of every process, the broker included;
@@ -46,18 +48,16 @@ from pathlib import Path
 
 from confluent_kafka import Consumer, ConsumerGroupTopicPartitions, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient
-from prometheus_client import CollectorRegistry
-from prometheus_client.multiprocess import MultiProcessCollector
 
-from benchmarks.harness import bench_bus, fetched, processes, read_all, usage
+from benchmarks.harness import bench_bus, client_counts, fetched, processes, read_all, stage_samples, usage
 from benchmarks.replay import capture
 from benchmarks.report import RESULTS_DIR, percentile, write_result
 from civicbus.context import BusContext
 from civicbus.kafka import FEED_READER_FETCH_WAIT_MS
 from civicbus.topology import DIST_EVENTS, PIPE_CASES
 from civicbus.wire import read_published_ms
+from processors import STAGES
 
-STAGES = ("ingest", "cases", "fanout")
 TARGET_LAG_S = 5.0
 TARGET_P99_MS = 1000.0
 # Started stages join their groups (about half the session timeout on the embedded broker,
@@ -147,17 +147,16 @@ class GroupLag:
 
 def stage_counters(metrics_dir: str) -> dict[str, float]:
     """civicbus_* counters and gauges summed over the stage processes."""
-    registry = CollectorRegistry()
-    MultiProcessCollector(registry, metrics_dir)
     totals: dict[str, float] = defaultdict(float)
-    for family in registry.collect():
-        for sample in family.samples:
-            if sample.name == "civicbus_stage_records_total":
-                totals[f"records.{sample.labels['stage']}"] += sample.value
-            elif sample.name in ("civicbus_delivered_total", "civicbus_routed_total", "civicbus_rejected_total"):
-                totals[sample.name.removeprefix("civicbus_").removesuffix("_total")] += sample.value
-            elif sample.name == "civicbus_open_cases":
-                totals["open_cases"] += sample.value
+    for sample in stage_samples(metrics_dir):
+        if sample.name == "civicbus_stage_records_total":
+            totals[f"records.{sample.labels['stage']}"] += sample.value
+        elif sample.name in ("civicbus_delivered_total", "civicbus_routed_total", "civicbus_rejected_total"):
+            totals[sample.name.removeprefix("civicbus_").removesuffix("_total")] += sample.value
+        elif sample.name == "civicbus_open_cases":
+            totals["open_cases"] += sample.value
+    for (kind, name, _), value in client_counts(metrics_dir).items():  # every stage together
+        totals[f"{name}_requests" if kind == "requests" else "batches"] += value
     return dict(totals)
 
 

@@ -4,8 +4,9 @@
 - the replay of exactly the records the pipeline wrote for those events (benchmarks.replay: the
   same topics, partitions, sizes and transactions, no processing), in a second namespace of the
   same broker, in the same run: what the broker alone costs for this pipeline's traffic.
-Also counts what the pipeline writes per event (records and transaction markers per topic) and
-what each process spends on it: CPU microseconds per event of every stage, the broker and the
+Also counts what the pipeline writes per event (records and transaction markers per topic; the
+record batches and the fetch, produce, transaction and offset-commit requests its clients
+reported, beside the replay's) and what each process spends on it: CPU microseconds per event of every stage, the broker and the
 benchmark's own producer and reader, pipeline beside replay. On the 2-core machine the broker
 alone fills about one core, so the stages' CPU per event is what the ratio to the replay turns on.
 Optionally profiles every stage with py-spy while the pipeline is busy.
@@ -16,9 +17,12 @@ passthrough is reported beside it.
 
 from __future__ import annotations
 
+import os
 import pickle
+import tempfile
 import time
 from collections import Counter
+from contextlib import contextmanager
 from pathlib import Path
 
 import psutil
@@ -26,14 +30,18 @@ import psutil
 from confluent_kafka import Consumer, Producer, TopicPartition
 
 from benchmarks import profile as profiler
-from benchmarks.harness import Arrivals, Record, StageProcesses, Workload, bench_bus, locate, processes, produce, usage
+from benchmarks.harness import (Arrivals, Record, StageProcesses, Workload, bench_bus, client_counts, environment, locate,
+                                processes, produce, usage)
 from benchmarks.replay import capture
 from benchmarks.report import RESULTS_DIR, median, write_result
 from civicbus.context import BusContext
 from civicbus.kafka import apply_topics, producer_config
 from civicbus.topology import TopicSpec, Topology
+from processors import STAGES
 
 PATHS = {"no_case": False, "case": True}
+# How often the stages' clients report their statistics here (Settings.client_statistics_interval_ms).
+STATISTICS_INTERVAL_MS = 500
 WARMUP = 200
 
 
@@ -77,6 +85,29 @@ def through(ctx: BusContext, arrivals: Arrivals, records: list[Record], timeout_
         missing = keys - set(arrivals.first_seen)
         raise TimeoutError(f"{e}; where the missing ones are: {locate(ctx, missing)}") from None
     return len(records) / (last - started)
+
+
+class ClientCounted:
+    """The requests and record batches the stages' Kafka clients reported (harness.client_counts)
+    while the measured runs of one path were under way, read from their metrics folder."""
+
+    def __init__(self, metrics_dir: str):
+        self.metrics_dir = metrics_dir
+        self.counted: dict[str, Counter] = {}
+
+    def measure(self, path: str, run):
+        before = client_counts(self.metrics_dir)
+        result = run()
+        time.sleep(3 * STATISTICS_INTERVAL_MS / 1000)  # the clients' last statistics of the runs
+        self.counted[path] = client_counts(self.metrics_dir) - before
+        return result
+
+    def per_event(self, path: str, events: int) -> dict[str, dict[str, float]]:
+        figures: dict[str, dict[str, float]] = {}
+        for (kind, name, stage), n in sorted(self.counted.get(path, Counter()).items()):
+            key, inner = (f"{name}_requests", stage) if kind == "requests" else ("batches", name)
+            figures.setdefault(key, Counter())[inner] += n
+        return {key: {inner: round(n / events, 3) for inner, n in sorted(values.items())} for key, values in figures.items()}
 
 
 class CpuSpent:
@@ -136,19 +167,32 @@ def retargeted(ctx: BusContext, records: list[Record], namespace: str) -> list[R
     return [Record(namespace + r.topic[len(ctx.topology.namespace):], r.key, r.value, r.headers) for r in records]
 
 
+@contextmanager
+def metrics_folders(*phases: str):
+    """A metrics folder per phase, the first one's for the stage processes started now (the next
+    phase sets its own), and their clients' statistics reported every STATISTICS_INTERVAL_MS."""
+    with tempfile.TemporaryDirectory(prefix="civicbus-throughput-") as root:
+        folders = {phase: os.path.join(root, phase) for phase in phases}
+        for folder in folders.values():
+            os.mkdir(folder)
+        with environment(CIVICBUS_CLIENT_STATISTICS_INTERVAL_MS=str(STATISTICS_INTERVAL_MS), PROMETHEUS_MULTIPROC_DIR=folders[phases[0]]):
+            yield folders
+
+
 def run(events: int = 10_000, repeats: int = 3, seed: int = 6, profile: bool = False) -> Path:
-    with bench_bus() as (ctx, stages):
+    with metrics_folders("pipeline", "replay") as metrics_dirs, bench_bus() as (ctx, stages):
         workload = Workload(ctx, seed)
         batches = {path: [workload.inbound_records(workload.events(events, case)) for _ in range(repeats)] for path, case in PATHS.items()}
         warmup = {path: workload.inbound_records(workload.events(WARMUP, case)) for path, case in PATHS.items()}
         raw = {path: [raw_passthrough(ctx, records, f"{path}{i}") for i, records in enumerate(batches[path])] for path in PATHS}
 
-        for stage in ("ingest", "cases", "fanout"):
+        for stage in STAGES:
             stages.start_stage(stage)
         feeds = Arrivals(ctx.bootstrap, [ctx.topology.feed(d) for d in ctx.city.department_ids()])
         through(ctx, feeds, warmup["no_case"] + warmup["case"], timeout_s=120)
-        pipeline_cpu = CpuSpent(stages)
-        pipeline = {path: pipeline_cpu.measure(path, lambda: [through(ctx, feeds, records) for records in batches[path]]) for path in PATHS}
+        pipeline_cpu, pipeline_clients = CpuSpent(stages), ClientCounted(metrics_dirs["pipeline"])
+        pipeline = {path: pipeline_clients.measure(path, lambda: pipeline_cpu.measure(
+            path, lambda: [through(ctx, feeds, records) for records in batches[path]])) for path in PATHS}
         stages.stop()
         spans: dict[str, int] = {}
         captured = capture(ctx, spans)
@@ -161,20 +205,22 @@ def run(events: int = 10_000, repeats: int = 3, seed: int = 6, profile: bool = F
         capture_path.write_bytes(pickle.dumps(captured))
         replay_ctx = BusContext(ctx.settings.model_copy(update={"namespace": replay_ns}))
         replay_stages = StageProcesses(replay_ctx, stages.log_dir)
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dirs["replay"]
         try:
-            for stage in ("ingest", "cases", "fanout"):
+            for stage in STAGES:
                 replay_stages.start(f"replay-{stage}", ["-m", "benchmarks.replay", stage, str(capture_path)])
             replay_feeds = Arrivals(ctx.bootstrap, [replay_ctx.topology.feed(d) for d in ctx.city.department_ids()])
             through(ctx, replay_feeds, retargeted(ctx, warmup["no_case"] + warmup["case"], replay_ns), timeout_s=120)
-            replay_cpu = CpuSpent(replay_stages)
-            replay = {path: replay_cpu.measure(path, lambda: [through(ctx, replay_feeds, retargeted(ctx, records, replay_ns))
-                                                               for records in batches[path]]) for path in PATHS}
+            replay_cpu, replay_clients = CpuSpent(replay_stages), ClientCounted(metrics_dirs["replay"])
+            replay = {path: replay_clients.measure(path, lambda: replay_cpu.measure(
+                path, lambda: [through(ctx, replay_feeds, retargeted(ctx, records, replay_ns)) for records in batches[path]]))
+                for path in PATHS}
         finally:
             replay_stages.stop()
             capture_path.unlink(missing_ok=True)
 
         if profile:
-            for stage in ("ingest", "cases", "fanout"):
+            for stage in STAGES:
                 stages.start_stage(stage)
             profiles = profile_stages(ctx, stages, workload, feeds, 10)
             stages.stop()
@@ -198,6 +244,8 @@ def run(events: int = 10_000, repeats: int = 3, seed: int = 6, profile: bool = F
         "records_written_per_event": written,
         "cpu_us_per_event": {path: {"pipeline": pipeline_cpu.per_event_us(path, events * repeats),
                                     "replay": replay_cpu.per_event_us(path, events * repeats)} for path in PATHS},
+        "kafka_per_event": {path: {"pipeline": pipeline_clients.per_event(path, events * repeats),
+                                   "replay": replay_clients.per_event(path, events * repeats)} for path in PATHS},
         "target": {"ratio_to_replay_at_least": 0.5},
     }
     figures["target_met"] = all(figures["events_per_s"][p]["ratio_to_replay"] >= 0.5 for p in PATHS)

@@ -12,6 +12,7 @@ from pathlib import Path
 from benchmarks.harness import Arrivals, Workload, bench_bus
 from benchmarks.report import median, write_result
 from benchmarks.throughput import through
+from processors import STAGES
 
 PARTITIONS = 2
 
@@ -21,7 +22,7 @@ def measure(workers: int, events: int, repeats: int, seed: int) -> list[float]:
         workload = Workload(ctx, seed)
         runs = [workload.inbound_records(workload.mix(events)) for _ in range(repeats)]
         for instance in range(workers):
-            for stage in ("ingest", "cases", "fanout"):
+            for stage in STAGES:
                 stages.start_stage(stage, str(instance))
         feeds = Arrivals(ctx.bootstrap, [ctx.topology.feed(d) for d in ctx.city.department_ids()])
         rates, missing = [], []

@@ -35,6 +35,16 @@ OFFSET_COMMIT_FAILURES = Counter(
     "a crash before it replays more.",
     ["stage"],
 )
+KAFKA_REQUESTS = Counter(
+    "civicbus_kafka_requests_total",
+    "Requests a stage's Kafka clients sent, by client and API (Fetch, Produce, EndTxn, ...): what the stage costs the broker.",
+    ["stage", "client", "request"],
+)
+PRODUCED_BATCHES = Counter(
+    "civicbus_produced_batches_total",
+    "Record batches a stage's producers wrote, by topic: each one the embedded broker lists again at every fetch of its partition.",
+    ["stage", "topic"],
+)
 STAGE_BATCH_SECONDS = Histogram(
     "civicbus_stage_batch_seconds", "Time to process and commit one batch.", ["stage"],
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),

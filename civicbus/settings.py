@@ -73,6 +73,11 @@ class Settings(BaseSettings):
         "(processors.runner.CommitSpacing). Unset: 20 on the embedded broker, whose fetches cost more "
         "as partitions grow, 0 on Apache Kafka.",
     )
+    client_statistics_interval_ms: int = Field(
+        default=10_000, ge=0,
+        description="How often each stage's Kafka clients report librdkafka's statistics, counted in "
+        "civicbus_kafka_requests_total and civicbus_produced_batches_total (civicbus.kafka.ClientStatistics); 0: never.",
+    )
     state_dir: Path = Field(
         default_factory=lambda: Path.cwd() / ".civicbus",
         description="Spools, tokens, keys, logs and the running stack's endpoints; ./.civicbus of the working directory.",

@@ -47,7 +47,7 @@ from confluent_kafka import KafkaError, KafkaException, Message, Producer, Topic
 
 from civicbus.context import BusContext
 from civicbus.dlq import DeadLetter, Reason
-from civicbus.kafka import make_consumer, make_producer, read_to_end
+from civicbus.kafka import ClientStatistics, make_consumer, make_producer, read_to_end
 from civicbus.metrics import ESCALATED, OPEN_CASES, OVERDUE_CASES, REJECTED, ROUTED, labelled
 from civicbus.schemas import ESCALATION_TYPE
 from civicbus.serde import DecodeError
@@ -312,7 +312,8 @@ class CaseStage(Stage):
 
     def prepare(self, ctx: BusContext) -> None:
         # Flushed at every commit (before_commit): lingering until then writes one batch per commit.
-        self._events = make_producer(ctx.bootstrap, **{"linger.ms": int(ctx.settings.commit_interval_max_ms)})
+        self._events = make_producer(ctx.bootstrap, **{"linger.ms": int(ctx.settings.commit_interval_max_ms)},
+                                     **ClientStatistics(ctx.settings, STAGE, "case-events").config())
         self._clock = CaseClock(self._events, self.signer, self.pipe_topic, self.rules.categories.clock.total_seconds())
         self._clock.start()
 

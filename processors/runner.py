@@ -39,7 +39,7 @@ from confluent_kafka import OFFSET_BEGINNING, OFFSET_INVALID, KafkaError, KafkaE
 
 from civicbus.context import BusContext
 from civicbus.dlq import DeadLetter, Reason
-from civicbus.kafka import make_consumer, producer_config
+from civicbus.kafka import ClientStatistics, make_consumer, producer_config
 from civicbus.metrics import OFFSET_COMMIT_FAILURES, REJECTED, STAGE_BATCH_SECONDS, STAGE_RECORDS, labelled
 from civicbus.quirks import EMBEDDED_COMMIT_SPACING_PER_BATCH_US, SkippedBatchGuard, is_embedded
 from civicbus.signing import SIGNATURE_HEADER, RecordSigner
@@ -164,14 +164,17 @@ class StageRunner:
             per_batch_us = EMBEDDED_COMMIT_SPACING_PER_BATCH_US if embedded else 0.0
         self.spacing = CommitSpacing(settings.commit_interval_ms, settings.commit_interval_max_ms, per_batch_us)
         linger_ms = max(2, int(self.spacing.maximum_s * 1000))  # a commit flushes: one batch per partition
+        statistics = ClientStatistics(settings, self.stage.name, "producer").config()
         if self.stage.exactly_once:
             self._producer = Producer(producer_config(
-                self.ctx.bootstrap, **{"transactional.id": self.transactional_id, "transaction.timeout.ms": 60000, "linger.ms": linger_ms}))
+                self.ctx.bootstrap, **{"transactional.id": self.transactional_id, "transaction.timeout.ms": 60000, "linger.ms": linger_ms},
+                **statistics))
             self._producer.init_transactions()  # fences a previous incarnation and aborts its open transaction
         else:
-            self._producer = Producer(producer_config(self.ctx.bootstrap, **{"linger.ms": linger_ms}))
+            self._producer = Producer(producer_config(self.ctx.bootstrap, **{"linger.ms": linger_ms}, **statistics))
         self.stage.prepare(self.ctx)
-        self._consumer = make_consumer(self.ctx.settings, self.ctx.bootstrap, self.group_id, on_commit=self._offsets_committed)
+        self._consumer = make_consumer(settings, self.ctx.bootstrap, self.group_id, on_commit=self._offsets_committed,
+                                       **ClientStatistics(settings, self.stage.name, "consumer").config())
         self._guard = SkippedBatchGuard(self._consumer, self.stage.name) if embedded else None
         self._consumer.subscribe(self.stage.subscription(), on_assign=self._on_assign, on_revoke=self._on_revoke)
         log.info("stage %s running as %s", self.stage.name, self.transactional_id)

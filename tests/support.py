@@ -23,6 +23,7 @@ from civicbus.context import BusContext
 from civicbus.processes import stop_process
 from civicbus.signing import RecordSigner
 from civicbus.settings import REPO_ROOT
+from processors import STAGES
 
 
 def read_topic(
@@ -143,8 +144,6 @@ class StageProcess:
 class PipelineProcesses:
     """`civicbus process <stage>` children for one test namespace."""
 
-    STAGES = ("ingest", "cases", "fanout")
-
     def __init__(self, ctx: BusContext):
         self.ctx = ctx
         self.log_dir = tempfile.mkdtemp(prefix="civicbus-test-")
@@ -164,7 +163,7 @@ class PipelineProcesses:
         return self.stages[name]
 
     def start_all(self) -> None:
-        for stage in self.STAGES:
+        for stage in STAGES:
             self.start(stage)
 
     def kill(self, stage: str) -> None:
