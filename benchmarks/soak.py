@@ -20,9 +20,10 @@ the subscriber SDK's), and each minute records:
   the committed offsets were read, of the oldest record not yet committed; null when a record
   behind could not be read within 5 s, which counts as a minute missed);
 - p50/p99 publish -> feed (the feed record's arrival - the inbound record's timestamp);
-- records each stage processed (and events delivered: the real stages' own counters), and the
-  fetch, produce, transaction and offset-commit requests and record batches the stages' Kafka
-  clients reported (civicbus.kafka.ClientStatistics; every stage together);
+- records each stage processed (and events delivered and dead letters by stage and reason: the
+  real stages' own counters), and the fetch, produce, transaction and offset-commit requests and
+  record batches the stages' Kafka clients reported (civicbus.kafka.ClientStatistics; every stage
+  together);
 - open cases (phase 1), and how often a stage exited and was started again (as `civicbus up`
   restarts them);
 - RSS and CPU seconds of every process, the broker included;
@@ -151,8 +152,10 @@ def stage_counters(metrics_dir: str) -> dict[str, float]:
     for sample in stage_samples(metrics_dir):
         if sample.name == "civicbus_stage_records_total":
             totals[f"records.{sample.labels['stage']}"] += sample.value
-        elif sample.name in ("civicbus_delivered_total", "civicbus_routed_total", "civicbus_rejected_total"):
+        elif sample.name in ("civicbus_delivered_total", "civicbus_routed_total"):
             totals[sample.name.removeprefix("civicbus_").removesuffix("_total")] += sample.value
+        elif sample.name == "civicbus_rejected_total":
+            totals[f"rejected.{sample.labels['stage']}.{sample.labels['reason']}"] += sample.value
         elif sample.name == "civicbus_open_cases":
             totals["open_cases"] += sample.value
     for (kind, name, _), value in client_counts(metrics_dir).items():  # every stage together
