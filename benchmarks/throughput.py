@@ -4,9 +4,9 @@
 - the replay of exactly the records the pipeline wrote for those events (benchmarks.replay: the
   same topics, partitions, sizes and transactions, no processing), in a second namespace of the
   same broker, in the same run: what the broker alone costs for this pipeline's traffic.
-Also counts what the pipeline writes per event (records and transaction markers per topic; the
-record batches and the fetch, produce, transaction and offset-commit requests its clients
-reported, beside the replay's) and what each process spends on it: CPU microseconds per event of every stage, the broker and the
+Also counts what the pipeline writes per event (records and transaction markers per topic; per 1,000
+events, the record batches and the fetch, produce, transaction and offset-commit requests its
+clients reported, beside the replay's) and what each process spends on it: CPU microseconds per event of every stage, the broker and the
 benchmark's own producer and reader, pipeline beside replay. On the 2-core machine the broker
 alone fills about one core, so the stages' CPU per event is what the ratio to the replay turns on.
 Optionally profiles every stage with py-spy while the pipeline is busy.
@@ -102,12 +102,13 @@ class ClientCounted:
         self.counted[path] = client_counts(self.metrics_dir) - before
         return result
 
-    def per_event(self, path: str, events: int) -> dict[str, dict[str, float]]:
+    def per_thousand_events(self, path: str, events: int) -> dict[str, dict[str, float]]:
+        """Per 1,000 events: a busy stage's commit carries hundreds of events, so per event these round to 0."""
         figures: dict[str, dict[str, float]] = {}
         for (kind, name, stage), n in sorted(self.counted.get(path, Counter()).items()):
             key, inner = (f"{name}_requests", stage) if kind == "requests" else ("batches", name)
             figures.setdefault(key, Counter())[inner] += n
-        return {key: {inner: round(n / events, 3) for inner, n in sorted(values.items())} for key, values in figures.items()}
+        return {key: {inner: round(n * 1000 / events, 1) for inner, n in sorted(values.items())} for key, values in figures.items()}
 
 
 class CpuSpent:
@@ -244,8 +245,8 @@ def run(events: int = 10_000, repeats: int = 3, seed: int = 6, profile: bool = F
         "records_written_per_event": written,
         "cpu_us_per_event": {path: {"pipeline": pipeline_cpu.per_event_us(path, events * repeats),
                                     "replay": replay_cpu.per_event_us(path, events * repeats)} for path in PATHS},
-        "kafka_per_event": {path: {"pipeline": pipeline_clients.per_event(path, events * repeats),
-                                   "replay": replay_clients.per_event(path, events * repeats)} for path in PATHS},
+        "kafka_per_1000_events": {path: {"pipeline": pipeline_clients.per_thousand_events(path, events * repeats),
+                                         "replay": replay_clients.per_thousand_events(path, events * repeats)} for path in PATHS},
         "target": {"ratio_to_replay_at_least": 0.5},
     }
     figures["target_met"] = all(figures["events_per_s"][p]["ratio_to_replay"] >= 0.5 for p in PATHS)
