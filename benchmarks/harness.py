@@ -424,14 +424,18 @@ REQUEST_KINDS = {"Fetch": "fetch", "Produce": "produce", "OffsetCommit": "offset
 
 
 def client_counts(metrics_dir: str) -> Counter[tuple[str, str, str]]:
-    """What the stages' Kafka clients reported (civicbus.kafka.ClientStatistics), totals so far:
-    ("requests", kind, stage) by REQUEST_KINDS and ("batches", topic, stage) with the namespace
-    dropped and the feeds together."""
+    """What the stages' Kafka clients reported (processors.runner.ClientStatistics), totals so far:
+    ("requests", kind, stage) by REQUEST_KINDS and ("batches", topic_group(topic), stage)."""
     counts: Counter[tuple[str, str, str]] = Counter()
     for sample in stage_samples(metrics_dir):
         if sample.name == "civicbus_kafka_requests_total" and sample.labels["request"] in REQUEST_KINDS:
             counts[("requests", REQUEST_KINDS[sample.labels["request"]], sample.labels["stage"])] += sample.value
         elif sample.name == "civicbus_produced_batches_total":
-            topic = sample.labels["topic"][sample.labels["topic"].find("civic."):]
-            counts[("batches", "civic.feed.*" if topic.startswith("civic.feed.") else topic, sample.labels["stage"])] += sample.value
+            counts[("batches", topic_group(sample.labels["topic"]), sample.labels["stage"])] += sample.value
     return counts
+
+
+def topic_group(topic: str) -> str:
+    """A topic as the benchmarks report it: without the namespace, the feeds together."""
+    topic = topic[topic.find("civic."):]
+    return "civic.feed.*" if topic.startswith("civic.feed.") else topic

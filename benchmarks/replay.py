@@ -29,10 +29,10 @@ from civicbus.cli_support import bus_context, stop_on_signals
 from civicbus.context import BusContext
 from civicbus.signing import RecordSigner
 from civicbus.wire import PUBLISHED_MS, published_at_header, read_dead_letter, read_published_ms
-from civicbus.kafka import ClientStatistics, make_producer
+from civicbus.kafka import make_producer
 from civicbus.topology import AUDIT, DIST_EVENTS, DLQ, PIPE_CASES
 from processors import stage_class
-from processors.runner import Output, Stage, StageRunner
+from processors.runner import ClientStatistics, Output, Stage, StageRunner
 
 # (topic without the namespace, partition, key, value, headers)
 Captured = tuple[str, int, bytes | None, bytes | None, list]

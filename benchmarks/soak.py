@@ -22,7 +22,7 @@ the subscriber SDK's), and each minute records:
 - p50/p99 publish -> feed (the feed record's arrival - the inbound record's timestamp);
 - records each stage processed (and events delivered and dead letters by stage and reason: the
   real stages' own counters), and the fetch, produce, transaction and offset-commit requests and
-  record batches the stages' Kafka clients reported (civicbus.kafka.ClientStatistics; every stage
+  record batches the stages' Kafka clients reported (processors.runner.ClientStatistics; every stage
   together);
 - open cases (phase 1), and how often a stage exited and was started again (as `civicbus up`
   restarts them);

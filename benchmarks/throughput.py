@@ -31,7 +31,7 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 
 from benchmarks import profile as profiler
 from benchmarks.harness import (Arrivals, Record, StageProcesses, Workload, bench_bus, client_counts, environment, locate,
-                                processes, produce, usage)
+                                processes, produce, topic_group, usage)
 from benchmarks.replay import capture
 from benchmarks.report import RESULTS_DIR, median, write_result
 from civicbus.context import BusContext
@@ -95,12 +95,12 @@ class ClientCounted:
         self.metrics_dir = metrics_dir
         self.counted: dict[str, Counter] = {}
 
-    def measure(self, path: str, run):
+    @contextmanager
+    def measuring(self, path: str):
         before = client_counts(self.metrics_dir)
-        result = run()
+        yield
         time.sleep(3 * STATISTICS_INTERVAL_MS / 1000)  # the clients' last statistics of the runs
         self.counted[path] = client_counts(self.metrics_dir) - before
-        return result
 
     def per_thousand_events(self, path: str, events: int) -> dict[str, dict[str, float]]:
         """Per 1,000 events: a busy stage's commit carries hundreds of events, so per event these round to 0."""
@@ -119,16 +119,16 @@ class CpuSpent:
         self.stages = stages
         self.spent: dict[str, Counter[str]] = {}
 
-    def measure(self, path: str, run):
+    @contextmanager
+    def measuring(self, path: str):
         procs = processes(self.stages) | {"benchmark": psutil.Process()}
         before = usage(procs)
-        result = run()
+        yield
         after = usage(procs)
         spent = self.spent.setdefault(path, Counter())
         for name, now in after.items():
             if now["cpu_s"] is not None and before[name]["cpu_s"] is not None:
                 spent[name.removeprefix("replay-").removesuffix("-0")] += now["cpu_s"] - before[name]["cpu_s"]
-        return result
 
     def per_event_us(self, path: str, events: int) -> dict[str, int]:
         spent = self.spent.get(path, Counter())
@@ -151,15 +151,14 @@ def profile_stages(ctx: BusContext, stages: StageProcesses, workload: Workload, 
 def per_event(captured: dict, spans: dict[str, int], events: int) -> dict:
     """Records and transaction markers written per event, by topic (feeds together), from the
     captured run: a marker takes an offset, so it is what an offset span holds beyond records."""
-    group = lambda topic: "civic.feed.*" if topic.startswith("civic.feed.") else topic  # noqa: E731
     records: Counter = Counter()
     for outputs in captured.values():
         for written in outputs.values():
             for topic, *_ in written:
-                records[group(topic)] += 1
+                records[topic_group(topic)] += 1
     offsets: Counter = Counter()
     for topic, span in spans.items():
-        offsets[group(topic)] += span
+        offsets[topic_group(topic)] += span
     return {topic: {"records": round(n / events, 2), "markers": round(max(0, offsets[topic] - n) / events, 2)}
             for topic, n in sorted(records.items())}
 
@@ -192,8 +191,10 @@ def run(events: int = 10_000, repeats: int = 3, seed: int = 6, profile: bool = F
         feeds = Arrivals(ctx.bootstrap, [ctx.topology.feed(d) for d in ctx.city.department_ids()])
         through(ctx, feeds, warmup["no_case"] + warmup["case"], timeout_s=120)
         pipeline_cpu, pipeline_clients = CpuSpent(stages), ClientCounted(metrics_dirs["pipeline"])
-        pipeline = {path: pipeline_clients.measure(path, lambda: pipeline_cpu.measure(
-            path, lambda: [through(ctx, feeds, records) for records in batches[path]])) for path in PATHS}
+        pipeline = {}
+        for path in PATHS:
+            with pipeline_clients.measuring(path), pipeline_cpu.measuring(path):
+                pipeline[path] = [through(ctx, feeds, records) for records in batches[path]]
         stages.stop()
         spans: dict[str, int] = {}
         captured = capture(ctx, spans)
@@ -213,9 +214,10 @@ def run(events: int = 10_000, repeats: int = 3, seed: int = 6, profile: bool = F
             replay_feeds = Arrivals(ctx.bootstrap, [replay_ctx.topology.feed(d) for d in ctx.city.department_ids()])
             through(ctx, replay_feeds, retargeted(ctx, warmup["no_case"] + warmup["case"], replay_ns), timeout_s=120)
             replay_cpu, replay_clients = CpuSpent(replay_stages), ClientCounted(metrics_dirs["replay"])
-            replay = {path: replay_clients.measure(path, lambda: replay_cpu.measure(
-                path, lambda: [through(ctx, replay_feeds, retargeted(ctx, records, replay_ns)) for records in batches[path]]))
-                for path in PATHS}
+            replay = {}
+            for path in PATHS:
+                with replay_clients.measuring(path), replay_cpu.measuring(path):
+                    replay[path] = [through(ctx, replay_feeds, retargeted(ctx, records, replay_ns)) for records in batches[path]]
         finally:
             replay_stages.stop()
             capture_path.unlink(missing_ok=True)

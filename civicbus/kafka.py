@@ -6,7 +6,6 @@ Client settings that every component shares live here, so a stage never hand-wri
 from __future__ import annotations
 
 import asyncio
-import json
 import threading
 import time
 from collections.abc import Callable
@@ -15,7 +14,6 @@ from dataclasses import dataclass
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic
 
-from civicbus.metrics import KAFKA_REQUESTS, PRODUCED_BATCHES, labelled
 from civicbus.settings import Settings
 from civicbus.topology import TopicSpec
 
@@ -75,42 +73,6 @@ def consumer_config(settings: Settings, bootstrap: str, group_id: str, **extra) 
         "fetch.wait.max.ms": settings.fetch_wait_max_ms,
         **extra,
     }
-
-
-class ClientStatistics:
-    """A client's librdkafka statistics (`stats_cb`) as civicbus_kafka_requests_total, by API, and
-    civicbus_produced_batches_total, by topic: the requests and record batches a stage costs the
-    broker, which the embedded broker pays for as its logs grow (civicbus.quirks, 1 and 2).
-
-    librdkafka reports requests as totals since the client started (per broker connection) and
-    batches per statistics window, so the first are counted by difference and the second summed.
-    """
-
-    def __init__(self, settings: Settings, stage: str, client: str):
-        self.settings = settings
-        self.stage = stage
-        self.client = client
-        self._sent: dict[tuple[str, str], int] = {}  # (broker connection, API) -> requests reported so far
-
-    def config(self) -> dict:
-        """What to add to the client's configuration; nothing when statistics are off."""
-        interval = self.settings.client_statistics_interval_ms
-        return {"statistics.interval.ms": interval, "stats_cb": self.update} if interval else {}
-
-    def update(self, stats_json: str) -> None:
-        stats = json.loads(stats_json)
-        for connection, broker in stats.get("brokers", {}).items():
-            for request, total in broker.get("req", {}).items():
-                sent = total - self._sent.get((connection, request), 0)
-                if sent > 0:
-                    labelled(KAFKA_REQUESTS, self.stage, self.client, request).inc(sent)
-                    self._sent[(connection, request)] = total
-        if stats.get("type") != "producer":
-            return  # a consumer's topic figures are of what it fetched
-        for topic, figures in stats.get("topics", {}).items():
-            batches = figures.get("batchcnt", {}).get("cnt", 0)
-            if batches:
-                labelled(PRODUCED_BATCHES, self.stage, topic).inc(batches)
 
 
 def make_producer(bootstrap: str, **extra) -> Producer:

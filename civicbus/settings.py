@@ -76,7 +76,7 @@ class Settings(BaseSettings):
     client_statistics_interval_ms: int = Field(
         default=10_000, ge=0,
         description="How often each stage's Kafka clients report librdkafka's statistics, counted in "
-        "civicbus_kafka_requests_total and civicbus_produced_batches_total (civicbus.kafka.ClientStatistics); 0: never.",
+        "civicbus_kafka_requests_total and civicbus_produced_batches_total (processors.runner.ClientStatistics); 0: never.",
     )
     state_dir: Path = Field(
         default_factory=lambda: Path.cwd() / ".civicbus",

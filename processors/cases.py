@@ -47,7 +47,7 @@ from confluent_kafka import KafkaError, KafkaException, Message, Producer, Topic
 
 from civicbus.context import BusContext
 from civicbus.dlq import DeadLetter, Reason
-from civicbus.kafka import ClientStatistics, make_consumer, make_producer, read_to_end
+from civicbus.kafka import make_consumer, make_producer, read_to_end
 from civicbus.metrics import ESCALATED, OPEN_CASES, OVERDUE_CASES, REJECTED, ROUTED, labelled
 from civicbus.schemas import ESCALATION_TYPE
 from civicbus.serde import DecodeError
@@ -56,7 +56,7 @@ from civicbus.topology import CASES, DIST_EVENTS, DLQ, PIPE_CASES
 from civicbus.wire import clock_header, is_cloudevent_header, read_clock_ms
 from processors.case_snapshot import case_snapshot
 from processors.casebook import CaseBook, CaseError, CaseRules, TickResult
-from processors.runner import Output, Stage
+from processors.runner import ClientStatistics, Output, Stage
 
 log = logging.getLogger(__name__)
 

@@ -28,6 +28,7 @@ writes one batch per partition.
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
@@ -39,9 +40,11 @@ from confluent_kafka import OFFSET_BEGINNING, OFFSET_INVALID, KafkaError, KafkaE
 
 from civicbus.context import BusContext
 from civicbus.dlq import DeadLetter, Reason
-from civicbus.kafka import ClientStatistics, make_consumer, producer_config
-from civicbus.metrics import OFFSET_COMMIT_FAILURES, REJECTED, STAGE_BATCH_SECONDS, STAGE_RECORDS, labelled
+from civicbus.kafka import make_consumer, producer_config
+from civicbus.metrics import (KAFKA_REQUESTS, OFFSET_COMMIT_FAILURES, PRODUCED_BATCHES, REJECTED, STAGE_BATCH_SECONDS,
+                              STAGE_RECORDS, labelled)
 from civicbus.quirks import EMBEDDED_COMMIT_SPACING_PER_BATCH_US, SkippedBatchGuard, is_embedded
+from civicbus.settings import Settings
 from civicbus.signing import SIGNATURE_HEADER, RecordSigner
 from civicbus.topology import DLQ
 
@@ -98,6 +101,42 @@ def dead_letter_output(ctx: BusContext, stage: str, message: Message, reason: Re
     labelled(REJECTED, stage, reason.value).inc()
     letter = DeadLetter(reason, detail, stage, message.topic(), message.partition(), message.offset(), message.key(), message.value())
     return Output(ctx.topology.name(DLQ), letter.value, letter.key, letter.headers())
+
+
+class ClientStatistics:
+    """A client's librdkafka statistics (`stats_cb`) as civicbus_kafka_requests_total, by API, and
+    civicbus_produced_batches_total, by topic: the requests and record batches a stage costs the
+    broker, which the embedded broker pays for as its logs grow (civicbus.quirks, 1 and 2).
+
+    librdkafka reports requests as totals since the client started (per broker connection) and
+    batches per statistics window, so the first are counted by difference and the second summed.
+    """
+
+    def __init__(self, settings: Settings, stage: str, client: str):
+        self.settings = settings
+        self.stage = stage
+        self.client = client
+        self._sent: dict[tuple[str, str], int] = {}  # (broker connection, API) -> requests reported so far
+
+    def config(self) -> dict:
+        """What to add to the client's configuration; nothing when statistics are off."""
+        interval = self.settings.client_statistics_interval_ms
+        return {"statistics.interval.ms": interval, "stats_cb": self.update} if interval else {}
+
+    def update(self, stats_json: str) -> None:
+        stats = json.loads(stats_json)
+        for connection, broker in stats.get("brokers", {}).items():
+            for request, total in broker.get("req", {}).items():
+                sent = total - self._sent.get((connection, request), 0)
+                if sent > 0:
+                    labelled(KAFKA_REQUESTS, self.stage, self.client, request).inc(sent)
+                    self._sent[(connection, request)] = total
+        if stats.get("type") != "producer":
+            return  # a consumer's topic figures are of what it fetched
+        for topic, figures in stats.get("topics", {}).items():
+            batches = figures.get("batchcnt", {}).get("cnt", 0)
+            if batches:
+                labelled(PRODUCED_BATCHES, self.stage, topic).inc(batches)
 
 
 class CommitSpacing:
@@ -283,9 +322,9 @@ class StageRunner:
     def _offsets_committed(self, error: KafkaError | None, partitions: list[TopicPartition]) -> None:
         """librdkafka's answer to an offset commit: a failure is logged and counted, not raised, since
         the next commit covers the same partitions (and a crash before it replays from the last good one)."""
-        failed = [tp for tp in partitions if tp.error is not None]
         if error is not None and error.code() == KafkaError._NO_OFFSET:
             return  # nothing new to commit
+        failed = [tp for tp in partitions if tp.error is not None]
         if error is None and not failed:
             return
         labelled(OFFSET_COMMIT_FAILURES, self.stage.name).inc()

@@ -1,4 +1,4 @@
-"""civicbus.kafka.ClientStatistics: a stage's clients count the requests they send and the record
+"""processors.runner.ClientStatistics: a stage's clients count the requests they send and the record
 batches they write (civicbus_kafka_requests_total, civicbus_produced_batches_total), read from
 librdkafka's own statistics against a real broker."""
 
@@ -9,9 +9,10 @@ import uuid
 
 from confluent_kafka import TopicPartition
 
-from civicbus.kafka import ClientStatistics, apply_topics, make_consumer, make_producer
+from civicbus.kafka import apply_topics, make_consumer, make_producer
 from civicbus.metrics import KAFKA_REQUESTS, PRODUCED_BATCHES
 from civicbus.topology import TopicSpec
+from processors.runner import ClientStatistics
 from tests.conftest import make_settings
 
 
