@@ -54,6 +54,8 @@ END_TO_END_LATENCY = Histogram(
     ["department"], buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
 )
 OPEN_CASES = Gauge("civicbus_open_cases", "Cases not yet resolved.", ["department", "category"], multiprocess_mode="livesum")
+HELD_UPDATES = Gauge("civicbus_case_held_updates", "Status updates the case stage holds for a report ingest has not read yet.",
+                     multiprocess_mode="livesum")
 OVERDUE_CASES = Gauge("civicbus_overdue_cases", "Open cases past a deadline.", ["department", "category"], multiprocess_mode="livesum")
 ESCALATED = Counter("civicbus_escalated_total", "case.escalated events emitted.", ["department", "category"])
 

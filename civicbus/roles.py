@@ -54,7 +54,7 @@ def _prefix_or_all(name: str) -> Resource:
 
 def roles(topology: Topology) -> tuple[Role, ...]:
     t = topology
-    stage_group = lambda stage: Resource(t.group(f"civicbus-{stage}"), PREFIXED)  # the runner's group and its helpers'
+    stage_group = lambda stage: Resource(t.stage_group(stage), PREFIXED)  # the runner's group and its helpers'
     ingest = Role(
         "ingest",
         # the case stage's state log: which partition holds each report (processors.routing)
@@ -70,6 +70,9 @@ def roles(topology: Topology) -> tuple[Role, ...]:
                 Resource(t.name(CASES))),  # each case's current state, the case API's read model
         groups=(stage_group("cases"),),
         transactional_ids=(stage_group("cases"),),
+        # how far ingest has read (processors.ingest_progress): inbound end offsets, ingest's committed ones
+        describes_topics=(Resource(t.name(IN_PREFIX), PREFIXED),),
+        describes_groups=(Resource(t.stage_group("ingest")),),
     )
     fanout = Role(
         "fanout",

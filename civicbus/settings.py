@@ -56,9 +56,10 @@ class Settings(BaseSettings):
     )
     case_report_wait_ms: int = Field(
         default=30_000, ge=0,
-        description="How long the case stage holds a status update whose case it does not know yet, "
-        "waiting for the report it answers (which may be behind it on another inbound topic), before "
-        "dead-lettering it UNKNOWN_CASE.",
+        description="How long after a status update was published a report it answers may be published "
+        "still: the case stage holds an update whose case it does not know yet until ingest has read every "
+        "inbound record published up to this long after it (the report may be behind it on another inbound "
+        "topic, by minutes when ingest is behind), then dead-letters it UNKNOWN_CASE.",
     )
     commit_interval_ms: int = Field(
         default=20, ge=0,

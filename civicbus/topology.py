@@ -44,6 +44,10 @@ class Topology:
     def group(self, group: str) -> str:
         return f"{self.namespace}{group}"
 
+    def stage_group(self, stage: str) -> str:
+        """A pipeline stage's consumer group (its helpers' groups start with it)."""
+        return self.group(f"civicbus-{stage}")
+
     def department_group_prefix(self, department: str) -> str:
         """Consumer groups a department may use (its ACLs allow exactly this prefix)."""
         return self.group(f"dept.{department}.")

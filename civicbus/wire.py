@@ -31,6 +31,7 @@ AVRO_CONTENT_TYPE = b"application/avro"
 MASKED = "civic_masked"  # personal fields masked for the receiving department, comma-separated
 PUBLISHED_MS = "civic_published_ms"  # when the publisher's record reached the bus (end-to-end latency)
 CLOCK_MS = "civic_clock_ms"  # a tick of the case stage's deadline clock
+INGEST_PROGRESS_MS = "civic_ingest_progress_ms"  # on a tick: how far ingest had read (processors.ingest_progress)
 DLQ_PREFIX = "dlq."  # reason and origin of a dead letter
 
 # ce_source is a URI-reference (CloudEvents 1.0); the envelope's `source` stays the bare id.
@@ -109,6 +110,15 @@ def clock_header(ms: int) -> tuple[str, bytes]:
 
 def read_clock_ms(headers: Headers | None) -> int | None:
     value = header(headers, CLOCK_MS)
+    return int(value) if value else None
+
+
+def ingest_progress_header(ms: int) -> tuple[str, bytes]:
+    return INGEST_PROGRESS_MS, str(ms).encode()
+
+
+def read_ingest_progress_ms(headers: Headers | None) -> int | None:
+    value = header(headers, INGEST_PROGRESS_MS)
     return int(value) if value else None
 
 

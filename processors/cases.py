@@ -27,9 +27,12 @@ partition stalled for good within seconds at 100 events/s). Flushing first makes
 events at-least-once; a replay after a crash re-emits them with the same ids (casebook's replay
 rules) and the fan-out drops what it delivered already.
 
-A status update for a case this partition does not know yet is held (parked) up to
-`Settings.case_report_wait_ms` before it is dead-lettered UNKNOWN_CASE: ingest reads many
-inbound topics, and an answer published right after its report may overtake it there.
+A status update for a case this partition does not know yet is held (parked) until ingest has
+read every inbound record published up to `Settings.case_report_wait_ms` after it, and only then
+dead-lettered UNKNOWN_CASE: ingest reads many inbound topics, and an answer published right after
+its report may overtake it there, by minutes when ingest is behind on the report's topic. Each
+clock record carries how far ingest had read when it was written (processors.ingest_progress), so
+a replayed clock record gives up exactly the updates it gave up before.
 """
 
 from __future__ import annotations
@@ -40,7 +43,7 @@ import logging
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterable, Iterator, MutableMapping
+from collections.abc import Callable, Iterable, Iterator, MutableMapping
 from dataclasses import dataclass
 
 from confluent_kafka import KafkaError, KafkaException, Message, Producer, TopicPartition
@@ -48,14 +51,16 @@ from confluent_kafka import KafkaError, KafkaException, Message, Producer, Topic
 from civicbus.context import BusContext
 from civicbus.dlq import DeadLetter, Reason
 from civicbus.kafka import make_consumer, make_producer, read_to_end
-from civicbus.metrics import ESCALATED, OPEN_CASES, OVERDUE_CASES, REJECTED, ROUTED, labelled
+from civicbus.metrics import ESCALATED, HELD_UPDATES, OPEN_CASES, OVERDUE_CASES, REJECTED, ROUTED, labelled
 from civicbus.schemas import ESCALATION_TYPE
 from civicbus.serde import DecodeError
 from civicbus.signing import RecordSigner
 from civicbus.topology import CASES, DIST_EVENTS, DLQ, PIPE_CASES
-from civicbus.wire import clock_header, is_cloudevent_header, read_clock_ms
+from civicbus.wire import (clock_header, ingest_progress_header, is_cloudevent_header, read_clock_ms, read_ingest_progress_ms,
+                           read_published_ms)
 from processors.case_snapshot import case_snapshot
 from processors.casebook import CaseBook, CaseError, CaseRules, TickResult
+from processors.ingest_progress import IngestProgress
 from processors.runner import ClientStatistics, Output, Stage
 
 log = logging.getLogger(__name__)
@@ -258,16 +263,23 @@ class CaseMetrics:
             OPEN_CASES.labels(*key).set(open_[key])
             OVERDUE_CASES.labels(*key).set(overdue[key])
         self._labels = set(open_)
+        HELD_UPDATES.set(sum(len(book.cases.parked) for book in books))
 
 
 class CaseClock:
-    """Writes a clock record to each assigned civic.pipe.cases partition every `interval_s`."""
+    """Writes a clock record to each assigned civic.pipe.cases partition every `interval_s`, with
+    how far ingest had read then; read afresh only while updates are held (`holding`), since each
+    read costs the broker a listing of every inbound partition (civicbus.quirks, 2). A clock record
+    written meanwhile carries the last progress read: a hold may last a tick longer, never less."""
 
-    def __init__(self, producer: Producer, signer: RecordSigner, topic: str, interval_s: float):
+    def __init__(self, producer: Producer, signer: RecordSigner, topic: str, interval_s: float,
+                 progress: IngestProgress, holding: Callable[[], bool]):
         self.producer = producer
         self.signer = signer
         self.topic = topic
         self.interval_s = interval_s
+        self.progress = progress
+        self.holding = holding
         self.partitions: set[int] = set()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="case-clock", daemon=True)
@@ -282,8 +294,9 @@ class CaseClock:
     def _run(self) -> None:
         while not self._stop.wait(self.interval_s):
             now_ms = int(time.time() * 1000)
+            progress_ms = self.progress.read(now_ms) if self.holding() else self.progress.passed_ms
             for partition in sorted(self.partitions):
-                headers = self.signer.sign(self.topic, b"clock", b"", [clock_header(now_ms)])
+                headers = self.signer.sign(self.topic, b"clock", b"", [clock_header(now_ms), ingest_progress_header(progress_ms)])
                 self.producer.produce(self.topic, b"", b"clock", partition=partition, headers=headers)
             self.producer.poll(0)
 
@@ -314,8 +327,13 @@ class CaseStage(Stage):
         # Flushed at every commit (before_commit): lingering until then writes one batch per commit.
         self._events = make_producer(ctx.bootstrap, **{"linger.ms": int(ctx.settings.commit_interval_max_ms)},
                                      **ClientStatistics(ctx.settings, STAGE, "case-events").config())
-        self._clock = CaseClock(self._events, self.signer, self.pipe_topic, self.rules.categories.clock.total_seconds())
+        self._clock = CaseClock(self._events, self.signer, self.pipe_topic, self.rules.categories.clock.total_seconds(),
+                                IngestProgress(ctx), self._holding)
         self._clock.start()
+
+    def _holding(self) -> bool:
+        """Whether an update is held (asked from the clock's thread: a snapshot of the books)."""
+        return any(book.cases.parked for book in list(self.books.values()))
 
     def close(self) -> None:
         if self._clock is not None:
@@ -344,12 +362,15 @@ class CaseStage(Stage):
     def process(self, message: Message) -> Iterable[Output]:
         record = PipeRecord.of(message)
         book = self.books[record.partition]
-        clock_ms = read_clock_ms(list(record.headers.items()))
+        headers = list(record.headers.items())
+        clock_ms = read_clock_ms(headers)
         if clock_ms is not None:
-            return self._tick(book, clock_ms)
-        return self._handle(book, record, now_ms=message.timestamp()[1])
+            progress_ms = read_ingest_progress_ms(headers)
+            # a clock record written before clocks carried ingest's progress: the clock's time
+            return self._tick(book, clock_ms, clock_ms if progress_ms is None else progress_ms)
+        return self._handle(book, record, written_ms=message.timestamp()[1])
 
-    def _handle(self, book: CaseBook, record: PipeRecord, now_ms: int) -> list[Output]:
+    def _handle(self, book: CaseBook, record: PipeRecord, written_ms: int) -> list[Output]:
         try:
             # written by ingest, which validated it, and signed (the runner verified it): decoding is enough
             event = self.ctx.serde.decode(record.value, record.topic, validate=False)
@@ -358,7 +379,8 @@ class CaseStage(Stage):
             return [self._dead_letter(record, e.reason, e.detail)]
         except CaseError as e:
             if e.reason is Reason.UNKNOWN_CASE:
-                book.cases.park(event["id"], event["data"]["case_id"], now_ms + self.ctx.settings.case_report_wait_ms, record)
+                published_ms = read_published_ms(list(record.headers.items())) or written_ms
+                book.cases.park(event["id"], event["data"]["case_id"], published_ms + self.ctx.settings.case_report_wait_ms, record)
                 return []
             return [self._dead_letter(record, e.reason, e.detail)]
         for out in outputs:
@@ -366,20 +388,22 @@ class CaseStage(Stage):
         results = []
         for event_id in book.cases.waiting_for(event["id"]):  # updates that overtook this report
             _, _, parked = book.cases.unpark(event_id)
-            results += self._handle(book, parked, now_ms)
+            results += self._handle(book, parked, written_ms)
         return results
 
-    def _tick(self, book: CaseBook, now_ms: int) -> list[Output]:
+    def _tick(self, book: CaseBook, now_ms: int, ingest_progress_ms: int) -> list[Output]:
         result = book.tick(now_ms)
         for event in result.events:
             self._distribute(event, [])
-        self.metrics.record(result, self.books.values())
-        expired = [event_id for event_id, (_, until_ms, _) in book.cases.parked.items() if until_ms <= now_ms]
+        # held until ingest has read everything published up to the wait after the update
+        expired = [event_id for event_id, (_, until_ms, _) in book.cases.parked.items() if until_ms <= ingest_progress_ms]
         letters = []
         for event_id in expired:
             reference, _, record = book.cases.unpark(event_id)
-            detail = f"no case {reference!r} is open or remembered (waited {self.ctx.settings.case_report_wait_ms / 1000:g}s for its report)"
+            detail = (f"no case {reference!r} is open or remembered (ingest read everything published up to "
+                      f"{self.ctx.settings.case_report_wait_ms / 1000:g}s after this update, and no report of it came)")
             letters.append(self._dead_letter(record, Reason.UNKNOWN_CASE, detail))
+        self.metrics.record(result, self.books.values())
         return letters
 
     def _distribute(self, event: dict, extra_headers: list[tuple[str, bytes]]) -> None:

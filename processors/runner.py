@@ -184,7 +184,7 @@ class StageRunner:
         self.spacing: CommitSpacing | None = None  # set in run(), which knows the broker
         self._written: set[tuple[str, int]] = set()  # partitions the open transaction wrote
         self._consumed: dict[tuple[str, int], int] = {}  # partition -> offset after the last record it read
-        self.group_id = ctx.topology.group(f"civicbus-{stage.name}")
+        self.group_id = ctx.topology.stage_group(stage.name)
         self.transactional_id = f"{self.group_id}.{instance}"
         self._producer: Producer | None = None
         self._consumer = None

@@ -25,6 +25,7 @@ from civicbus.topology import Topology
 from processors.cases import CaseStage
 from processors.fanout import FanoutStage
 from processors.ingest import IngestStage
+from processors.ingest_progress import IngestProgress
 from processors.runner import Stage, StageRunner
 from tests.kafka_authorizer import Acl, Request, StandardAuthorizer
 from tests.prometheus_support import OPS, REPO
@@ -92,7 +93,11 @@ def requests_of(role_name: str) -> list[Request]:
     if role_name == "fanout":
         return runner_stage_requests(the_role, FanoutStage(CTX))
     if role_name == "cases":
-        return runner_stage_requests(the_role, CaseStage(CTX))
+        progress = IngestProgress(CTX)  # how far ingest has read, for the stage's hold of status updates
+        inbound = [t for t in TOPICS if t.startswith(progress.prefix)]
+        return (runner_stage_requests(the_role, CaseStage(CTX))
+                + [Request(p, "DESCRIBE", "group", progress.group, "case clock: OffsetFetch of ingest's group")]
+                + [Request(p, "DESCRIBE", "topic", t, f"case clock: ListOffsets of {t}") for t in inbound])
     if role_name == "gateway":
         return (consume(p, [TOPOLOGY.feed(d) for d in TOPOLOGY.departments], TOPOLOGY.group("civicbus-gateway"), "gateway feeds")
                 + produce(p, [TOPOLOGY.inbound(d) for d in TOPOLOGY.departments] + [TOPOLOGY.name("civic.audit")], "gateway"))

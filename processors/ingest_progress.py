@@ -1,0 +1,87 @@
+"""How far ingest has read its input, as a time: what the case stage's hold of a status update is
+measured in.
+
+A status update can reach the case stage before the report it answers: ingest reads every
+department's inbound topic, and under a backlog it may be minutes behind on the report's topic
+and not on the update's. Held for a fixed wall time, such an update was dead-lettered
+UNKNOWN_CASE while its report still waited in ingest's input (measured: `python -m benchmarks
+soak --rate 100 --minutes 10` at 0daf050, 276-428 a minute from minute 9, once ingest was a
+minute behind). So the hold is measured in ingest's progress instead: an update is given up only
+once ingest has read every inbound record published up to `case_report_wait_ms` after it.
+
+Ingest commits an inbound offset only after what it wrote for the records before it is
+acknowledged (processors.runner, at least once), so once its committed offsets have reached the
+end offsets an inbound partition had at time t, every report published before t is in
+civic.pipe.cases, ahead of any clock record written afterwards. The embedded broker answers the
+end as the base offset of a partition's last batch + 1 (civicbus.quirks, 5): the rest of a batch
+being written at t may still be unread; it was published within a producer's linger of t.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from functools import cached_property
+
+from confluent_kafka import ConsumerGroupTopicPartitions, KafkaException, TopicPartition
+from confluent_kafka.admin import AdminClient, OffsetSpec
+
+from civicbus.context import BusContext
+from civicbus.kafka import make_admin
+from civicbus.topology import IN_PREFIX
+
+log = logging.getLogger(__name__)
+
+TopicPartitionKey = tuple[str, int]
+
+
+class IngestProgress:
+    """The latest time at which everything the inbound topics held had been read by ingest.
+
+    Each `read(now_ms)` notes the inbound end offsets at `now_ms` (a mark), then ingest's
+    committed offsets, and passes every mark those offsets have reached. Two requests a read:
+    one ListOffsets over the inbound partitions, one OffsetFetch of ingest's group.
+    """
+
+    def __init__(self, ctx: BusContext, timeout_s: float = 5.0):
+        self.group = ctx.topology.stage_group("ingest")
+        self.prefix = ctx.topology.name(IN_PREFIX)
+        self.timeout_s = timeout_s
+        self.passed_ms = 0  # nothing is known to be read until a read says so
+        self._marks: deque[tuple[int, dict[TopicPartitionKey, int]]] = deque()  # (time, end offsets then), oldest first
+        self._bootstrap = ctx.bootstrap
+
+    @cached_property
+    def _admin(self) -> AdminClient:
+        return make_admin(self._bootstrap)
+
+    def read(self, now_ms: int) -> int:
+        """The time up to which ingest has read every inbound partition; the last known one when
+        the broker does not answer (a hold then lasts longer, never shorter)."""
+        try:
+            ends = self._ends()
+            committed = self._committed()
+        except KafkaException as e:
+            log.warning("ingest's progress not read (%s); holding status updates by the last known (%d)", e, self.passed_ms)
+            return self.passed_ms
+        if self._marks and self._marks[-1][1] == ends:
+            self._marks[-1] = (now_ms, ends)  # nothing new since: reaching those ends means reaching now
+        else:
+            self._marks.append((now_ms, ends))
+        while self._marks and all(committed.get(tp, 0) >= end for tp, end in self._marks[0][1].items()):
+            self.passed_ms = self._marks.popleft()[0]
+        return self.passed_ms
+
+    def _ends(self) -> dict[TopicPartitionKey, int]:
+        metadata = self._admin.list_topics(timeout=self.timeout_s)
+        inbound = [TopicPartition(name, p) for name, topic in metadata.topics.items()
+                   if name.startswith(self.prefix) and topic.error is None for p in topic.partitions]
+        if not inbound:
+            return {}
+        futures = self._admin.list_offsets({tp: OffsetSpec.latest() for tp in inbound}, request_timeout=self.timeout_s)
+        return {(tp.topic, tp.partition): future.result().offset for tp, future in futures.items()}
+
+    def _committed(self) -> dict[TopicPartitionKey, int]:
+        request = [ConsumerGroupTopicPartitions(self.group)]
+        listed = self._admin.list_consumer_group_offsets(request, request_timeout=self.timeout_s)[self.group].result()
+        return {(tp.topic, tp.partition): tp.offset for tp in listed.topic_partitions if tp.offset >= 0}
