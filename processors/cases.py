@@ -268,18 +268,18 @@ class CaseMetrics:
 
 class CaseClock:
     """Writes a clock record to each assigned civic.pipe.cases partition every `interval_s`, with
-    how far ingest had read then; read afresh only while updates are held (`holding`), since each
-    read costs the broker a listing of every inbound partition (civicbus.quirks, 2). A clock record
-    written meanwhile carries the last progress read: a hold may last a tick longer, never less."""
+    how far ingest had read then. That is read afresh only while a held update may be given up
+    (`due(now_ms)`: its wait is over by the clock), since a read costs the broker requests; a clock
+    record written meanwhile carries the last progress read: a hold may last a tick longer, never less."""
 
     def __init__(self, producer: Producer, signer: RecordSigner, topic: str, interval_s: float,
-                 progress: IngestProgress, holding: Callable[[], bool]):
+                 progress: IngestProgress, due: Callable[[int], bool]):
         self.producer = producer
         self.signer = signer
         self.topic = topic
         self.interval_s = interval_s
         self.progress = progress
-        self.holding = holding
+        self.due = due
         self.partitions: set[int] = set()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="case-clock", daemon=True)
@@ -294,7 +294,7 @@ class CaseClock:
     def _run(self) -> None:
         while not self._stop.wait(self.interval_s):
             now_ms = int(time.time() * 1000)
-            progress_ms = self.progress.read(now_ms) if self.holding() else self.progress.passed_ms
+            progress_ms = self.progress.read(now_ms) if self.due(now_ms) else self.progress.passed_ms
             for partition in sorted(self.partitions):
                 headers = self.signer.sign(self.topic, b"clock", b"", [clock_header(now_ms), ingest_progress_header(progress_ms)])
                 self.producer.produce(self.topic, b"", b"clock", partition=partition, headers=headers)
@@ -328,12 +328,12 @@ class CaseStage(Stage):
         self._events = make_producer(ctx.bootstrap, **{"linger.ms": int(ctx.settings.commit_interval_max_ms)},
                                      **ClientStatistics(ctx.settings, STAGE, "case-events").config())
         self._clock = CaseClock(self._events, self.signer, self.pipe_topic, self.rules.categories.clock.total_seconds(),
-                                IngestProgress(ctx), self._holding)
+                                IngestProgress(ctx), self._update_due)
         self._clock.start()
 
-    def _holding(self) -> bool:
-        """Whether an update is held (asked from the clock's thread: a snapshot of the books)."""
-        return any(book.cases.parked for book in list(self.books.values()))
+    def _update_due(self, now_ms: int) -> bool:
+        """Whether a held update's wait is over by `now_ms` (asked from the clock's thread: snapshots)."""
+        return any(until_ms <= now_ms for book in list(self.books.values()) for _, until_ms, _ in list(book.cases.parked.values()))
 
     def close(self) -> None:
         if self._clock is not None:

@@ -32,18 +32,19 @@ def test_progress_follows_ingests_committed_offsets_over_every_inbound_partition
 
     publish(bus, hotline, 3)
     publish(bus, police, 1)
-    assert progress.read(2_000) == 1_000  # ingest has committed nothing yet
+    assert progress.read(2_000) == 1_000  # ingest has committed nothing yet (marked: 3 and 1 records at 2,000)
     commit_as_ingest(bus, progress, hotline, 3)
     assert progress.read(3_000) == 1_000  # the police record is still unread
     commit_as_ingest(bus, progress, police, 1)
-    assert progress.read(4_000) == 4_000  # nothing new since 2,000: reaching those ends reaches now
+    assert progress.read(4_000) == 2_000  # everything there at 2,000 read
 
     publish(bus, hotline, 2)
-    assert progress.read(5_000) == 4_000
+    assert progress.read(5_000) == 2_000  # marked: 5 hotline records at 5,000
     commit_as_ingest(bus, progress, hotline, 4)
     publish(bus, hotline, 1)
-    assert progress.read(6_000) == 4_000  # one of the records there at 5,000 is still unread
+    assert progress.read(6_000) == 2_000  # one of the records there at 5,000 is still unread
     commit_as_ingest(bus, progress, hotline, 5)
-    assert progress.read(7_000) == 5_000  # everything there at 5,000 read, not what came at 6,000
+    assert progress.read(7_000) == 5_000  # everything there at 5,000 read, whatever came at 6,000
     commit_as_ingest(bus, progress, hotline, 6)
-    assert progress.read(8_000) == 8_000
+    assert progress.read(8_000) == 8_000  # ingest caught up: a fresh mark is passed at once
+    assert progress.read(9_000) == 9_000
