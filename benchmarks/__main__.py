@@ -77,6 +77,14 @@ def cli(repeats: int = 7) -> None:
     run(repeats)
 
 
+@app.command()
+def memory(ids: int = 200_000, repeats: int = 3, seed: int = 6) -> None:
+    """(h) bytes the fan-out holds per remembered id, against the structure it used before."""
+    from benchmarks.memory import run
+
+    run(ids, repeats, seed)
+
+
 @app.command("all")
 def run_all(seed: int = 6) -> None:
     """Every benchmark in turn, with its defaults."""
@@ -87,6 +95,7 @@ def run_all(seed: int = 6) -> None:
     workers(seed=seed)
     gateway(seed=seed)
     cli()
+    memory(seed=seed)
 
 
 if __name__ == "__main__":

@@ -29,8 +29,9 @@ fetched since the last commit, seconds ago, well inside those tails.
 
 from __future__ import annotations
 
+import sys
 import time
-from collections import OrderedDict
+from collections import deque
 from collections.abc import Iterable
 
 from confluent_kafka import Message, TopicPartition
@@ -47,31 +48,41 @@ from civicbus.topology import AUDIT, DIST_EVENTS
 from civicbus.wire import masked_header, read_published_ms
 from processors.runner import Output, Stage, dead_letter_output
 
-# Ids remembered for deduplication: far more than can be re-emitted between two commits.
+# Ids remembered for deduplication: far more than can be re-emitted between two commits, and
+# hours of a city's traffic for publishers that send again what they sent before an outage.
 SEEN_CAPACITY = 1_000_000
 
 
 class SeenIds:
-    """A bounded, insertion-ordered map of event ids to their first publication (None: an id read
-    back from a feed's tail, taken as the same publication)."""
+    """The ids delivered lately, each with its first publication; the oldest are forgotten beyond
+    `capacity`.
+
+    Kept compact, since the fan-out holds up to a million (`python -m benchmarks memory`): the
+    publisher's name interned (a city has a few dozen), the content digest as its 16 bytes rather
+    than 32 hex characters, and the order of arrival as a deque of the same key objects rather than
+    an OrderedDict's linked nodes."""
 
     def __init__(self, capacity: int = SEEN_CAPACITY):
         self.capacity = capacity
-        self._ids: OrderedDict[bytes, Publication | None] = OrderedDict()
+        self._first: dict[bytes, tuple[str, bytes]] = {}  # id -> (source, digest)
+        self._order: deque[bytes] = deque()  # ids, oldest first
 
     def __contains__(self, event_id: bytes) -> bool:
-        return event_id in self._ids
+        return event_id in self._first
 
     def get(self, event_id: bytes) -> Publication | None:
-        return self._ids.get(event_id)
+        first = self._first.get(event_id)
+        return None if first is None else Publication(first[0], first[1].hex())
 
-    def add(self, event_id: bytes, publication: Publication | None) -> None:
-        self._ids[event_id] = publication
-        if len(self._ids) > self.capacity:
-            self._ids.popitem(last=False)
+    def add(self, event_id: bytes, publication: Publication) -> None:
+        if event_id not in self._first:
+            self._order.append(event_id)
+        self._first[event_id] = (sys.intern(publication.source), bytes.fromhex(publication.digest))
+        if len(self._order) > self.capacity:
+            del self._first[self._order.popleft()]
 
     def __len__(self) -> int:
-        return len(self._ids)
+        return len(self._first)
 
 
 class FanoutStage(Stage):
@@ -123,8 +134,7 @@ class FanoutStage(Stage):
         event = self.ctx.serde.decode(message.value(), message.topic(), validate=False)
         publication = Publication.of(event, self.ctx.catalog[event["type"]])
         if event_id in self.seen:
-            first = self.seen.get(event_id)
-            conflict = first and id_conflict(event["id"], first, publication)
+            conflict = id_conflict(event["id"], self.seen.get(event_id), publication)
             if conflict:
                 return [dead_letter_output(self.ctx, self.name, message, Reason.ID_CONFLICT, conflict)]
             labelled(DUPLICATES_DROPPED, self.name).inc()
