@@ -127,14 +127,14 @@ class TopicFollower:
 
     Its fetches wait FOLLOWER_FETCH_WAIT_MS: a follower (master data, the case router) is not on
     an event's path, and an idle consumer fetching every 10 ms costs the broker a request each
-    time for nothing.
+    time for nothing. `client_config` is added to its consumer's (a stage's statistics callback).
     """
 
     def __init__(self, settings: Settings, bootstrap: str, group: str, topics: list[str],
-                 apply: Callable[[Message], None], name: str):
+                 apply: Callable[[Message], None], name: str, **client_config):
         self._apply = apply
         self._consumer = make_consumer(settings, bootstrap, group, **{"enable.partition.eof": True,
-                                                                     "fetch.wait.max.ms": FOLLOWER_FETCH_WAIT_MS})
+                                                                     "fetch.wait.max.ms": FOLLOWER_FETCH_WAIT_MS, **client_config})
         metadata = self._consumer.list_topics(timeout=10).topics
         self._consumer.assign([TopicPartition(t, p, 0) for t in topics for p in metadata[t].partitions])
         self._stop = threading.Event()

@@ -68,11 +68,12 @@ class ReferenceFollower:
     """Reads every civic.ref.* topic from the start into ReferenceTables, then follows them
     (civicbus.kafka.TopicFollower: `catch_up`, `start`, `stop`)."""
 
-    def __init__(self, ctx: BusContext, tables: ReferenceTables):
+    def __init__(self, ctx: BusContext, tables: ReferenceTables, **client_config):
         self.tables = tables
         self._datasets = {ctx.topology.reference(d): d for d in DATASETS}
         group = f"{ctx.topology.group('civicbus-reference')}-{uuid.uuid4().hex[:8]}"  # never commits
-        self._follower = TopicFollower(ctx.settings, ctx.bootstrap, group, list(self._datasets), self._apply, "reference-follower")
+        self._follower = TopicFollower(ctx.settings, ctx.bootstrap, group, list(self._datasets), self._apply, "reference-follower",
+                                      **client_config)
 
     def catch_up(self, timeout_s: float = 60.0) -> None:
         self._follower.catch_up(timeout_s)

@@ -27,7 +27,7 @@ from civicbus.topology import DIST_EVENTS, PIPE_CASES
 from civicbus.wire import published_at_header
 from processors.enrich import ReferenceFollower, ReferenceTables, enrich
 from processors.routing import CaseRouter
-from processors.runner import Output, Stage, dead_letter_output
+from processors.runner import ClientStatistics, Output, Stage, dead_letter_output
 from processors.standardise import Standardiser
 
 
@@ -67,12 +67,13 @@ class IngestStage(Stage):
         return [self.topology.inbound_pattern]
 
     def prepare(self, ctx: BusContext) -> None:
-        self._follower = ReferenceFollower(ctx, self.reference)
+        # the followers' fetches counted beside the stage's own (civicbus_kafka_requests_total{client})
+        self._follower = ReferenceFollower(ctx, self.reference, **ClientStatistics(ctx.settings, self.name, "reference-follower").config())
         self._follower.catch_up()
         self._follower.start()
         metadata = make_admin(ctx.bootstrap).list_topics(self.pipe_topic, timeout=10)
         self.router = CaseRouter(len(metadata.topics[self.pipe_topic].partitions))
-        self.router.follow(ctx)
+        self.router.follow(ctx, **ClientStatistics(ctx.settings, self.name, "case-router").config())
 
     def begin_batch(self) -> None:
         self._policy = self.ctx.policy.get()  # an edit applies from the next batch on

@@ -61,10 +61,11 @@ class CaseRouter:
             known = self._recent.get(reference, self._logged.get(reference))
         return known if known is not None else partition_of(reference, self.partitions)
 
-    def follow(self, ctx: BusContext) -> None:
+    def follow(self, ctx: BusContext, **client_config) -> None:
         """Learn, then keep learning, which partition holds each report, from the state log."""
         group = f"{ctx.topology.group('civicbus-ingest-case-router')}-{uuid.uuid4().hex[:8]}"  # never commits; ingest's prefix
-        self._follower = TopicFollower(ctx.settings, ctx.bootstrap, group, [ctx.topology.cases_changelog], self._learn, "case-router")
+        self._follower = TopicFollower(ctx.settings, ctx.bootstrap, group, [ctx.topology.cases_changelog], self._learn, "case-router",
+                                      **client_config)
         self._follower.catch_up()
         self._follower.start()
 

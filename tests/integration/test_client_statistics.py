@@ -9,7 +9,7 @@ import uuid
 
 from confluent_kafka import TopicPartition
 
-from civicbus.kafka import apply_topics, make_consumer, make_producer
+from civicbus.kafka import TopicFollower, apply_topics, make_consumer, make_producer
 from civicbus.metrics import KAFKA_REQUESTS, PRODUCED_BATCHES
 from civicbus.topology import TopicSpec
 from processors.runner import ClientStatistics
@@ -57,6 +57,25 @@ def test_a_stage_client_counts_the_batches_it_wrote_and_the_requests_it_sent(bro
     # a fetch waits settings.fetch_wait_max_ms (10 ms) on the embedded broker, less than that nowhere
     assert 10 <= fetches <= 2.5 * 1000 / settings.fetch_wait_max_ms
     assert count(PRODUCED_BATCHES, stage, topic) == 5  # the consumer writes none
+
+
+def test_a_follower_counts_its_fetches_beside_its_stage(broker_bootstrap):
+    """The followers of a stage (master data, the case router) fetch too: counted under their client name."""
+    settings = make_settings(broker_bootstrap, client_statistics_interval_ms=100)
+    topic = settings.namespace + "followed"
+    apply_topics(broker_bootstrap, [TopicSpec(topic, 1)])
+    stage = f"stage-{uuid.uuid4().hex[:6]}"
+    applied = []
+    follower = TopicFollower(settings, broker_bootstrap, f"{settings.namespace}follower", [topic],
+                             lambda m: applied.append(m), "follower", **ClientStatistics(settings, stage, "follower").config())
+    follower.start()
+    try:
+        deadline = time.monotonic() + 10
+        while count(KAFKA_REQUESTS, stage, "follower", "Fetch") == 0 and time.monotonic() < deadline:
+            time.sleep(0.1)
+    finally:
+        follower.stop()
+    assert count(KAFKA_REQUESTS, stage, "follower", "Fetch") > 0
 
 
 def test_statistics_off_configure_nothing(broker_bootstrap):
