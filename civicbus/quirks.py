@@ -18,7 +18,8 @@ Kafka; the ones that cost something there are switched on only when `is_embedded
    EMBEDDED_COMMIT_SPACING_PER_BATCH_US); ListOffsets lists them too, so the lag exporter reads log
    starts once a minute and keeps its polling under a tenth of the time (civicbus.lag), and
    publishes how long ListOffsets takes (civicbus_broker_list_offsets_seconds); the live view warns
-   when it climbs.
+   when it climbs; the case stage asks the inbound ends only once ingest has reached the ends it
+   asked last, and only while a held update is due (processors.ingest_progress).
 3. A transaction commits only once every other open transaction that wrote an overlapping range
    of the same partition is prepared (DynoStore::txn_end): two transactional writers on one
    partition stall each other's readers under steady traffic.
@@ -30,7 +31,8 @@ Kafka; the ones that cost something there are switched on only when `is_embedded
    writes no transactions: 8.)
 5. ListOffsets answers the base offset of the last batch + 1 for the high watermark.
    -> restores read to end-of-partition, not to the watermark (civicbus.kafka.read_to_end); the
-   exporter never reports negative lag.
+   exporter never reports negative lag; ingest's progress (processors.ingest_progress) counts a
+   partition as read at that end, so the rest of a batch being written then may still be unread.
 6. A joining consumer waits about half its session timeout before its first assignment.
    -> short session timeouts (Settings.session_timeout_ms).
 7. Auto-created topics get 4 partitions; ACL requests make librdkafka abort.
