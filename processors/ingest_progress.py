@@ -22,16 +22,14 @@ from __future__ import annotations
 import logging
 from functools import cached_property
 
-from confluent_kafka import ConsumerGroupTopicPartitions, KafkaException, TopicPartition
-from confluent_kafka.admin import AdminClient, OffsetSpec
+from confluent_kafka import KafkaException
 
 from civicbus.context import BusContext
-from civicbus.kafka import make_admin
+from civicbus.kafka import security_config
+from civicbus.lag.offsets import OffsetsReader, TopicPartitionKey
 from civicbus.topology import IN_PREFIX
 
 log = logging.getLogger(__name__)
-
-TopicPartitionKey = tuple[str, int]
 
 
 class IngestProgress:
@@ -50,19 +48,22 @@ class IngestProgress:
         self.timeout_s = timeout_s
         self.passed_ms = 0  # nothing is known to be read until a read says so
         self._mark: tuple[int, dict[TopicPartitionKey, int]] | None = None  # (time, inbound end offsets then)
-        self._bootstrap = ctx.bootstrap
+        self._inbound: dict[str, int] = {}  # inbound topic -> its partitions, as of the mark
+        self._bootstrap, self._settings = ctx.bootstrap, ctx.settings
 
     @cached_property
-    def _admin(self) -> AdminClient:
-        return make_admin(self._bootstrap)
+    def _offsets(self) -> OffsetsReader:
+        return OffsetsReader(self._bootstrap, timeout_s=self.timeout_s, **security_config(self._settings))
 
     def read(self, now_ms: int) -> int:
         """The time up to which ingest has read every inbound partition; the last known one when
         the broker does not answer (a hold then lasts longer, never shorter)."""
         try:
             if self._mark is None:
-                self._mark = (now_ms, self._ends())  # before the committed offsets: reaching these ends reaches now_ms
-            committed = self._committed()
+                self._inbound = {t: n for t, n in self._offsets.partitions_by_topic().items() if t.startswith(self.prefix)}
+                partitions = {(t, p) for t, n in self._inbound.items() for p in range(n)}
+                self._mark = (now_ms, self._offsets.end_offsets(partitions))  # before the committed offsets: reaching these ends reaches now_ms
+            committed = self._offsets.committed_offsets(self.group, self._inbound)
         except KafkaException as e:
             log.warning("ingest's progress not read (%s); holding status updates by the last known (%d)", e, self.passed_ms)
             return self.passed_ms
@@ -70,17 +71,3 @@ class IngestProgress:
         if all(committed.get(tp, 0) >= end for tp, end in ends.items()):
             self.passed_ms, self._mark = marked_ms, None
         return self.passed_ms
-
-    def _ends(self) -> dict[TopicPartitionKey, int]:
-        metadata = self._admin.list_topics(timeout=self.timeout_s)
-        inbound = [TopicPartition(name, p) for name, topic in metadata.topics.items()
-                   if name.startswith(self.prefix) and topic.error is None for p in topic.partitions]
-        if not inbound:
-            return {}
-        futures = self._admin.list_offsets({tp: OffsetSpec.latest() for tp in inbound}, request_timeout=self.timeout_s)
-        return {(tp.topic, tp.partition): future.result().offset for tp, future in futures.items()}
-
-    def _committed(self) -> dict[TopicPartitionKey, int]:
-        request = [ConsumerGroupTopicPartitions(self.group)]
-        listed = self._admin.list_consumer_group_offsets(request, request_timeout=self.timeout_s)[self.group].result()
-        return {(tp.topic, tp.partition): tp.offset for tp in listed.topic_partitions if tp.offset >= 0}

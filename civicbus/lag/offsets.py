@@ -66,18 +66,18 @@ class OffsetsReader:
 
     def read(self) -> Snapshot:
         try:
-            partitions_of = self._partitions_by_topic()
+            partitions_of = self.partitions_by_topic()
             groups = [self._group(g, partitions_of) for g in self._group_ids()]
             wanted = {tp for g in groups for tp in g.committed}
             started = time.perf_counter()
-            latest = self._list_offsets(wanted, OffsetSpec.latest())
+            latest = self.end_offsets(wanted)
             list_offsets_s = time.perf_counter() - started
             earliest = self._log_starts(wanted)
         except KafkaException as e:
             raise KafkaUnavailable(str(e.args[0] if e.args else e)) from None
         return Snapshot(time.time(), tuple(groups), latest, earliest, list_offsets_s)
 
-    def _partitions_by_topic(self) -> dict[str, int]:
+    def partitions_by_topic(self) -> dict[str, int]:
         metadata = self.admin.list_topics(timeout=self.timeout_s)
         return {name: len(topic.partitions) for name, topic in metadata.topics.items() if topic.error is None}
 
@@ -89,20 +89,25 @@ class OffsetsReader:
 
     def _group(self, group: str, partitions_of: dict[str, int]) -> GroupOffsets:
         description = self.admin.describe_consumer_groups([group], request_timeout=self.timeout_s)[group].result()
-        request = [ConsumerGroupTopicPartitions(group)]
-        listed = self.admin.list_consumer_group_offsets(request, request_timeout=self.timeout_s)[group].result()
-        # Partitions of deleted topics are left out: their lag has no meaning any more.
-        committed: dict[TopicPartitionKey, int | None] = {
-            (tp.topic, tp.partition): tp.offset
-            for tp in listed.topic_partitions
-            if tp.offset >= 0 and tp.partition < partitions_of.get(tp.topic, 0)
-        }
+        committed: dict[TopicPartitionKey, int | None] = dict(self.committed_offsets(group, partitions_of))
         for member in description.members:
             for tp in member.assignment.topic_partitions if member.assignment else ():
                 if tp.partition < partitions_of.get(tp.topic, 0):
                     committed.setdefault((tp.topic, tp.partition), None)
         state = description.state
         return GroupOffsets(group, state.name, state in ACTIVE_STATES, committed)
+
+    def committed_offsets(self, group: str, partitions_of: dict[str, int]) -> dict[TopicPartitionKey, int]:
+        """What `group` has committed, on partitions of the topics in `partitions_of` (a deleted
+        topic's are left out: their lag has no meaning any more). Raises KafkaException."""
+        request = [ConsumerGroupTopicPartitions(group)]
+        listed = self.admin.list_consumer_group_offsets(request, request_timeout=self.timeout_s)[group].result()
+        return {(tp.topic, tp.partition): tp.offset for tp in listed.topic_partitions
+                if tp.offset >= 0 and tp.partition < partitions_of.get(tp.topic, 0)}
+
+    def end_offsets(self, partitions: set[TopicPartitionKey]) -> dict[TopicPartitionKey, int]:
+        """High watermarks (the embedded broker's: civicbus.quirks, 5). Raises KafkaException."""
+        return self._list_offsets(partitions, OffsetSpec.latest())
 
     def _log_starts(self, partitions: set[TopicPartitionKey]) -> dict[TopicPartitionKey, int]:
         if time.monotonic() - self._earliest_read_at >= self.earliest_every_s:
