@@ -9,6 +9,7 @@ takes exactly the path every non-case type takes (ingest dispatches it, one hop 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import random
@@ -42,7 +43,7 @@ from civicbus.stack import RESTART_BACKOFF_S
 from civicbus.registry import lock_schemas
 from civicbus.schemas import EventCatalog
 from civicbus.settings import Settings
-from civicbus.topology import DIST_EVENTS, DLQ, PIPE_CASES, Topology
+from civicbus.topology import DIST_EVENTS, DLQ, PIPE_CASES
 from civicbus.wire import read_published_ms
 from producers.simulator import CityTraffic
 from producers.sdk import Publisher
@@ -378,7 +379,7 @@ def bench_bus(partitions: int = 1, namespace: str = "bench.", keep_logs_in: Path
             bootstrap = cleanup.enter_context(EmbeddedBroker(log_path=work_dir / "broker.log")).bootstrap
         namespace = f"{namespace}{uuid.uuid4().hex[:6]}."
         ctx = BusContext(settings.model_copy(update={"bootstrap": bootstrap, "namespace": namespace, "state_dir": work_dir / "state"}))
-        topology = Topology(ctx.topology.departments, ctx.topology.namespace, pipeline_partitions=partitions)
+        topology = dataclasses.replace(ctx.topology, pipeline_partitions=partitions)
         apply_topics(bootstrap, topology.specs())
         stages = StageProcesses(ctx, work_dir)
         cleanup.callback(stages.stop)  # before the broker stops, also when the benchmark fails

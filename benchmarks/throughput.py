@@ -17,6 +17,7 @@ passthrough is reported beside it.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import pickle
 import tempfile
@@ -36,7 +37,7 @@ from benchmarks.replay import capture
 from benchmarks.report import RESULTS_DIR, median, write_result
 from civicbus.context import BusContext
 from civicbus.kafka import apply_topics, producer_config
-from civicbus.topology import TopicSpec, Topology
+from civicbus.topology import TopicSpec
 from processors import STAGES
 
 PATHS = {"no_case": False, "case": True}
@@ -202,7 +203,7 @@ def run(events: int = 10_000, repeats: int = 3, seed: int = 6, profile: bool = F
 
         # The same inbound records through the replay stages, in a namespace of their own.
         replay_ns = ctx.topology.namespace + "replay."
-        apply_topics(ctx.bootstrap, Topology(ctx.topology.departments, replay_ns).specs())
+        apply_topics(ctx.bootstrap, dataclasses.replace(ctx.topology, namespace=replay_ns).specs())
         capture_path = RESULTS_DIR.parent / ".replay-capture.pickle"
         capture_path.write_bytes(pickle.dumps(captured))
         replay_ctx = BusContext(ctx.settings.model_copy(update={"namespace": replay_ns}))

@@ -19,6 +19,8 @@ from pathlib import Path
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
 
+from civicbus.topology import Topology
+
 
 class Department(BaseModel):
     model_config = ConfigDict(frozen=True)
@@ -26,6 +28,11 @@ class Department(BaseModel):
     id: str = Field(pattern=r"^[a-z0-9]+(\.[a-z0-9_]+){0,2}$")
     name_zh: str
     name_en: str
+    partitions: int = Field(
+        default=1, ge=1, le=64,
+        description="Partitions of the department's inbound topic (civic.in.<id>), by the volume it publishes: "
+        "publishers spread their records over them by key (civicbus.topology.Topology.inbound_partitions says why).",
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -210,6 +217,11 @@ class CityConfig(BaseModel):
 
     def department_ids(self) -> list[str]:
         return [d.id for d in self.departments]
+
+    def topology(self, namespace: str = "") -> Topology:
+        """The city's topics: one inbound topic and one feed per department."""
+        return Topology(tuple(self.department_ids()), namespace,
+                        inbound_partitions=tuple((d.id, d.partitions) for d in self.departments if d.partitions > 1))
 
     def department(self, department_id: str) -> Department:
         for d in self.departments:

@@ -67,4 +67,4 @@ class BusContext:
 
     @cached_property
     def topology(self) -> Topology:
-        return Topology(departments=tuple(self.city.department_ids()), namespace=self.settings.namespace)
+        return self.city.topology(self.settings.namespace)

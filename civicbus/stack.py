@@ -144,7 +144,7 @@ class Stack:
                 print(MEMORY_ONLY_NOTICE)
             from civicbus.config import load_city
 
-            topology = Topology(tuple(load_city(self.settings.config).department_ids()), namespace=self.settings.namespace)
+            topology = load_city(self.settings.config).topology(self.settings.namespace)
             report = apply_topics(bootstrap, topology.specs())
             print(f"topics     {len(report.created)} created, {len(report.unchanged)} already there")
             env = {**os.environ, "CIVICBUS_BOOTSTRAP": bootstrap, "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir),

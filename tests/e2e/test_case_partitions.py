@@ -8,12 +8,13 @@ case workers. Reports are routed by district and status updates to their case's 
 
 from __future__ import annotations
 
+import dataclasses
 import uuid
 
 from civicbus.config import load_gazetteer
 from civicbus.context import BusContext
 from civicbus.kafka import apply_topics
-from civicbus.topology import DIST_EVENTS, DLQ, PIPE_CASES, Topology
+from civicbus.topology import DIST_EVENTS, DLQ, PIPE_CASES
 from producers.sdk import Publisher
 from tests.conftest import make_settings
 from tests.support import PipelineProcesses, read_topic
@@ -23,7 +24,7 @@ INCIDENTS = 24
 
 def pipeline_bus(bootstrap: str, partitions: int) -> BusContext:
     ctx = BusContext(make_settings(bootstrap))
-    topology = Topology(ctx.topology.departments, ctx.topology.namespace, pipeline_partitions=partitions)
+    topology = dataclasses.replace(ctx.topology, pipeline_partitions=partitions)
     apply_topics(bootstrap, topology.specs())
     return ctx
 
