@@ -61,6 +61,14 @@ def broker(repeats: int = 3) -> None:
 
 
 @app.command()
+def partitions(repeats: int = 3) -> None:
+    """(f) a reader's broker cost at the end of 20,000 batches in 1, 4 or 16 partitions; idle cost of 23 topics x 1 or 4."""
+    from benchmarks.broker import run_partitions
+
+    run_partitions(repeats)
+
+
+@app.command()
 def soak(rate: float = 20.0, minutes: int = 60, seed: int = 6,
          bare_replay: bool = typer.Option(True, help="then the bare replay of the stages' own records at the same pace")) -> None:
     """The whole pipeline under the simulator's traffic at RATE events/s, per minute for MINUTES."""
@@ -90,6 +98,7 @@ def run_all(seed: int = 6) -> None:
     """Every benchmark in turn, with its defaults."""
     serde(seed=seed)
     broker()
+    partitions()
     throughput(seed=seed, profile=True)
     latency(seed=seed)
     workers(seed=seed)

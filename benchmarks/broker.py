@@ -107,11 +107,12 @@ def metadata_growth(repeats: int) -> dict:
     return figures
 
 
-def idle_fetch_cost(broker: EmbeddedBroker, process: psutil.Process, topics: list[str], wait_ms: int, seconds: float = 3.0) -> float:
-    """Broker CPU (cores) spent answering one idle consumer of `topics`."""
+def idle_fetch_cost(broker: EmbeddedBroker, process: psutil.Process, topics: list[str], wait_ms: int, seconds: float = 3.0,
+                    partitions: int = 1) -> float:
+    """Broker CPU (cores) spent answering one idle consumer of `partitions` partitions of each of `topics`."""
     consumer = Consumer({"bootstrap.servers": broker.bootstrap, "group.id": "bench-broker-idle", "enable.auto.commit": False,
                          "isolation.level": "read_committed", "fetch.wait.max.ms": wait_ms})
-    consumer.assign([TopicPartition(t, 0, OFFSET_END) for t in topics])  # nothing to read: idle
+    consumer.assign([TopicPartition(t, p, OFFSET_END) for t in topics for p in range(partitions)])  # nothing to read: idle
     consumer.poll(1.0)  # connected and fetching before the clock starts
     before, started = cpu_seconds(process), time.monotonic()
     while time.monotonic() - started < seconds:
@@ -195,4 +196,74 @@ def run(repeats: int = 3) -> Path:
         "single_record_batch_broker_cpu_us_by_what_the_broker_holds": metadata,
         "idle_read_committed_consumer_broker_cores": fetch,
         "read_committed_consumer_with_2000_records_per_s_arriving": busy,
+    })
+
+
+# How a partition's batches are spread (civicbus.quirks, 2; departments.yaml `partitions`).
+SPREAD_BATCHES = 20_000
+SPREAD_RATE = 50  # single-record batches a second while measuring, spread like the held ones
+INBOUND_TOPICS = 23  # the sample city's departments
+
+
+def spread_cost(partitions: int, seconds: float = 20.0) -> dict:
+    """One topic holding SPREAD_BATCHES single-record batches over `partitions`, read at its end
+    by a read_committed consumer with the stages' fetch wait while SPREAD_RATE more arrive: the
+    broker's cores, and how many of the new records the reader got."""
+    with EmbeddedBroker() as broker:
+        process = psutil.Process(broker.pid)
+        topic = "bench.spread"
+        apply_topics(broker.bootstrap, [TopicSpec(topic, partitions)])
+        producer = Producer({"bootstrap.servers": broker.bootstrap, "linger.ms": 0})
+        for n in range(SPREAD_BATCHES):
+            producer.produce(topic, VALUE, partition=n % partitions)
+            producer.flush(10)  # each its own batch, as a publisher of one event at a time writes
+        consumer = Consumer({"bootstrap.servers": broker.bootstrap, "group.id": "bench-broker-spread", "enable.auto.commit": False,
+                             "isolation.level": "read_committed", "fetch.wait.max.ms": Settings().fetch_wait_max_ms})
+        consumer.assign([TopicPartition(topic, p, OFFSET_END) for p in range(partitions)])
+        consumer.poll(1.0)
+        received, stop = [0], threading.Event()
+
+        def read() -> None:
+            while not stop.is_set():
+                received[0] += len([m for m in consumer.consume(100, 0.1) if not m.error()])
+
+        reader = threading.Thread(target=read)
+        reader.start()
+        before, started, sent = cpu_seconds(process), time.monotonic(), 0
+        while time.monotonic() - started < seconds:
+            producer.produce(topic, VALUE, partition=sent % partitions)
+            producer.flush(10)
+            sent += 1
+            time.sleep(max(0.0, started + sent / SPREAD_RATE - time.monotonic()))
+        time.sleep(1.0)
+        cores = (cpu_seconds(process) - before) / (time.monotonic() - started)
+        stop.set()
+        reader.join()
+        consumer.close()
+    return {"broker_cores": round(cores, 2), "records_sent": sent, "records_read": received[0]}
+
+
+def run_partitions(repeats: int = 3) -> Path:
+    """What spreading a busy inbound topic over partitions buys and costs on the embedded broker."""
+    spread = {}
+    for partitions in (1, 4, 16):
+        runs = [spread_cost(partitions) for _ in range(repeats)]
+        spread[f"{SPREAD_BATCHES} batches in {partitions} partitions"] = {
+            "broker_cores": median([r["broker_cores"] for r in runs], digits=2),
+            "records_read_of_sent": [f"{r['records_read']}/{r['records_sent']}" for r in runs]}
+        print(f"reader at the end of {partitions} partitions holding {SPREAD_BATCHES} batches: {spread}")
+    idle = {}
+    wait_ms = Settings().fetch_wait_max_ms
+    for per_topic in (1, 4):
+        with EmbeddedBroker() as broker:
+            process = psutil.Process(broker.pid)
+            topics = [f"bench.in.{i}" for i in range(INBOUND_TOPICS)]
+            apply_topics(broker.bootstrap, [TopicSpec(t, per_topic) for t in topics])
+            idle[f"{INBOUND_TOPICS} topics x {per_topic} partitions, fetch wait {wait_ms}ms"] = median(
+                [idle_fetch_cost(broker, process, topics, wait_ms, partitions=per_topic) for _ in range(repeats)], digits=3)
+        print(f"idle consumer: {idle}")
+    return write_result("partitions", {
+        "repeats": repeats,
+        "reader_while_50_records_per_s_arrive": spread,
+        "idle_read_committed_consumer_broker_cores": idle,
     })

@@ -37,13 +37,10 @@ class Topology:
     departments: tuple[str, ...]
     namespace: str = ""
     pipeline_partitions: int = 1
-    # (department, partitions) of inbound topics with more than `pipeline_partitions`: the city's
-    # departments.yaml sizes each by the volume that department publishes. An inbound topic is the
-    # one log civicbus cannot space its writes on (civicbus.quirks, 2): every publisher's record is a
-    # batch, and on the embedded broker each fetch that returns data lists every batch of its
-    # partition. At 100 events/s the hotline's 42 a second filled one partition with 17,000 batches
-    # by minute 7 and ingest fell behind (benchmarks soak); spread over 16 the same traffic
-    # takes 20 minutes to put 3,000 batches in each.
+    # (department, partitions) of inbound topics with more than `pipeline_partitions`, sized by the
+    # volume each department publishes (departments.yaml `partitions`; civicbus.quirks, 2). At 100
+    # events/s the hotline's 42 a second put 17,000 batches into one partition by minute 7, and
+    # ingest fell behind; over 16 partitions the same traffic puts 3,000 into each in 20 minutes.
     inbound_partitions: tuple[tuple[str, int], ...] = ()
 
     def name(self, topic: str) -> str:
