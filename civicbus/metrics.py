@@ -6,7 +6,10 @@ prometheus-client writes each process's samples to that folder and the exporter 
 
 from __future__ import annotations
 
+import bisect
 import functools
+from collections import defaultdict
+from collections import Counter as Tally
 
 from prometheus_client import Counter, Gauge, Histogram
 
@@ -66,3 +69,45 @@ def labelled(metric, *values: str):
     lock and checks its arguments on each call (7% of the fan-out's time in py-spy). Label values
     come from the city's config (departments, types, stages), so the cache stays small."""
     return metric.labels(*values)
+
+
+class BatchedMetrics:
+    """Counts and observations of a stage's batch, kept in memory and written at its commit.
+
+    In prometheus-client's multiprocess mode (every process `civicbus up` starts) each inc() or
+    observe() writes the metric's mmap file under a lock: 3 us a counter, 11 us a histogram of 12
+    buckets (measured 12-07), and the fan-out made four of them per delivery, a third of its CPU
+    per event. Summed per batch, a label set costs one write per commit however many events the
+    batch held; a batch that is aborted and replayed is counted once, when it commits."""
+
+    def __init__(self) -> None:
+        self._counts: Tally[tuple] = Tally()
+        self._observed: defaultdict[tuple, list[float]] = defaultdict(list)
+
+    def inc(self, metric: Counter, *labels: str, amount: float = 1) -> None:
+        self._counts[(metric, labels)] += amount
+
+    def observe(self, metric: Histogram, *labels: str, value: float) -> None:
+        self._observed[(metric, labels)].append(value)
+
+    def write(self) -> None:
+        for (metric, labels), amount in self._counts.items():
+            labelled(metric, *labels).inc(amount)
+        for (metric, labels), values in self._observed.items():
+            observe_all(labelled(metric, *labels), values)
+        self.discard()
+
+    def discard(self) -> None:
+        self._counts.clear()
+        self._observed.clear()
+
+
+def observe_all(histogram, values: list[float]) -> None:
+    """`histogram.observe(v)` for each of `values`, with one write per bucket hit and one for the
+    sum. prometheus-client has no bulk observe; this uses the three attributes its own observe()
+    uses (pinned version; tests/unit/test_metrics.py checks the samples equal one observe each)."""
+    bounds = histogram._upper_bounds
+    hits = Tally(bisect.bisect_left(bounds, value) for value in values)
+    histogram._sum.inc(sum(values))
+    for bucket, count in hits.items():
+        histogram._buckets[bucket].inc(count)

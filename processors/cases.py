@@ -410,7 +410,7 @@ class CaseStage(Stage):
         value, headers = self.ctx.serde.encode(event, self.dist_topic)
         key = event["id"].encode()
         headers = self.signer.sign(self.dist_topic, key, value, headers + extra_headers)
-        labelled(ROUTED, event["type"]).inc()
+        self.counts.inc(ROUTED, event["type"])
         while True:
             try:
                 self._events.produce(self.dist_topic, value, key, headers=headers, on_delivery=self._delivered)

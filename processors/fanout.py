@@ -41,7 +41,7 @@ from civicbus.context import BusContext
 from civicbus.dlq import Reason
 from civicbus.ids import Publication, id_conflict
 from civicbus.kafka import make_consumer, read_to_end
-from civicbus.metrics import AUDITED, DELIVERED, DUPLICATES_DROPPED, END_TO_END_LATENCY, MASKED, labelled
+from civicbus.metrics import AUDITED, DELIVERED, DUPLICATES_DROPPED, END_TO_END_LATENCY, MASKED
 from civicbus.policy import Delivery, Policy, masked_event
 from civicbus.quirks import FEED_TAIL_RECORDS
 from civicbus.topology import AUDIT, DIST_EVENTS
@@ -137,7 +137,7 @@ class FanoutStage(Stage):
             conflict = id_conflict(event["id"], self.seen.get(event_id), publication)
             if conflict:
                 return [dead_letter_output(self.ctx, self.name, message, Reason.ID_CONFLICT, conflict)]
-            labelled(DUPLICATES_DROPPED, self.name).inc()
+            self.counts.inc(DUPLICATES_DROPPED, self.name)
             return []
         self.seen.add(event_id, publication)  # a failed batch ends the process (processors.runner): no batch to forget
         deliveries = self._policy.deliveries(event)
@@ -149,7 +149,7 @@ class FanoutStage(Stage):
         unaudited = [d for d in deliveries if d.department not in audited]
         deliveries = [d for d in deliveries if self.topology.feed(d.department) not in shown]
         if not deliveries and not unaudited:
-            labelled(DUPLICATES_DROPPED, self.name).inc()
+            self.counts.inc(DUPLICATES_DROPPED, self.name)
             return []
         published_ms = read_published_ms(message.headers())
         latency_s = max(0.0, time.time() - published_ms / 1000) if published_ms else None
@@ -160,15 +160,15 @@ class FanoutStage(Stage):
             value, headers, masked = self._copy_for(copies, message, event, delivery)
             outputs.append(Output(self.topology.feed(department), value, event_id, headers))
             if masked:
-                labelled(MASKED, department, event["type"]).inc(len(masked))
-            labelled(DELIVERED, department, event["type"]).inc()
+                self.counts.inc(MASKED, department, event["type"], amount=len(masked))
+            self.counts.inc(DELIVERED, department, event["type"])
             if latency_s is not None:
-                labelled(END_TO_END_LATENCY, department).observe(latency_s)
+                self.counts.observe(END_TO_END_LATENCY, department, value=latency_s)
         if unaudited:
             masked_for = [(d.department, self._copy_for(copies, message, event, d)[2]) for d in unaudited]
             record = self.audit.record(event["id"], event["type"], "fanout", masked_for)
             outputs += [Output(self.audit_topic, value, self.audit.kafka_key) for value in record]
-            labelled(AUDITED, "fanout").inc(len(unaudited))
+            self.counts.inc(AUDITED, "fanout", amount=len(unaudited))
         return outputs
 
     def _copy_for(self, copies: dict, message: Message, event: dict, delivery: Delivery) -> tuple[bytes, list, tuple[str, ...]]:

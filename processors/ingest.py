@@ -19,7 +19,7 @@ from civicbus.context import BusContext
 from civicbus.dispatch import Dispatch, Place
 from civicbus.dlq import Reason
 from civicbus.kafka import make_admin
-from civicbus.metrics import PUBLISHED, ROUTED, labelled
+from civicbus.metrics import PUBLISHED, ROUTED
 from civicbus.policy import Policy, below_floor
 from civicbus.schemas import EventType
 from civicbus.serde import DecodeError
@@ -94,7 +94,7 @@ class IngestStage(Stage):
         refused = check_publisher(self._policy, department, event, event_type)
         if refused:
             return [dead_letter_output(self.ctx, self.name, message, *refused)]
-        labelled(PUBLISHED, department, event["type"]).inc()
+        self.counts.inc(PUBLISHED, department, event["type"])
         event["location"] = self.standardiser.standardise(event["location"])
         enrich(event, event_type, self.reference)
         published_at = published_at_header(message.timestamp()[1])
@@ -103,6 +103,6 @@ class IngestStage(Stage):
             partition = self.router.update(event["data"]["case_id"]) if event_type.updates_case else self.router.report(event)
             return [Output(self.pipe_topic, value, event["id"].encode(), headers + [published_at], partition)]
         event["targets"] = self.dispatch.event_targets(event["type"], Place.of(event["location"]))
-        labelled(ROUTED, event["type"]).inc()
+        self.counts.inc(ROUTED, event["type"])
         value, headers = self.ctx.serde.encode(event, self.dist_topic)
         return [Output(self.dist_topic, value, event["id"].encode(), headers + [published_at])]

@@ -28,6 +28,7 @@ writes one batch per partition.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import threading
@@ -42,7 +43,7 @@ from civicbus.context import BusContext
 from civicbus.dlq import DeadLetter, Reason
 from civicbus.kafka import make_consumer, producer_config
 from civicbus.metrics import (KAFKA_REQUESTS, OFFSET_COMMIT_FAILURES, PRODUCED_BATCHES, REJECTED, STAGE_BATCH_SECONDS,
-                              STAGE_RECORDS, labelled)
+                              STAGE_RECORDS, BatchedMetrics, labelled)
 from civicbus.quirks import EMBEDDED_COMMIT_SPACING_PER_BATCH_US, SkippedBatchGuard, is_embedded
 from civicbus.settings import Settings
 from civicbus.signing import SIGNATURE_HEADER, RecordSigner
@@ -71,6 +72,11 @@ class Stage:
 
     def process(self, message: Message) -> Iterable[Output]:
         raise NotImplementedError
+
+    @functools.cached_property
+    def counts(self) -> BatchedMetrics:
+        """What `process` counts per event, written to the metrics when its batch commits."""
+        return BatchedMetrics()
 
     def prepare(self, ctx: BusContext) -> None:
         """Called once before consuming (start helpers)."""
@@ -307,6 +313,7 @@ class StageRunner:
         self._written, self._consumed = set(), {}
         self._open = []
         self.stage.after_commit()
+        self.stage.counts.write()
         labelled(STAGE_RECORDS, self.stage.name).inc(count)
         labelled(STAGE_BATCH_SECONDS, self.stage.name).observe(self._last_commit - self._started)
 
@@ -339,6 +346,7 @@ class StageRunner:
             self._producer.abort_transaction()
         self._open = []
         self._written, self._consumed = set(), {}
+        self.stage.counts.discard()
         self.stage.after_abort()
         self._rewind(self._consumer)
         if self._guard is not None:
