@@ -30,8 +30,8 @@ class Department(BaseModel):
     name_en: str
     partitions: int = Field(
         default=1, ge=1, le=64,
-        description="Partitions of the department's inbound topic (civic.in.<id>), by the volume it publishes: "
-        "publishers spread their records over them by key (civicbus.topology.Topology.inbound_partitions says why).",
+        description="Partitions of the department's inbound topic (civic.in.<id>), for a department that publishes "
+        "more than one takes; publishers spread their records over them by key (civicbus.quirks, 2).",
     )
 
     @model_validator(mode="before")

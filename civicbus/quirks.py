@@ -16,11 +16,11 @@ Kafka; the ones that cost something there are switched on only when `is_embedded
    20,000, over 2 s from 40,000; nothing trims a partition (no DeleteRecords, no retention).
    -> the runner spaces commits by the batches a stage wrote (processors.runner.CommitSpacing,
    EMBEDDED_COMMIT_SPACING_PER_BATCH_US); an inbound topic, whose publishers write a batch per
-   event and cannot be spaced, has partitions by its department's volume (departments.yaml
-   `partitions`, Topology.inbound_partitions): a reader at the end of 20,000 batches in one
-   partition kept the broker's core full and was answered a few times in 20 s, spread over 4 or
-   16 partitions the same reads cost it under half a core (`python -m benchmarks partitions`);
-   ListOffsets lists them too, so the lag exporter reads log
+   event and cannot be spaced, may be given more partitions (departments.yaml `partitions`,
+   Topology.inbound_partitions): a reader at the end of 20,000 batches in one partition kept the
+   broker's core full and was answered a few times in 20 s, spread over 4 or 16 partitions the
+   same reads cost it under half a core, but every partition adds to every fetch (`python -m
+   benchmarks partitions`; README, "The inbound topics"); ListOffsets lists them too, so the lag exporter reads log
    starts once a minute and keeps its polling under a tenth of the time (civicbus.lag), and
    publishes how long ListOffsets takes (civicbus_broker_list_offsets_seconds); the live view warns
    when it climbs; the case stage asks the inbound ends only once ingest has reached the ends it

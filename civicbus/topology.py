@@ -37,10 +37,9 @@ class Topology:
     departments: tuple[str, ...]
     namespace: str = ""
     pipeline_partitions: int = 1
-    # (department, partitions) of inbound topics with more than `pipeline_partitions`, sized by the
-    # volume each department publishes (departments.yaml `partitions`; civicbus.quirks, 2). At 100
-    # events/s the hotline's 42 a second put 17,000 batches into one partition by minute 7, and
-    # ingest fell behind; over 16 partitions the same traffic puts 3,000 into each in 20 minutes.
+    # (department, partitions) of inbound topics with more than `pipeline_partitions`, for a busy
+    # department (departments.yaml `partitions`; civicbus.quirks, 2): at 100 events/s the hotline's
+    # 42 a second put 17,000 batches into its one partition by minute 7 of the soak.
     inbound_partitions: tuple[tuple[str, int], ...] = ()
 
     def name(self, topic: str) -> str:

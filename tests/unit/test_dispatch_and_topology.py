@@ -68,3 +68,12 @@ def test_namespace_prefixes_every_topic_and_group():
     assert all(s.name.startswith("t1.civic.") for s in topology.specs() if s.name != topology.cases_changelog)
     assert topology.cases_changelog == "t1.civic.state.cases"
     assert topology.group("civicbus-ingest") == "t1.civicbus-ingest"
+
+
+def test_a_busy_departments_inbound_topic_gets_the_partitions_its_config_gives():
+    busy = CITY.model_copy(update={"departments": tuple(
+        d.model_copy(update={"partitions": 8}) if d.id == "hotline12345" else d for d in CITY.departments)})
+    partitions = {s.name: s.partitions for s in busy.topology("t1.").specs()}
+    assert partitions["t1.civic.in.hotline12345"] == 8
+    assert partitions["t1.civic.in.citymgmt"] == 1 and partitions["t1.civic.feed.hotline12345"] == 1
+    assert {s.partitions for s in CITY.topology().specs()} == {1}  # the sample city: one each
