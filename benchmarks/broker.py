@@ -248,10 +248,10 @@ def run_partitions(repeats: int = 3) -> Path:
     spread = {}
     for partitions in (1, 4, 16):
         runs = [spread_cost(partitions) for _ in range(repeats)]
-        spread[f"{SPREAD_BATCHES} batches in {partitions} partitions"] = {
-            "broker_cores": median([r["broker_cores"] for r in runs], digits=2),
-            "records_read_of_sent": [f"{r['records_read']}/{r['records_sent']}" for r in runs]}
-        print(f"reader at the end of {partitions} partitions holding {SPREAD_BATCHES} batches: {spread}")
+        label = f"{SPREAD_BATCHES} batches in {partitions} partitions"
+        spread[label] = {"broker_cores": median([r["broker_cores"] for r in runs], digits=2),
+                         "records_read_of_sent": [f"{r['records_read']}/{r['records_sent']}" for r in runs]}
+        print(f"reader at the end of {label}: {spread[label]}")
     idle = {}
     wait_ms = Settings().fetch_wait_max_ms
     for per_topic in (1, 4):
@@ -259,9 +259,9 @@ def run_partitions(repeats: int = 3) -> Path:
             process = psutil.Process(broker.pid)
             topics = [f"bench.in.{i}" for i in range(INBOUND_TOPICS)]
             apply_topics(broker.bootstrap, [TopicSpec(t, per_topic) for t in topics])
-            idle[f"{INBOUND_TOPICS} topics x {per_topic} partitions, fetch wait {wait_ms}ms"] = median(
-                [idle_fetch_cost(broker, process, topics, wait_ms, partitions=per_topic) for _ in range(repeats)], digits=3)
-        print(f"idle consumer: {idle}")
+            label = f"{INBOUND_TOPICS} topics x {per_topic} partitions, fetch wait {wait_ms}ms"
+            idle[label] = median([idle_fetch_cost(broker, process, topics, wait_ms, partitions=per_topic) for _ in range(repeats)], digits=3)
+        print(f"idle consumer, {label}: {idle[label]} broker cores")
     return write_result("partitions", {
         "repeats": repeats,
         "reader_while_50_records_per_s_arrive": spread,
