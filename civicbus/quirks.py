@@ -19,7 +19,7 @@ Kafka; the ones that cost something there are switched on only when `is_embedded
    event and cannot be spaced, may be given more partitions (departments.yaml `partitions`,
    Topology.inbound_partitions): a reader at the end of 20,000 batches in one partition kept the
    broker's core full and was answered a few times in 20 s, spread over 4 or 16 partitions the
-   same reads cost it under half a core, but every partition adds to every fetch (`python -m
+   same reads cost it 0.63 and 0.26 of a core, but every partition adds to every fetch (`python -m
    benchmarks partitions`; README, "The inbound topics"); ListOffsets lists them too, so the lag exporter reads log
    starts once a minute and keeps its polling under a tenth of the time (civicbus.lag), and
    publishes how long ListOffsets takes (civicbus_broker_list_offsets_seconds); the live view warns
