@@ -20,8 +20,9 @@ $(STAMP): pyproject.toml
 run: install
 	$(BIN)/civicbus up --simulate 20
 
+# --durations: the suite must stay under 15 minutes on CI's 2 cores; the slowest tests are where to look.
 test: install prometheus asyncapi-parser chromium
-	$(BIN)/python -m pytest -p no:cacheprovider -q
+	$(BIN)/python -m pytest -p no:cacheprovider -q --durations=15
 
 # promtool, the Prometheus server and Alertmanager (Debian packages `prometheus` and
 # `prometheus-alertmanager`): the alerting-rule unit tests, the lag test against a real Prometheus
