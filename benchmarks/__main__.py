@@ -69,6 +69,14 @@ def partitions(repeats: int = 3) -> None:
 
 
 @app.command()
+def share(rate: float = 20.0, minute: int = 6, seed: int = 6) -> None:
+    """What each part of a stack (each stage, the departments' readers, the traffic) costs the broker at minute MINUTE of RATE events/s."""
+    from benchmarks.broker_share import run
+
+    run(rate, minute, seed)
+
+
+@app.command()
 def soak(rate: float = 20.0, minutes: int = 60, seed: int = 6,
          bare_replay: bool = typer.Option(True, help="then the bare replay of the stages' own records at the same pace")) -> None:
     """The whole pipeline under the simulator's traffic at RATE events/s, per minute for MINUTES."""
@@ -99,6 +107,7 @@ def run_all(seed: int = 6) -> None:
     serde(seed=seed)
     broker()
     partitions()
+    share(seed=seed)
     throughput(seed=seed, profile=True)
     latency(seed=seed)
     workers(seed=seed)
