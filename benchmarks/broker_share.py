@@ -7,11 +7,12 @@ what. The three stages, a stock read_committed reader per department's feed (as 
 `civicbus simulate` at RATE; at minute 1 and at minute MINUTE the broker's CPU is read over
 WINDOW_S seconds with everything running, together with the Kafka requests each stage's clients
 sent, by API (processors.runner.ClientStatistics). Then, one at a time, each part is held still
-for a window and the broker's CPU read again: the departments' readers paused (their
-assignments, so librdkafka stops fetching), each stage stopped (SIGSTOP, then SIGCONT and
-RECOVER_S to catch up before the next window), and last the traffic itself. What the broker
-saves while a part is still is what that part costs it (a stopped stage also stops what its
-output costs its readers). Results: benchmarks/results/share.json.
+for a window, beside a window with everything running just before it (the broker's cost climbs
+by the minute): the departments' readers paused (their assignments, so librdkafka stops
+fetching), each stage stopped (SIGSTOP, then SIGCONT and RECOVER_S to catch up before the next
+pair), and last the traffic itself. What the broker saves while a part is still is what that
+part costs it (a stopped stage also stops what its output costs its readers; ingest stopped
+leaves the other stages nothing to read). Results: benchmarks/results/share.json.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from civicbus.kafka import FEED_READER_FETCH_WAIT_MS
 from processors import STAGES
 
 WINDOW_S = 20.0
-RECOVER_S = 15.0
+RECOVER_S = 40.0  # a stopped stage's backlog costs the broker a listing at every fetch until it is read
 
 
 class PausableReaders:
@@ -103,30 +104,28 @@ def run(rate: float, minute: int, seed: int) -> Path:
             first_minute = window(stages, metrics_dir)
             time.sleep(max(0.0, (minute - 1) * 60 - (time.monotonic() - started)))
             running = window(stages, metrics_dir)
-            still: dict[str, float] = {}
-            readers.paused.set()
-            time.sleep(1)
-            still["departments' readers paused"] = window(stages, metrics_dir)["broker_cores"]
-            readers.paused.clear()
-            for name in (f"{stage}-0" for stage in STAGES):
-                pid = stages.processes[name].pid
-                os.kill(pid, signal.SIGSTOP)
+            still: dict[str, dict[str, float]] = {}
+
+            def held_still(part: str, hold, release) -> None:
+                """The broker's cores over a window just before and one while `part` is held still."""
+                before = window(stages, metrics_dir)["broker_cores"]
+                hold()
                 try:
                     time.sleep(1)
-                    still[f"{name} stopped"] = window(stages, metrics_dir)["broker_cores"]
+                    during = window(stages, metrics_dir)["broker_cores"]
                 finally:
-                    os.kill(pid, signal.SIGCONT)
+                    release()
+                still[part] = {"running": before, "still": during, "saved": round(before - during, 3)}
                 time.sleep(RECOVER_S)
-            still["everything running again"] = window(stages, metrics_dir)["broker_cores"]
-            os.kill(simulator.pid, signal.SIGSTOP)
-            try:
-                time.sleep(3)
-                still["no traffic"] = window(stages, metrics_dir)["broker_cores"]
-            finally:
-                os.kill(simulator.pid, signal.SIGCONT)
+
+            held_still("departments' readers paused", readers.paused.set, readers.paused.clear)
+            for name in (f"{stage}-0" for stage in reversed(STAGES)):  # the fan-out first: least backlog downstream
+                pid = stages.processes[name].pid
+                held_still(f"{name} stopped", lambda pid=pid: os.kill(pid, signal.SIGSTOP), lambda pid=pid: os.kill(pid, signal.SIGCONT))
+            held_still("no traffic", lambda: os.kill(simulator.pid, signal.SIGSTOP), lambda: os.kill(simulator.pid, signal.SIGCONT))
             readers.close()
-    for name, value in still.items():
-        print(f"{name}: broker {value} cores (running: {running['broker_cores']})")
+    for part, cores in still.items():
+        print(f"{part}: broker {cores['still']} cores, {cores['running']} just before")
     return write_result("share", {
         "rate_events_per_s": rate, "minute": minute, "seed": seed, "window_s": WINDOW_S,
         "workload": "`civicbus simulate` into the three stages; a stock read_committed reader per department's feed",
