@@ -70,8 +70,8 @@ class Settings(BaseSettings):
     commit_interval_max_ms: int = Field(default=1000, ge=0, description="Most time between two commits under traffic.")
     commit_spacing_per_batch_us: float | None = Field(
         default=None, ge=0,
-        description="How much the commit spacing grows per batch a stage wrote, every partition it "
-        "writes together (processors.runner.CommitSpacing). Unset: 10 on the embedded broker, whose fetches cost more "
+        description="How much the commit spacing grows per batch a stage wrote to a partition "
+        "(processors.runner.CommitSpacing). Unset: 20 on the embedded broker, whose fetches cost more "
         "as partitions grow, 0 on Apache Kafka.",
     )
     client_statistics_interval_ms: int = Field(

@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-import pytest
 from confluent_kafka import KafkaError, TopicPartition
 
 from civicbus.context import BusContext
@@ -14,15 +13,16 @@ from civicbus.settings import Settings
 from processors.runner import CommitSpacing, Stage, StageRunner
 
 
-def test_commit_spacing_grows_with_the_batches_written_to_every_partition_and_is_bounded():
-    spacing = CommitSpacing(minimum_ms=20, maximum_ms=1000, per_batch_us=10)
+def test_commit_spacing_grows_with_the_fullest_partition_written_and_is_bounded():
+    spacing = CommitSpacing(minimum_ms=20, maximum_ms=1000, per_batch_us=20)
     assert spacing.interval_s == 0.02
-    for _ in range(1_000):  # a transaction into one partition: a batch and a marker each
-        spacing.committed([("civic.state.cases", 0)], transactional=True)
-    assert spacing.interval_s == 0.02  # 2,000 batches: still the least spacing
-    for _ in range(1_000):  # without a transaction, into three partitions: three batches, no marker
-        spacing.committed([("civic.audit", 0), ("civic.feed.police", 0), ("civic.feed.housing", 0)], transactional=False)
-    assert spacing.interval_s == pytest.approx(5_000 * 10e-6)
+    for _ in range(5_000):  # 10,000 batches and markers in one partition, a few in another
+        spacing.committed([("civic.feed.police", 0)], transactional=True)
+    spacing.committed([("civic.audit", 0)], transactional=True)
+    assert spacing.interval_s == 10_000 * 20e-6
+    for _ in range(2_500):  # without a transaction: a batch, no marker
+        spacing.committed([("civic.feed.police", 0)], transactional=False)
+    assert spacing.interval_s == 12_500 * 20e-6
     for _ in range(100_000):
         spacing.committed([("civic.feed.police", 0)], transactional=True)
     assert spacing.interval_s == 1.0
