@@ -12,7 +12,7 @@ by the minute): the departments' readers paused (their assignments, so librdkafk
 fetching), each stage stopped (SIGSTOP, then SIGCONT and RECOVER_S to catch up before the next
 pair), and last the traffic itself. What the broker saves while a part is still is what that
 part costs it (a stopped stage also stops what its output costs its readers; ingest stopped
-leaves the other stages nothing to read). Results: benchmarks/results/share.json.
+leaves the other stages nothing to read). Results: benchmarks/results/share-<rate>.json.
 """
 
 from __future__ import annotations
@@ -126,7 +126,7 @@ def run(rate: float, minute: int, seed: int) -> Path:
             readers.close()
     for part, cores in still.items():
         print(f"{part}: broker {cores['still']} cores, {cores['running']} just before")
-    return write_result("share", {
+    return write_result(f"share-{int(rate)}", {
         "rate_events_per_s": rate, "minute": minute, "seed": seed, "window_s": WINDOW_S,
         "workload": "`civicbus simulate` into the three stages; a stock read_committed reader per department's feed",
         "broker_cores_fresh_stack_no_traffic": idle,
