@@ -25,11 +25,10 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka import TopicPartition
 
-from benchmarks.harness import bench_bus, fetched, processes, stage_samples
+from benchmarks.harness import bench_bus, department_reader, fetched, processes, stage_samples
 from benchmarks.report import write_result
-from civicbus.kafka import FEED_READER_FETCH_WAIT_MS
 from processors import STAGES
 
 WINDOW_S = 20.0
@@ -48,10 +47,7 @@ class PausableReaders:
             thread.start()
 
     def _run(self, bootstrap: str, feed: str) -> None:
-        reader = Consumer({"bootstrap.servers": bootstrap, "group.id": "share", "enable.auto.commit": False,
-                           "isolation.level": "read_committed", "fetch.wait.max.ms": FEED_READER_FETCH_WAIT_MS})
-        assignment = [TopicPartition(feed, 0, 0)]
-        reader.assign(assignment)
+        reader = department_reader(bootstrap, feed)
         paused = False
         while not self._stop.is_set():
             if self.paused.is_set() != paused:

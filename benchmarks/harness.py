@@ -36,7 +36,7 @@ from prometheus_client.samples import Sample
 
 from civicbus.broker import EmbeddedBroker
 from civicbus.context import BusContext
-from civicbus.kafka import apply_topics
+from civicbus.kafka import FEED_READER_FETCH_WAIT_MS, apply_topics
 from civicbus.lag.offsets import OffsetsReader
 from civicbus.lifeline import with_lifeline
 from civicbus.stack import RESTART_BACKOFF_S
@@ -384,6 +384,15 @@ def bench_bus(partitions: int = 1, namespace: str = "bench.", keep_logs_in: Path
         stages = StageProcesses(ctx, work_dir)
         cleanup.callback(stages.stop)  # before the broker stops, also when the benchmark fails
         yield ctx, stages
+
+
+def department_reader(bootstrap: str, feed: str) -> Consumer:
+    """A department's stock reader of its feed, from the start: read_committed, a group of its own
+    that commits nothing, and the subscriber SDK's fetch wait."""
+    reader = Consumer({"bootstrap.servers": bootstrap, "group.id": f"bench-{uuid.uuid4().hex}", "enable.auto.commit": False,
+                       "isolation.level": "read_committed", "fetch.wait.max.ms": FEED_READER_FETCH_WAIT_MS})
+    reader.assign([TopicPartition(feed, 0, 0)])
+    return reader
 
 
 def processes(stages: StageProcesses) -> dict[str, psutil.Process]:

@@ -50,7 +50,7 @@ from pathlib import Path
 from confluent_kafka import Consumer, ConsumerGroupTopicPartitions, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient
 
-from benchmarks.harness import bench_bus, client_counts, fetched, processes, read_all, stage_samples, usage
+from benchmarks.harness import bench_bus, client_counts, department_reader, fetched, processes, read_all, stage_samples, usage
 from benchmarks.replay import capture
 from benchmarks.report import RESULTS_DIR, percentile, write_result
 from civicbus.context import BusContext
@@ -69,11 +69,7 @@ class FeedLatency:
     subscriber SDK), and publish -> arrival per minute over all of them."""
 
     def __init__(self, bootstrap: str, feeds: list[str]):
-        self.readers = [Consumer({"bootstrap.servers": bootstrap, "group.id": f"soak-{uuid.uuid4().hex}", "enable.auto.commit": False,
-                                  "isolation.level": "read_committed", "fetch.wait.max.ms": FEED_READER_FETCH_WAIT_MS})
-                        for _ in feeds]
-        for reader, feed in zip(self.readers, feeds):
-            reader.assign([TopicPartition(feed, 0, 0)])
+        self.readers = [department_reader(bootstrap, feed) for feed in feeds]
         self.latencies_ms: list[float] = []
         self.lock = threading.Lock()
         self.stop = threading.Event()
