@@ -25,6 +25,14 @@ def test_reports_of_one_district_share_a_partition_and_updates_follow_their_repo
     assert router.update("never-seen") == partition_of("never-seen", 8)
 
 
+def test_with_one_partition_the_router_remembers_nothing_and_follows_no_state_log():
+    router = CaseRouter(partitions=1)
+    assert {router.report(report(f"r{i}", d)) for i, d in enumerate(["dongcheng", "xicheng", None])} == {0}
+    assert router.update("r0") == router.update("never-seen") == 0
+    router.follow(ctx=None)  # would need a broker if it followed anything
+    assert router._recent == {} and router._follower is None
+
+
 def test_the_router_learns_reports_routed_elsewhere_from_the_state_log():
     def logged(key, value, partition):
         return FakeRecord(_partition=partition, _key=key, _value=value)
