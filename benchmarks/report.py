@@ -36,10 +36,17 @@ def git_commit() -> str:
     root = Path(__file__).resolve().parent.parent
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root, capture_output=True, text=True).stdout.strip()
+        code_only = ["--", ".", ":!benchmarks/results"]  # earlier results waiting to be committed change no code
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", *code_only],
+                               cwd=root, capture_output=True, text=True).stdout.strip()
         return commit + ("+uncommitted" if dirty else "")
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
+
+
+# The code a run measures is the code it started with: a commit made while a soak runs (hours)
+# must not be written into its results.
+COMMIT_AT_START = git_commit()
 
 
 def write_result(name: str, figures: dict[str, Any]) -> Path:
@@ -48,7 +55,7 @@ def write_result(name: str, figures: dict[str, Any]) -> Path:
     document = {
         "benchmark": name,
         "command": " ".join(["python", "-m", "benchmarks", *sys.argv[1:]]),
-        "commit": git_commit(),
+        "commit": COMMIT_AT_START,
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "machine": machine(),
         **figures,
