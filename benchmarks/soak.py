@@ -231,8 +231,9 @@ def publish_on_schedule(ctx: BusContext, schedule: list, stop: threading.Event) 
         delay = started + offset_s - time.monotonic()
         if delay > 0 and stop.wait(delay):
             break
-        producer = producers.get(topic) or producers.setdefault(
-            topic, Producer({"bootstrap.servers": ctx.bootstrap, "enable.idempotence": True, "linger.ms": 5}))
+        if topic not in producers:  # not `get(topic) or ...`: a Producer with an empty queue is falsy (its len())
+            producers[topic] = Producer({"bootstrap.servers": ctx.bootstrap, "enable.idempotence": True, "linger.ms": 5})
+        producer = producers[topic]
         producer.produce(ctx.topology.namespace + topic, value, key, headers=headers)
         producer.poll(0)
     for producer in producers.values():
