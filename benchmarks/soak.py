@@ -54,7 +54,7 @@ from benchmarks.harness import bench_bus, client_counts, department_reader, fetc
 from benchmarks.replay import capture
 from benchmarks.report import RESULTS_DIR, percentile, write_result
 from civicbus.context import BusContext
-from civicbus.kafka import FEED_READER_FETCH_WAIT_MS
+from civicbus.kafka import FEED_READER_FETCH_WAIT_MS, make_producer
 from civicbus.topology import DIST_EVENTS, PIPE_CASES
 from civicbus.wire import read_published_ms
 from processors import STAGES
@@ -232,7 +232,7 @@ def publish_on_schedule(ctx: BusContext, schedule: list, stop: threading.Event) 
         if delay > 0 and stop.wait(delay):
             break
         if topic not in producers:  # not `get(topic) or ...`: a Producer with an empty queue is falsy (its len())
-            producers[topic] = Producer({"bootstrap.servers": ctx.bootstrap, "enable.idempotence": True, "linger.ms": 5})
+            producers[topic] = make_producer(ctx.bootstrap)  # the simulator's publishers' settings
         producer = producers[topic]
         producer.produce(ctx.topology.namespace + topic, value, key, headers=headers)
         producer.poll(0)
