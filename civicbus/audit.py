@@ -48,7 +48,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 from civicbus.context import BusContext
-from civicbus.kafka import AsyncProducer, make_consumer, read_to_end
+from civicbus.kafka import AsyncProducer, make_consumer
+from civicbus.quirks import read_to_end_of
 from civicbus.settings import Settings
 from civicbus.signing import RecordSigner, state_secret
 from civicbus.topology import AUDIT
@@ -209,7 +210,6 @@ def read_chain_head(settings: Settings, bootstrap: str, writer: str) -> ChainHea
     signer = RecordSigner.of_stack(settings)
     # assigned, never subscribed; named inside the group prefix the writer's principal holds (civicbus.acl)
     group = f"{settings.namespace}civicbus-{writer.split('.')[0]}-audit"
-    consumer = make_consumer(settings, bootstrap, group, **{"enable.partition.eof": True})
     head = ChainHead()
 
     def follow(message) -> None:
@@ -224,16 +224,16 @@ def read_chain_head(settings: Settings, bootstrap: str, writer: str) -> ChainHea
         if isinstance(entry, AuditRecord):
             head.recent_deliveries.setdefault(entry.event_id, set()).update(d.department for d in entry.deliveries)
 
+    watermarks = make_consumer(settings, bootstrap, group)
     try:
-        partitions = sorted(consumer.list_topics(topic, timeout=10).topics[topic].partitions)
-        ends = {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10, cached=False) for p in partitions}
-        consumer.assign([TopicPartition(topic, p, max(low, high - RESTORE_TAIL_RECORDS)) for p, (low, high) in ends.items()])
-        read_to_end(consumer, follow)
-        if head.seq == 0 and any(high - low > RESTORE_TAIL_RECORDS for low, high in ends.values()):
-            consumer.assign([TopicPartition(topic, p, low) for p, (low, _high) in ends.items()])
-            read_to_end(consumer, follow)
+        partitions = sorted(watermarks.list_topics(topic, timeout=10).topics[topic].partitions)
+        ends = {p: watermarks.get_watermark_offsets(TopicPartition(topic, p), timeout=10, cached=False) for p in partitions}
     finally:
-        consumer.close()
+        watermarks.close()
+    read_to_end_of(settings, bootstrap, group, [TopicPartition(topic, p, max(low, high - RESTORE_TAIL_RECORDS)) for p, (low, high) in ends.items()],
+                   follow)
+    if head.seq == 0 and any(high - low > RESTORE_TAIL_RECORDS for low, high in ends.values()):
+        read_to_end_of(settings, bootstrap, group, [TopicPartition(topic, p, low) for p, (low, _high) in ends.items()], follow)
     return head
 
 

@@ -17,7 +17,8 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from civicbus.audit import AuditRecord, Checkpoint, decode_entry, record_hash
-from civicbus.kafka import make_consumer, read_to_end
+from civicbus.kafka import make_consumer
+from civicbus.quirks import read_to_end_of
 from civicbus.settings import Settings
 from civicbus.signing import SIGNATURE_HEADER, RecordSigner
 from civicbus.topology import AUDIT
@@ -118,7 +119,8 @@ def read_log(settings: Settings, bootstrap: str, since_ms: int | None) -> tuple[
     """Every record of civic.audit (from `since_ms` on), and whether that is the log from its start."""
     topic = settings.namespace + AUDIT
     signer = RecordSigner.of_stack(settings)
-    consumer = make_consumer(settings, bootstrap, f"{settings.namespace}civicbus-audit-verify", **{"enable.partition.eof": True})
+    group = f"{settings.namespace}civicbus-audit-verify"
+    consumer = make_consumer(settings, bootstrap, group)
     by_partition: dict[int, list[LoggedRecord]] = {}
 
     def take(message) -> None:
@@ -142,10 +144,9 @@ def read_log(settings: Settings, bootstrap: str, since_ms: int | None) -> tuple[
         else:
             found = consumer.offsets_for_times([TopicPartition(topic, p, since_ms) for p in partitions], timeout=10)
             starts = {tp.partition: tp.offset for tp in found if tp.offset >= 0}
-        consumer.assign([TopicPartition(topic, p, o) for p, o in starts.items()])
-        if starts:
-            read_to_end(consumer, take, timeout_s=600)
     finally:
         consumer.close()
+    if starts:
+        read_to_end_of(settings, bootstrap, group, [TopicPartition(topic, p, o) for p, o in starts.items()], take, timeout_s=600)
     records = [r for p in sorted(by_partition) for r in by_partition[p]]
     return records, since_ms is None and all(low == 0 for low in lows.values())

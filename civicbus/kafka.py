@@ -105,21 +105,6 @@ def read_to_end(consumer: Consumer, on_record: Callable[[Message], None], timeou
         raise TimeoutError(f"not read to the end within {timeout_s:.0f}s: {sorted(pending)}")
 
 
-def partition_ends(settings: Settings, bootstrap: str, group_id: str, topic: str, reported: dict[int, int],
-                   timeout_s: float = 10.0) -> dict[int, int]:
-    """The offset after each partition's last record (or transaction marker): `reported` (its
-    watermark as ListOffsets gave it) read on to end-of-partition by a consumer of its own,
-    assigned and never committing. The embedded broker reports the base offset of the last batch
-    + 1 (civicbus.quirks 5), short by the rest of that batch."""
-    consumer = make_consumer(settings, bootstrap, group_id, **{"enable.partition.eof": True})
-    try:
-        consumer.assign([TopicPartition(topic, p, max(0, o)) for p, o in reported.items()])
-        read_to_end(consumer, lambda _message: None, timeout_s)
-        return {tp.partition: max(tp.offset, reported[tp.partition]) for tp in consumer.position(consumer.assignment())}
-    finally:
-        consumer.close()
-
-
 class TopicFollower:
     """Reads every partition of `topics` from the start into `apply`, then follows them on a daemon
     thread; never commits. `catch_up` blocks until everything the topics held when it was called

@@ -56,6 +56,9 @@ END_TO_END_LATENCY = Histogram(
     "civicbus_end_to_end_latency_seconds", "From the publisher's produce time to the write to a department feed.",
     ["department"], buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
 )
+STAGE_FETCH_WAIT = Gauge("civicbus_stage_fetch_wait_seconds", "How long a stage's fetches wait: on the embedded broker it "
+                         "follows how long listing the stage's input partitions takes (civicbus.quirks, 10).",
+                         ["stage"], multiprocess_mode="livemax")
 OPEN_CASES = Gauge("civicbus_open_cases", "Cases not yet resolved.", ["department", "category"], multiprocess_mode="livesum")
 HELD_UPDATES = Gauge("civicbus_case_held_updates", "Status updates the case stage holds for a report ingest has not read yet.",
                      multiprocess_mode="livesum")

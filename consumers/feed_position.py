@@ -67,7 +67,7 @@ class FeedPosition:
     def check_within(self, ends: dict[int, int], topic: str) -> None:
         """A position beyond the feed's end can only come from a feed that was reset.
 
-        `ends` read to each partition's real end (civicbus.kafka.partition_ends): the embedded
+        `ends` read to each partition's real end (civicbus.quirks.partition_ends): the embedded
         broker's watermark is short by the rest of the last batch, where a reader's position may be."""
         beyond = {p: o for p, o in self.positions.items() if p in ends and o > ends[p]}
         if beyond:

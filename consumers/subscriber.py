@@ -33,7 +33,8 @@ from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, KafkaError, 
 from confluent_kafka.admin import OffsetSpec
 
 from civicbus.context import BusContext
-from civicbus.kafka import FEED_READER_FETCH_WAIT_MS, make_admin, make_consumer, partition_ends
+from civicbus.kafka import FEED_READER_FETCH_WAIT_MS, make_admin, make_consumer
+from civicbus.quirks import partition_ends
 from civicbus.metrics import FORGED_SKIPPED
 from civicbus.signing import RecordSigner
 from civicbus.wire import read_masked

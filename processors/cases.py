@@ -50,8 +50,9 @@ from confluent_kafka import KafkaError, KafkaException, Message, Producer, Topic
 
 from civicbus.context import BusContext
 from civicbus.dlq import DeadLetter, Reason
-from civicbus.kafka import make_consumer, make_producer, read_to_end
+from civicbus.kafka import make_producer
 from civicbus.metrics import ESCALATED, HELD_UPDATES, OPEN_CASES, OVERDUE_CASES, REJECTED, ROUTED, labelled
+from civicbus.quirks import read_to_end_of
 from civicbus.schemas import ESCALATION_TYPE
 from civicbus.serde import DecodeError
 from civicbus.signing import RecordSigner
@@ -228,12 +229,8 @@ class CaseStore(MutableMapping):
                     self.parked[key] = (value["reference"], value["until_ms"], PipeRecord.from_json(value["record"]))
 
         # assigned, never subscribed; named inside the stage's group prefix, which its ACLs allow
-        consumer = make_consumer(ctx.settings, ctx.bootstrap, ctx.topology.group("civicbus-cases-restore"), **{"enable.partition.eof": True})
-        consumer.assign([TopicPartition(topic, self.partition, 0)])
-        try:
-            read_to_end(consumer, apply, timeout_s)
-        finally:
-            consumer.close()
+        read_to_end_of(ctx.settings, ctx.bootstrap, ctx.topology.group("civicbus-cases-restore"),
+                       [TopicPartition(topic, self.partition, 0)], apply, timeout_s)
         for case_id, case in self.data.items():
             origins = reports.get(case_id, {})
             case["reports"] = list(origins)

@@ -40,10 +40,10 @@ from civicbus.audit import FANOUT_WRITER, AuditChain
 from civicbus.context import BusContext
 from civicbus.dlq import Reason
 from civicbus.ids import Publication, id_conflict
-from civicbus.kafka import make_consumer, read_to_end
+from civicbus.kafka import make_consumer
 from civicbus.metrics import AUDITED, DELIVERED, DUPLICATES_DROPPED, END_TO_END_LATENCY, MASKED
 from civicbus.policy import Delivery, Policy, masked_event
-from civicbus.quirks import FEED_TAIL_RECORDS
+from civicbus.quirks import FEED_TAIL_RECORDS, read_to_end_of
 from civicbus.topology import AUDIT, DIST_EVENTS
 from civicbus.wire import masked_header, read_published_ms
 from processors.runner import Output, Stage, dead_letter_output
@@ -106,20 +106,18 @@ class FanoutStage(Stage):
         """Restore the delivered ids from the tail of every feed, per department, and take up the
         audit chain (with the deliveries its tail records): a fan-out killed mid-batch leaves
         records that a replay must not write twice (tests/reliability/test_kill_processors.py)."""
-        consumer = make_consumer(
-            ctx.settings, ctx.bootstrap, self.topology.group("civicbus-fanout-restore"), **{"enable.partition.eof": True}
-        )
+        group = self.topology.group("civicbus-fanout-restore")
+        ends = make_consumer(ctx.settings, ctx.bootstrap, group)
         try:
-            topics = consumer.list_topics(timeout=10).topics
+            topics = ends.list_topics(timeout=10).topics
             partitions = []
             for feed in (self.topology.feed(d) for d in self.topology.departments):
                 for p in topics[feed].partitions:
-                    low, high = consumer.get_watermark_offsets(TopicPartition(feed, p), timeout=10)
+                    low, high = ends.get_watermark_offsets(TopicPartition(feed, p), timeout=10)
                     partitions.append(TopicPartition(feed, p, max(low, high - FEED_TAIL_RECORDS)))
-            consumer.assign(partitions)
-            read_to_end(consumer, self._restore_record)
         finally:
-            consumer.close()
+            ends.close()
+        read_to_end_of(ctx.settings, ctx.bootstrap, group, partitions, self._restore_record)
         self.audit = AuditChain.restored(ctx.settings, ctx.bootstrap, FANOUT_WRITER)
 
     def _restore_record(self, message: Message) -> None:

@@ -37,17 +37,18 @@ from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from confluent_kafka import OFFSET_BEGINNING, OFFSET_INVALID, KafkaError, KafkaException, Message, Producer, TopicPartition
+from confluent_kafka import KafkaError, KafkaException, Message, Producer, TopicPartition
 
 from civicbus.context import BusContext
 from civicbus.dlq import DeadLetter, Reason
-from civicbus.kafka import make_consumer, producer_config
+from civicbus.kafka import producer_config
 from civicbus.metrics import (KAFKA_REQUESTS, OFFSET_COMMIT_FAILURES, PRODUCED_BATCHES, REJECTED, STAGE_BATCH_SECONDS,
                               STAGE_RECORDS, BatchedMetrics, labelled)
-from civicbus.quirks import EMBEDDED_COMMIT_SPACING_PER_BATCH_US, SkippedBatchGuard, is_embedded
+from civicbus.quirks import EMBEDDED_COMMIT_SPACING_PER_BATCH_US, is_embedded
 from civicbus.settings import Settings
 from civicbus.signing import SIGNATURE_HEADER, RecordSigner
 from civicbus.topology import DLQ
+from processors.stage_input import StageInput
 
 log = logging.getLogger(__name__)
 
@@ -193,12 +194,11 @@ class StageRunner:
         self.group_id = ctx.topology.stage_group(stage.name)
         self.transactional_id = f"{self.group_id}.{instance}"
         self._producer: Producer | None = None
-        self._consumer = None
+        self._input: StageInput | None = None
         self._open: list[Message] = []  # the records of the open transaction
         self._started = 0.0  # perf_counter when the open transaction began
         self._last_commit = 0.0
         self._failed_delivery: KafkaException | None = None  # at least once: an output the producer gave up on
-        self._guard: SkippedBatchGuard | None = None  # on the embedded broker (civicbus.quirks, 9)
         self.signer = RecordSigner.of_stack(ctx.settings)
 
     def run(self, stop: threading.Event) -> None:
@@ -218,20 +218,21 @@ class StageRunner:
         else:
             self._producer = Producer(producer_config(self.ctx.bootstrap, **{"linger.ms": linger_ms}, **statistics))
         self.stage.prepare(self.ctx)
-        self._consumer = make_consumer(settings, self.ctx.bootstrap, self.group_id, on_commit=self._offsets_committed,
-                                       **ClientStatistics(settings, self.stage.name, "consumer").config())
-        self._guard = SkippedBatchGuard(self._consumer, self.stage.name) if embedded else None
-        self._consumer.subscribe(self.stage.subscription(), on_assign=self._on_assign, on_revoke=self._on_revoke)
+        self._input = StageInput(self.ctx, self.stage.name, self.group_id, self.stage.subscription(), embedded,
+                                 on_assigned=self.stage.assigned, on_revoked=self._on_revoke, on_commit=self._offsets_committed,
+                                 client_config=lambda: ClientStatistics(settings, self.stage.name, "consumer").config())
         log.info("stage %s running as %s", self.stage.name, self.transactional_id)
         try:
             while not stop.is_set():
-                self._process(self._take(self._consumer))
+                self._process(self._take())
                 if self._open and self._commit_due():
                     self._commit()
+                if not self._open:
+                    self._input.adapt()
             if self._open:
                 self._commit(wait=True)  # what was processed before the stop is delivered, not replayed
         finally:
-            self._consumer.close()  # leave the group now, so a successor is assigned at once
+            self._input.close()
             self._producer.flush(10)
             self.stage.close()
             log.info("stage %s stopped", self.stage.name)
@@ -240,40 +241,25 @@ class StageRunner:
         now = time.perf_counter()
         return len(self._open) >= self.batch_size or now - self._last_commit >= self.spacing.interval_s
 
-    def _on_assign(self, consumer, partitions: list[TopicPartition]) -> None:
-        if self._guard is not None:
-            self._guard.forget()
-        self.stage.assigned(partitions)
-
-    def _on_revoke(self, consumer, partitions: list[TopicPartition]) -> None:
+    def _on_revoke(self, partitions: list[TopicPartition]) -> None:
         if self._open:
             self._commit(wait=True)  # while the partitions are still ours to commit offsets for
         self.stage.revoked(partitions)
 
-    def _take(self, consumer) -> list[Message]:
+    def _take(self) -> list[Message]:
         """What is fetched already, at most what fits the open transaction, after waiting for the
         first record up to the batch timeout, or until the open transaction is due to commit
         (consume(n, timeout) would hold a trickle back until n arrived)."""
         wait = self.batch_timeout_s
         if self._open:
             wait = max(0.0, min(wait, self._last_commit + self.spacing.interval_s - time.perf_counter()))
-        first = consumer.poll(wait)
-        if first is None:
-            return []
-        room = max(0, self.batch_size - len(self._open) - 1)
-        return [first, *(consumer.consume(room, 0) if room else [])]
+        return self._input.take(wait, max(1, self.batch_size - len(self._open)))
 
     def _process(self, messages: list[Message]) -> None:
         if not messages:
             return
         try:
             for message in messages:
-                if message.error():
-                    if message.error().code() == KafkaError._PARTITION_EOF:
-                        continue
-                    raise KafkaException(message.error())
-                if self._guard is not None and not self._guard.admits(message):
-                    continue
                 if not self._open:
                     self._begin()
                 self._open.append(message)
@@ -293,7 +279,7 @@ class StageRunner:
     def _commit(self, wait: bool = False) -> None:
         """Commit the open batch; `wait`: at least once, also for the offsets' commit (on a stop
         or a revocation, when another worker starts from them)."""
-        producer, consumer, count = self._producer, self._consumer, len(self._open)
+        producer, consumer, count = self._producer, self._input.member, len(self._open)
         # only the partitions this batch read: each one costs the broker work at commit
         positions = [TopicPartition(topic, partition, offset) for (topic, partition), offset in self._consumed.items()]
         try:
@@ -324,7 +310,7 @@ class StageRunner:
             log.warning("stage %s: %d outputs not acknowledged yet; waiting", self.stage.name, len(self._producer))
         if self._failed_delivery is not None:
             raise self._failed_delivery  # not retriable any more: exit, and the supervisor's restart replays the batch
-        self._consumer.commit(offsets=positions, asynchronous=not wait)
+        self._input.member.commit(offsets=positions, asynchronous=not wait)
 
     def _offsets_committed(self, error: KafkaError | None, partitions: list[TopicPartition]) -> None:
         """librdkafka's answer to an offset commit: a failure is logged and counted, not raised, since
@@ -348,9 +334,7 @@ class StageRunner:
         self._written, self._consumed = set(), {}
         self.stage.counts.discard()
         self.stage.after_abort()
-        self._rewind(self._consumer)
-        if self._guard is not None:
-            self._guard.forget()
+        self._input.rewind()
 
     def _produce(self, out: Output) -> None:
         """Produce, signed when bound for an internal topic (civicbus.signing); delivery reports
@@ -380,9 +364,3 @@ class StageRunner:
         except Exception as e:  # a bug or an unforeseen input must not stop the city's pipeline
             log.exception("stage %s failed on %s[%d]@%d", self.stage.name, message.topic(), message.partition(), message.offset())
             return [dead_letter_output(self.ctx, self.stage.name, message, Reason.PROCESSING_ERROR, f"{type(e).__name__}: {e}")]
-
-    @staticmethod
-    def _rewind(consumer) -> None:
-        """Back to the committed offsets (the start, where none is committed yet)."""
-        for tp in consumer.committed(consumer.assignment()):
-            consumer.seek(TopicPartition(tp.topic, tp.partition, tp.offset if tp.offset != OFFSET_INVALID else OFFSET_BEGINNING))

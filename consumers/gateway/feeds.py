@@ -37,7 +37,8 @@ from pydantic import BaseModel
 
 from civicbus.audit import GatewayAudit
 from civicbus.context import BusContext
-from civicbus.kafka import FEED_READER_FETCH_WAIT_MS, consumer_config, make_admin, partition_ends
+from civicbus.kafka import FEED_READER_FETCH_WAIT_MS, consumer_config, make_admin
+from civicbus.quirks import partition_ends
 from civicbus.metrics import FORGED_SKIPPED
 from civicbus.serde import DecodeError
 from civicbus.signing import RecordSigner

@@ -1,0 +1,29 @@
+"""The fetch wait a reader needs on the embedded broker (civicbus.quirks, 10): pure parts."""
+
+from __future__ import annotations
+
+import civicbus.quirks as quirks
+from civicbus.quirks import FETCH_WAIT_MOST_MS, ListingClock, fetch_wait_for
+from civicbus.settings import Settings
+
+
+def test_the_wait_covers_three_listings_doubling_from_the_least_and_is_bounded():
+    assert fetch_wait_for(0.0, 10) == 10
+    assert fetch_wait_for(0.003, 10) == 10  # 9 ms of listings fit in 10
+    assert fetch_wait_for(0.004, 10) == 20
+    assert fetch_wait_for(0.030, 10) == 160  # 90 ms of listings: 10, 20, 40, 80, 160
+    assert fetch_wait_for(5.0, 10) == FETCH_WAIT_MOST_MS
+    assert fetch_wait_for(0.0, 50) == 50  # never below the configured wait
+    assert fetch_wait_for(5.0, 2000) == 2000
+
+
+def test_the_clock_rises_with_the_median_listing_and_falls_only_by_a_quarter(monkeypatch):
+    clock = ListingClock(Settings(bootstrap="127.0.0.1:1"), "127.0.0.1:1")
+    timings = iter([0.001, 0.050, 0.002, 0.030, 0.030, 0.030, 0.004, 0.004, 0.004, 0.004, 0.001, 0.001, 0.001])
+    monkeypatch.setattr(quirks, "listing_seconds", lambda admin, partitions: next(timings))
+    waits = []
+    for _ in range(13):
+        clock.sample()
+        waits.append(clock.wait_ms)
+    # medians of the last five, from the third: 2, 16, 30, 30, 30, 30, 4, 4, 4, 4, 1 ms; one slow answer moves nothing
+    assert waits == [10, 10, 10, 80, 160, 160, 160, 160, 20, 20, 20, 20, 20]
