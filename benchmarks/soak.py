@@ -154,6 +154,9 @@ def stage_counters(metrics_dir: str) -> dict[str, float]:
             totals[f"rejected.{sample.labels['stage']}.{sample.labels['reason']}"] += sample.value
         elif sample.name == "civicbus_open_cases":
             totals["open_cases"] += sample.value
+        elif sample.name == "civicbus_stage_fetch_wait_seconds":
+            key = f"fetch_wait_ms.{sample.labels['stage']}"
+            totals[key] = max(totals[key], round(sample.value * 1000))
     for (kind, name, _), value in client_counts(metrics_dir).items():  # every stage together
         totals[f"{name}_requests" if kind == "requests" else "batches"] += value
     return dict(totals)
@@ -190,8 +193,10 @@ def measure_minutes(ctx: BusContext, stages, metrics_dir: str, minutes: int, lab
                 "feed_records": len(latencies),
                 "p50_ms": round(percentile(latencies, 50), 1) if latencies else None,
                 "p99_ms": round(percentile(latencies, 99), 1) if latencies else None,
-                "per_minute": {k: round(v - previous_counts.get(k, 0.0)) for k, v in counts.items() if k != "open_cases"},
+                "per_minute": {k: round(v - previous_counts.get(k, 0.0)) for k, v in counts.items()
+                               if k != "open_cases" and not k.startswith("fetch_wait_ms.")},
                 "open_cases": counts.get("open_cases"),
+                "fetch_wait_ms": {k.removeprefix("fetch_wait_ms."): v for k, v in counts.items() if k.startswith("fetch_wait_ms.")},
                 "stage_restarts": dict(stages.restarts),  # since the start: each exited and was started again
                 "processes": {name: {"rss_mb": u["rss_mb"], "cpu_s_per_min": cpu_per_minute(u, previous_cpu.get(name))}
                               for name, u in now_usage.items()},
@@ -202,7 +207,7 @@ def measure_minutes(ctx: BusContext, stages, metrics_dir: str, minutes: int, lab
             rows.append(row)
             lags = ", ".join(f"{s}: {v['records']} rec/{v['seconds']} s" for s, v in row["lag"].items())
             print(f"{label} minute {minute}: lag {{{lags}}} p50/p99 {row['p50_ms']}/{row['p99_ms']} ms, feed records {row['feed_records']}, "
-                  f"open cases {row['open_cases']}, broker cpu {row['processes'].get('broker', {}).get('cpu_s_per_min')} s/min, "
+                  f"open cases {row['open_cases']}, fetch waits {row['fetch_wait_ms']}, broker cpu {row['processes'].get('broker', {}).get('cpu_s_per_min')} s/min, "
                   f"list offsets {row['broker_list_offsets_ms']}", flush=True)
             on_minute(rows)
     finally:

@@ -11,7 +11,7 @@ import math
 import sys
 import time
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.multiprocess import MultiProcessCollector
@@ -56,6 +56,7 @@ class Figures:
     open_cases: float
     dead_letters: float
     lag: LagReport | None
+    fetch_waits: dict[str, float] = field(default_factory=dict)  # stage -> seconds (civicbus.quirks, 10)
 
 
 def _seconds(value: float) -> str:
@@ -75,6 +76,9 @@ def format_frame(stamp: str, figures: Figures) -> str:
     else:
         for g in figures.lag.groups:
             lines.append(f"{g.group:<40}{g.status.value:<9}{g.sum_lag:>8.0f}{_seconds(g.max_lag_seconds):>8}")
+    if figures.fetch_waits:
+        waits = ", ".join(f"{stage} {seconds * 1000:.0f} ms" for stage, seconds in sorted(figures.fetch_waits.items()))
+        lines += ["", f"stage fetch waits: {waits}"]
     if figures.lag is not None and figures.lag.up and figures.lag.list_offsets_s > BROKER_SLOW_S:
         lines += ["", f"WARNING broker slow: {figures.lag.list_offsets_s:.1f} s to answer offsets. The embedded broker lists every "
                   "batch a partition holds for each read, and gets slower the longer it runs (README, broker facts); "
@@ -110,6 +114,7 @@ class LiveView:
             open_cases=sum(totals(self.registry, "civicbus_open_cases", "department").values()),
             dead_letters=sum(totals(self.registry, "civicbus_rejected_total", "reason").values()),
             lag=self.exporter.report if self.exporter else None,
+            fetch_waits=dict(totals(self.registry, "civicbus_stage_fetch_wait_seconds", "stage")),
         )
 
     def render(self) -> None:

@@ -12,9 +12,10 @@ def test_frame_shows_rates_lag_and_overdue_cases():
     figures = Figures(
         published={"citymgmt": 4.0}, delivered={"citymgmt": 2.5, "police": 1.0},
         overdue={"citymgmt": 2.0, "police": 0.0}, open_cases=9.0, dead_letters=3.0,
-        lag=LagReport(1.0, True, 0.01, LagMonitor().update(snapshot)),
+        lag=LagReport(1.0, True, 0.01, LagMonitor().update(snapshot)), fetch_waits={"ingest": 0.01, "cases": 0.08},
     )
     lines = format_frame("12:00:00", figures).splitlines()
+    assert "stage fetch waits: cases 80 ms, ingest 10 ms" in lines
     assert [line.split() for line in lines if line.startswith(("citymgmt", "police"))] == [
         ["citymgmt", "4.0", "2.5"], ["police", "0.0", "1.0"]]
     assert ["civicbus-fanout", "OK", "3", "-"] in [line.split() for line in lines]
