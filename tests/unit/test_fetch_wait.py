@@ -17,13 +17,14 @@ def test_the_wait_covers_three_listings_doubling_from_the_least_and_is_bounded()
     assert fetch_wait_for(5.0, 2000) == 2000
 
 
-def test_the_clock_rises_with_the_median_listing_and_falls_only_by_a_quarter(monkeypatch):
+def test_the_clock_rises_with_the_median_listing_and_falls_only_when_every_recent_one_allows_a_quarter(monkeypatch):
     clock = ListingClock(Settings(bootstrap="127.0.0.1:1"), "127.0.0.1:1")
-    timings = iter([0.001, 0.050, 0.002, 0.030, 0.030, 0.030, 0.004, 0.004, 0.004, 0.004, 0.001, 0.001, 0.001])
+    timings = iter([0.001, 0.050, 0.002, 0.030, 0.030, 0.030, 0.004, 0.004, 0.004, 0.004, 0.001, 0.001, 0.001, 0.001])
     monkeypatch.setattr(quirks, "listing_seconds", lambda admin, partitions: next(timings))
     waits = []
-    for _ in range(13):
+    for _ in range(14):
         clock.sample()
         waits.append(clock.wait_ms)
-    # medians of the last five, from the third: 2, 16, 30, 30, 30, 30, 4, 4, 4, 4, 1 ms; one slow answer moves nothing
-    assert waits == [10, 10, 10, 80, 160, 160, 160, 160, 20, 20, 20, 20, 20]
+    # from the third timing: medians of the last five 2, 16, 30, 30, 30, 30, 4, ... ms, so one slow
+    # answer moves nothing; it falls only once the slowest of the last five, 4 ms, asks for 20 ms
+    assert waits == [10, 10, 10, 80, 160, 160, 160, 160, 160, 160, 20, 20, 20, 20]
