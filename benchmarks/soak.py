@@ -19,7 +19,10 @@ the subscriber SDK's), and each minute records:
 - lag per stage group, in records (high watermark - committed) and in seconds (age, at the time
   the committed offsets were read, of the oldest record not yet committed; null when a record
   behind could not be read within 5 s, which counts as a minute missed);
-- p50/p99 publish -> feed (the feed record's arrival - the inbound record's timestamp);
+- p50/p99 publish -> feed (the feed record's arrival - the inbound record's timestamp), and the
+  same split where the fan-out wrote the record (the feed record's own timestamp, taken when the
+  fan-out produced it): publish -> fan-out (ingest, the case stage and the fan-out's read) and
+  fan-out -> feed (the fan-out's commit spacing, the append and the department's read);
 - records each stage processed (and events delivered and dead letters by stage and reason: the
   real stages' own counters), and the fetch, produce, transaction and offset-commit requests and
   record batches the stages' Kafka clients reported (processors.runner.ClientStatistics; every stage
@@ -67,11 +70,12 @@ TARGET_P99_MS = 1000.0
 WARM_UP_S = 15.0
 class FeedLatency:
     """A reader per department, each of its own feed (read_committed, no group, the wait of the
-    subscriber SDK), and publish -> arrival per minute over all of them."""
+    subscriber SDK), and per minute over all of them each record's publish -> arrival, split at
+    the fan-out's write (the feed record's timestamp)."""
 
     def __init__(self, bootstrap: str, feeds: list[str]):
         self.readers = [department_reader(bootstrap, feed) for feed in feeds]
-        self.latencies_ms: list[float] = []
+        self.latencies_ms: list[tuple[float, float, float]] = []  # (publish -> feed, -> fan-out, fan-out ->)
         self.lock = threading.Lock()
         self.stop = threading.Event()
         self.threads = [threading.Thread(target=self._run, args=(reader,), daemon=True) for reader in self.readers]
@@ -90,11 +94,12 @@ class FeedLatency:
             for message in fetched(reader, 0.1):
                 published = read_published_ms(message.headers())
                 if published:
+                    arrived, written = time.time() * 1000, message.timestamp()[1]
                     with self.lock:
-                        self.latencies_ms.append(time.time() * 1000 - published)
+                        self.latencies_ms.append((arrived - published, written - published, arrived - written))
         reader.close()
 
-    def take(self) -> list[float]:
+    def take(self) -> list[tuple[float, float, float]]:
         with self.lock:
             taken, self.latencies_ms = self.latencies_ms, []
         return taken
@@ -174,6 +179,11 @@ def cpu_per_minute(now: dict, before: dict | None) -> float | None:
     return round(now["cpu_s"] - before["cpu_s"], 1)
 
 
+def quantile(latencies: list[tuple[float, ...]], part: int, q: float) -> float | None:
+    """The q-th percentile of one part of FeedLatency's samples, None for a minute with none."""
+    return round(percentile([sample[part] for sample in latencies], q), 1) if latencies else None
+
+
 def measure_minutes(ctx: BusContext, stages, metrics_dir: str, minutes: int, label: str, on_minute) -> list[dict]:
     """The per-minute rows of one phase; `on_minute(rows)` after each (the file is written then)."""
     rows: list[dict] = []
@@ -194,8 +204,10 @@ def measure_minutes(ctx: BusContext, stages, metrics_dir: str, minutes: int, lab
                 "load_average_1m": round(os.getloadavg()[0], 2),  # the machine's, shared with whatever else runs
                 "lag": {stage: lag.measure(ctx.topology.group(f"civicbus-{stage}")) for stage in STAGES},
                 "feed_records": len(latencies),
-                "p50_ms": round(percentile(latencies, 50), 1) if latencies else None,
-                "p99_ms": round(percentile(latencies, 99), 1) if latencies else None,
+                "p50_ms": quantile(latencies, 0, 50),
+                "p99_ms": quantile(latencies, 0, 99),
+                "to_fanout_p50_p99_ms": [quantile(latencies, 1, 50), quantile(latencies, 1, 99)],
+                "fanout_to_feed_p50_p99_ms": [quantile(latencies, 2, 50), quantile(latencies, 2, 99)],
                 "per_minute": {k: round(v - previous_counts.get(k, 0.0)) for k, v in counts.items()
                                if k != "open_cases" and not k.startswith("fetch_wait_ms.")},
                 "open_cases": counts.get("open_cases"),
@@ -209,7 +221,8 @@ def measure_minutes(ctx: BusContext, stages, metrics_dir: str, minutes: int, lab
             previous_counts, previous_cpu = counts, now_usage
             rows.append(row)
             lags = ", ".join(f"{s}: {v['records']} rec/{v['seconds']} s" for s, v in row["lag"].items())
-            print(f"{label} minute {minute}: lag {{{lags}}} p50/p99 {row['p50_ms']}/{row['p99_ms']} ms, feed records {row['feed_records']}, "
+            print(f"{label} minute {minute}: lag {{{lags}}} p50/p99 {row['p50_ms']}/{row['p99_ms']} ms "
+                  f"(to the fan-out {row['to_fanout_p50_p99_ms']}, then {row['fanout_to_feed_p50_p99_ms']}), feed records {row['feed_records']}, "
                   f"open cases {row['open_cases']}, fetch waits {row['fetch_wait_ms']}, broker cpu {row['processes'].get('broker', {}).get('cpu_s_per_min')} s/min, "
                   f"list offsets {row['broker_list_offsets_ms']}", flush=True)
             on_minute(rows)
