@@ -43,12 +43,13 @@ from dataclasses import dataclass, field
 from typing import Annotated, Literal
 
 from confluent_kafka import TopicPartition
+from confluent_kafka.admin import OffsetSpec
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 from civicbus.context import BusContext
-from civicbus.kafka import AsyncProducer, make_consumer
+from civicbus.kafka import AsyncProducer, make_admin, partition_offsets, security_config
 from civicbus.quirks import read_to_end_of
 from civicbus.settings import Settings
 from civicbus.signing import RecordSigner, state_secret
@@ -224,16 +225,12 @@ def read_chain_head(settings: Settings, bootstrap: str, writer: str) -> ChainHea
         if isinstance(entry, AuditRecord):
             head.recent_deliveries.setdefault(entry.event_id, set()).update(d.department for d in entry.deliveries)
 
-    watermarks = make_consumer(settings, bootstrap, group)
-    try:
-        partitions = sorted(watermarks.list_topics(topic, timeout=10).topics[topic].partitions)
-        ends = {p: watermarks.get_watermark_offsets(TopicPartition(topic, p), timeout=10, cached=False) for p in partitions}
-    finally:
-        watermarks.close()
-    read_to_end_of(settings, bootstrap, group, [TopicPartition(topic, p, max(low, high - RESTORE_TAIL_RECORDS)) for p, (low, high) in ends.items()],
-                   follow)
-    if head.seq == 0 and any(high - low > RESTORE_TAIL_RECORDS for low, high in ends.values()):
-        read_to_end_of(settings, bootstrap, group, [TopicPartition(topic, p, low) for p, (low, _high) in ends.items()], follow)
+    admin = make_admin(bootstrap, **security_config(settings))
+    lows, highs = (partition_offsets(admin, [topic], spec) for spec in (OffsetSpec.earliest(), OffsetSpec.latest()))
+    read_to_end_of(settings, bootstrap, group, [TopicPartition(topic, p, max(low, highs[(topic, p)] - RESTORE_TAIL_RECORDS))
+                                                for (topic, p), low in lows.items()], follow)
+    if head.seq == 0 and any(highs[tp] - low > RESTORE_TAIL_RECORDS for tp, low in lows.items()):
+        read_to_end_of(settings, bootstrap, group, [TopicPartition(topic, p, low) for (topic, p), low in lows.items()], follow)
     return head
 
 

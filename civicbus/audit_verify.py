@@ -13,11 +13,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from confluent_kafka import TopicPartition
+from confluent_kafka.admin import OffsetSpec
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from civicbus.audit import AuditRecord, Checkpoint, decode_entry, record_hash
-from civicbus.kafka import make_consumer
+from civicbus.kafka import make_admin, partition_offsets, security_config
 from civicbus.quirks import read_to_end_of
 from civicbus.settings import Settings
 from civicbus.signing import SIGNATURE_HEADER, RecordSigner
@@ -120,7 +121,6 @@ def read_log(settings: Settings, bootstrap: str, since_ms: int | None) -> tuple[
     topic = settings.namespace + AUDIT
     signer = RecordSigner.of_stack(settings)
     group = f"{settings.namespace}civicbus-audit-verify"
-    consumer = make_consumer(settings, bootstrap, group)
     by_partition: dict[int, list[LoggedRecord]] = {}
 
     def take(message) -> None:
@@ -136,17 +136,11 @@ def read_log(settings: Settings, bootstrap: str, since_ms: int | None) -> tuple[
             LoggedRecord(message.partition(), message.offset(), timestamp_ms, entry, record_hash(value), signer.verifies_message(message), problem)
         )
 
-    try:
-        partitions = sorted(consumer.list_topics(topic, timeout=10).topics[topic].partitions)
-        lows = {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10, cached=False)[0] for p in partitions}
-        if since_ms is None:
-            starts = lows
-        else:
-            found = consumer.offsets_for_times([TopicPartition(topic, p, since_ms) for p in partitions], timeout=10)
-            starts = {tp.partition: tp.offset for tp in found if tp.offset >= 0}
-    finally:
-        consumer.close()
-    if starts:
-        read_to_end_of(settings, bootstrap, group, [TopicPartition(topic, p, o) for p, o in starts.items()], take, timeout_s=600)
+    admin = make_admin(bootstrap, **security_config(settings))
+    lows = partition_offsets(admin, [topic], OffsetSpec.earliest())
+    starts = lows if since_ms is None else partition_offsets(admin, [topic], OffsetSpec.for_timestamp(since_ms))
+    begin = [TopicPartition(topic, p, offset) for (topic, p), offset in starts.items() if offset >= 0]
+    if begin:
+        read_to_end_of(settings, bootstrap, group, begin, take, timeout_s=600)
     records = [r for p in sorted(by_partition) for r in by_partition[p]]
     return records, since_ms is None and all(low == 0 for low in lows.values())

@@ -8,11 +8,11 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
-from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic
+from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic, OffsetSpec
 
 from civicbus.settings import Settings
 from civicbus.topology import TopicSpec
@@ -81,6 +81,19 @@ def make_producer(bootstrap: str, **extra) -> Producer:
 
 def make_consumer(settings: Settings, bootstrap: str, group_id: str, **extra) -> Consumer:
     return Consumer(consumer_config(settings, bootstrap, group_id, **extra))
+
+
+def partition_offsets(admin: AdminClient, topics: Iterable[str], spec: OffsetSpec,
+                      timeout_s: float = 10.0) -> dict[tuple[str, int], int]:
+    """Every partition of `topics` with its offset by `spec` (OffsetSpec.earliest(), .latest(), or
+    .for_timestamp(ms): -1 where no record is that recent), in one ListOffsets. KeyError names a
+    topic the broker does not have."""
+    metadata = admin.list_topics(timeout=timeout_s).topics
+    request = {TopicPartition(topic, p): spec for topic in topics for p in metadata[topic].partitions}
+    if not request:
+        return {}
+    answers = admin.list_offsets(request, request_timeout=timeout_s)
+    return {(tp.topic, tp.partition): answer.result().offset for tp, answer in answers.items()}
 
 
 def read_to_end(consumer: Consumer, on_record: Callable[[Message], None], timeout_s: float = 60.0) -> None:

@@ -33,7 +33,7 @@ from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, KafkaError, 
 from confluent_kafka.admin import OffsetSpec
 
 from civicbus.context import BusContext
-from civicbus.kafka import FEED_READER_FETCH_WAIT_MS, make_admin, make_consumer
+from civicbus.kafka import FEED_READER_FETCH_WAIT_MS, make_admin, make_consumer, partition_offsets
 from civicbus.quirks import partition_ends
 from civicbus.metrics import FORGED_SKIPPED
 from civicbus.signing import RecordSigner
@@ -199,9 +199,7 @@ class FeedSubscriber:
         consumer.assign([TopicPartition(self.topic, p, o) for p, o in offsets.items()])
 
     def _ends(self) -> dict[int, int]:
-        partitions = self._admin.list_topics(self.topic, timeout=10).topics[self.topic].partitions
-        futures = self._admin.list_offsets({TopicPartition(self.topic, p): OffsetSpec.latest() for p in partitions}, request_timeout=10)
-        return {tp.partition: f.result().offset for tp, f in futures.items()}
+        return {p: offset for (_topic, p), offset in partition_offsets(self._admin, [self.topic], OffsetSpec.latest()).items()}
 
     def _check_epoch(self) -> None:
         """FeedResetError when the feed is no longer the topic this subscriber started on."""

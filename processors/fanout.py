@@ -35,12 +35,13 @@ from collections import deque
 from collections.abc import Iterable
 
 from confluent_kafka import Message, TopicPartition
+from confluent_kafka.admin import OffsetSpec
 
 from civicbus.audit import FANOUT_WRITER, AuditChain
 from civicbus.context import BusContext
 from civicbus.dlq import Reason
 from civicbus.ids import Publication, id_conflict
-from civicbus.kafka import make_consumer
+from civicbus.kafka import make_admin, partition_offsets, security_config
 from civicbus.metrics import AUDITED, DELIVERED, DUPLICATES_DROPPED, END_TO_END_LATENCY, MASKED
 from civicbus.policy import Delivery, Policy, masked_event
 from civicbus.quirks import FEED_TAIL_RECORDS, read_to_end_of
@@ -106,18 +107,11 @@ class FanoutStage(Stage):
         """Restore the delivered ids from the tail of every feed, per department, and take up the
         audit chain (with the deliveries its tail records): a fan-out killed mid-batch leaves
         records that a replay must not write twice (tests/reliability/test_kill_processors.py)."""
-        group = self.topology.group("civicbus-fanout-restore")
-        ends = make_consumer(ctx.settings, ctx.bootstrap, group)
-        try:
-            topics = ends.list_topics(timeout=10).topics
-            partitions = []
-            for feed in (self.topology.feed(d) for d in self.topology.departments):
-                for p in topics[feed].partitions:
-                    low, high = ends.get_watermark_offsets(TopicPartition(feed, p), timeout=10)
-                    partitions.append(TopicPartition(feed, p, max(low, high - FEED_TAIL_RECORDS)))
-        finally:
-            ends.close()
-        read_to_end_of(ctx.settings, ctx.bootstrap, group, partitions, self._restore_record)
+        feeds = [self.topology.feed(d) for d in self.topology.departments]
+        admin = make_admin(ctx.bootstrap, **security_config(ctx.settings))
+        lows, highs = (partition_offsets(admin, feeds, spec) for spec in (OffsetSpec.earliest(), OffsetSpec.latest()))
+        tails = [TopicPartition(feed, p, max(low, highs[(feed, p)] - FEED_TAIL_RECORDS)) for (feed, p), low in lows.items()]
+        read_to_end_of(ctx.settings, ctx.bootstrap, self.topology.group("civicbus-fanout-restore"), tails, self._restore_record)
         self.audit = AuditChain.restored(ctx.settings, ctx.bootstrap, FANOUT_WRITER)
 
     def _restore_record(self, message: Message) -> None:

@@ -3,9 +3,9 @@ import socket
 import pytest
 
 from civicbus.broker import BrokerError, EmbeddedBroker
-from civicbus.kafka import apply_topics
+from civicbus.kafka import apply_topics, make_admin, make_producer, partition_offsets
 from civicbus.topology import TopicSpec
-from confluent_kafka.admin import AdminClient
+from confluent_kafka.admin import AdminClient, OffsetSpec
 
 
 def test_embedded_broker_answers_and_stops():
@@ -37,3 +37,20 @@ def test_topics_apply_creates_then_is_idempotent_and_reports_differences(bus):
     assert report.differs == [f"{specs[0].name}: partitions {specs[0].partitions}, expected {specs[0].partitions + 2}"]
     metadata = AdminClient({"bootstrap.servers": bus.bootstrap}).list_topics(timeout=5)
     assert len(metadata.topics[specs[0].name].partitions) == specs[0].partitions  # never altered
+
+
+def test_partition_offsets_answers_every_partition_of_each_topic_in_one_request(bus):
+    feeds = [bus.topology.feed(d) for d in bus.city.department_ids()[:2]]
+    producer = make_producer(bus.bootstrap)
+    for count, feed in enumerate(feeds, start=2):
+        for _ in range(count):
+            producer.produce(feed, b"x", partition=0)
+            producer.flush(10)  # a batch each: the embedded broker's latest is the last batch's base + 1
+    admin = make_admin(bus.bootstrap)
+    partitions = {(feed, p) for feed in feeds for p in AdminClient({"bootstrap.servers": bus.bootstrap}).list_topics(timeout=5).topics[feed].partitions}
+    earliest = partition_offsets(admin, feeds, OffsetSpec.earliest())
+    latest = partition_offsets(admin, feeds, OffsetSpec.latest())
+    assert set(earliest) == set(latest) == partitions
+    assert [latest[(feed, 0)] for feed in feeds] == [2, 3] and set(earliest.values()) == {0}
+    with pytest.raises(KeyError, match="no-such-topic"):
+        partition_offsets(admin, [bus.topology.name("no-such-topic")], OffsetSpec.latest())
