@@ -262,10 +262,17 @@ def publish_on_schedule(ctx: BusContext, schedule: list, stop: threading.Event) 
 
 
 def held_until(rows: list[dict]) -> dict:
-    held = [r for r in rows if all(v["seconds"] is not None and v["seconds"] < TARGET_LAG_S for v in r["lag"].values())
-            and r["p99_ms"] is not None and r["p99_ms"] < TARGET_P99_MS]
-    first_miss = next((r["minute"] for r in rows if r not in held), None)
-    return {"minutes_done": len(rows), "first_minute_missed": first_miss, "minutes_measured": rows}
+    """The first minute that missed a target, both together and each alone, and how many minutes
+    met each (a start-up minute over the p99 target says less than a minute 40 over it)."""
+    met = {
+        "lag": lambda r: all(v["seconds"] is not None and v["seconds"] < TARGET_LAG_S for v in r["lag"].values()),
+        "p99": lambda r: r["p99_ms"] is not None and r["p99_ms"] < TARGET_P99_MS,
+    }
+    first_missed = lambda held: next((r["minute"] for r in rows if not held(r)), None)  # noqa: E731
+    return {"minutes_done": len(rows), "first_minute_missed": first_missed(lambda r: all(m(r) for m in met.values())),
+            "first_minute_missed_by": {name: first_missed(m) for name, m in met.items()},
+            "minutes_meeting": {name: sum(1 for r in rows if m(r)) for name, m in met.items()},
+            "minutes_measured": rows}
 
 
 def run(rate: float, minutes: int, seed: int = 6, bare_replay: bool = True) -> Path:
