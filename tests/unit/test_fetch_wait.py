@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from confluent_kafka import TopicPartition
+
 import civicbus.quirks as quirks
 from civicbus.quirks import FETCH_WAIT_MOST_MS, ListingClock, fetch_wait_for
 from civicbus.settings import Settings
@@ -19,6 +21,7 @@ def test_the_wait_covers_three_listings_doubling_from_the_least_and_is_bounded()
 
 def test_the_clock_rises_with_the_median_listing_and_falls_only_when_every_recent_one_allows_a_quarter(monkeypatch):
     clock = ListingClock(Settings(bootstrap="127.0.0.1:1"), "127.0.0.1:1")
+    clock.watch([TopicPartition("a", 0)])
     timings = iter([0.001, 0.050, 0.002, 0.030, 0.030, 0.030, 0.004, 0.004, 0.004, 0.004, 0.001, 0.001, 0.001, 0.001])
     monkeypatch.setattr(quirks, "listing_seconds", lambda admin, partitions: next(timings))
     waits = []
@@ -28,3 +31,35 @@ def test_the_clock_rises_with_the_median_listing_and_falls_only_when_every_recen
     # from the third timing: medians of the last five 2, 16, 30, 30, 30, 30, 4, ... ms, so one slow
     # answer moves nothing; it falls only once the slowest of the last five, 4 ms, asks for 20 ms
     assert waits == [10, 10, 10, 80, 160, 160, 160, 160, 160, 160, 20, 20, 20, 20]
+
+
+def test_the_clock_keeps_its_timings_for_the_same_partitions_and_starts_afresh_for_others(monkeypatch):
+    clock = ListingClock(Settings(bootstrap="127.0.0.1:1"), "127.0.0.1:1")
+    monkeypatch.setattr(quirks, "listing_seconds", lambda admin, partitions: 0.030)
+    clock.watch([TopicPartition("a", 0), TopicPartition("a", 1)])
+    clock.sample()
+    clock.sample()
+    clock.watch([TopicPartition("a", 1, 500), TopicPartition("a", 0, 7)])  # a new reader, the same partitions
+    clock.sample()
+    assert clock.wait_ms == 160  # three timings: the ones before the swap counted
+    clock.watch([TopicPartition("a", 0)])  # a partition revoked: its listing is another one
+    monkeypatch.setattr(quirks, "listing_seconds", lambda admin, partitions: 0.001)
+    for _ in range(3):
+        clock.sample()
+    assert clock.wait_ms == 10  # the slow timings of two partitions forgotten: it falls at the third
+
+
+def test_the_clock_times_each_partition_alone_and_covers_the_slowest(monkeypatch):
+    clock = ListingClock(Settings(bootstrap="127.0.0.1:1"), "127.0.0.1:1")
+    clock.watch([TopicPartition("in", p) for p in range(3)])
+    asked: list[list[int]] = []
+
+    def listing(admin, partitions):
+        asked.append([tp.partition for tp in partitions])
+        return {0: 0.005, 1: 0.020, 2: 0.010}[partitions[0].partition]
+
+    monkeypatch.setattr(quirks, "listing_seconds", listing)
+    for _ in range(3):
+        clock.sample()
+    assert asked == [[0], [1], [2]] * 3
+    assert clock.wait_ms == 80  # 3 x 20 ms, not 3 x the 35 ms of all three together (160)
