@@ -20,9 +20,10 @@ from civicbus.topology import TopicSpec
 
 # How long a follower's fetch waits (TopicFollower).
 FOLLOWER_FETCH_WAIT_MS = 500
-# How long a department's feed reader waits (the subscriber SDK, the gateway): on the embedded
-# broker every consumer sends a fetch per wait whatever the traffic (civicbus.quirks, 1), and a
-# city has a reader per department, so readers wait ten times a stage's 10 ms.
+# How long a department's feed reader waits (the subscriber SDK, `tail`, the gateway) while the
+# broker is quick: on the embedded broker every consumer sends a fetch per wait whatever the
+# traffic (civicbus.quirks, 1), and a city has a reader per department, so readers wait ten times
+# a stage's 10 ms; more once listing the feed takes longer (civicbus.quirks, 10).
 FEED_READER_FETCH_WAIT_MS = 100
 
 

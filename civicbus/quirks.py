@@ -9,9 +9,10 @@ Kafka; the ones that cost something there are switched on only when `is_embedded
    of the wait later, on average), an idle consumer sends one fetch per wait, and costs the broker
    about 0.09 of a core at 10 ms and 0.02 at 100 ms, plus about 0.01 per partition it reads at
    10 ms (benchmarks/results/broker.json, idle_read_committed_consumer_broker_cores).
-   -> consumers on an event's path wait 10 ms (Settings.fetch_wait_max_ms); followers that are not
-   (master data, the case router) wait FOLLOWER_FETCH_WAIT_MS (civicbus.kafka.TopicFollower);
-   departments' feed readers (the subscriber SDK, `tail`, the gateway) FEED_READER_FETCH_WAIT_MS.
+   -> consumers on an event's path wait 10 ms (Settings.fetch_wait_max_ms) while the broker is
+   quick, more as its listing slows (10); followers that are not (master data, the case router)
+   wait FOLLOWER_FETCH_WAIT_MS (civicbus.kafka.TopicFollower); departments' feed readers (the
+   subscriber SDK, `tail`, the gateway) FEED_READER_FETCH_WAIT_MS, likewise more as it slows.
 2. Every fetch that returns data lists every batch and transaction marker its partition holds
    (DynoStore::fetch over the in-memory object store); nothing trims a partition (no DeleteRecords,
    no retention). Alone on a quiet machine the listing is cheap: a produce and a read at the end of
@@ -87,9 +88,10 @@ Kafka; the ones that cost something there are switched on only when `is_embedded
    10 ms wait, all in 0.6 s at 20 ms and 0.2 s at 100 ms; at 24,000 batches 514 in 30 s, the
    broker's core full. In the 60-minute soak at 20/s (README) the stages, waiting 10 ms, fell
    behind for good once ListOffsets on their inputs took 60-100 ms.
-   -> a stage reads through a consumer whose wait follows the broker's listing time of its input
-   partitions, timed by a ListOffsets every LISTING_PROBE_S (ListingClock, fetch_wait_for;
-   processors.stage_input.StageInput), and catch-up reads (restores) time it once before they
+   -> a stage reads through a consumer whose wait follows the broker's listing time of its
+   slowest input partition, timed by a ListOffsets of each every LISTING_PROBE_S (ListingClock, fetch_wait_for;
+   civicbus.group_input.GroupInput; departments' feed readers likewise, from
+   FEED_READER_FETCH_WAIT_MS), and catch-up reads (restores) time it once before they
    start (read_to_end_of).
 """
 
@@ -153,6 +155,12 @@ def listing_seconds(admin: AdminClient, partitions: Iterable[TopicPartition], ti
     return time.perf_counter() - started
 
 
+def fetch_wait_now(settings: Settings, bootstrap: str, partitions: list[TopicPartition], least_ms: int) -> int:
+    """(10) The fetch wait a reader of `partitions` needs as the broker lists them now, timed once:
+    for a reader that starts now and is not long-lived, or reads once to an end."""
+    return fetch_wait_for(listing_seconds(make_admin(bootstrap, **security_config(settings)), partitions), least_ms)
+
+
 def read_to_end_of(settings: Settings, bootstrap: str, group_id: str, partitions: list[TopicPartition],
                    on_record: Callable[[Message], None], timeout_s: float = 60.0) -> dict[tuple[str, int], int]:
     """(10) Hand every record of `partitions` (from their offsets) to `on_record` up to each one's
@@ -160,8 +168,7 @@ def read_to_end_of(settings: Settings, bootstrap: str, group_id: str, partitions
     fetch wait covers the broker's listing of them as they are now: a restore after hours of
     traffic would otherwise get a batch per fetch, or none. Returns the offset each one was read
     to (-1001 for a partition it found no record in)."""
-    admin = make_admin(bootstrap, **security_config(settings))
-    wait_ms = fetch_wait_for(listing_seconds(admin, partitions), settings.fetch_wait_max_ms)
+    wait_ms = fetch_wait_now(settings, bootstrap, partitions, settings.fetch_wait_max_ms)
     consumer = make_consumer(settings, bootstrap, group_id, **{"enable.partition.eof": True, "fetch.wait.max.ms": wait_ms})
     try:
         consumer.assign(partitions)
@@ -197,8 +204,8 @@ class ListingClock:
     timings of a busy broker scatter (5-60 ms from one probe to the next in the 20/s soak).
     """
 
-    def __init__(self, settings: Settings, bootstrap: str):
-        self.least_ms = settings.fetch_wait_max_ms
+    def __init__(self, settings: Settings, bootstrap: str, least_ms: int | None = None):
+        self.least_ms = settings.fetch_wait_max_ms if least_ms is None else least_ms
         self.wait_ms = self.least_ms
         self._admin = make_admin(bootstrap, **security_config(settings))
         self._partitions: list[TopicPartition] = []

@@ -49,10 +49,12 @@ class Settings(BaseSettings):
     )
     fetch_wait_max_ms: int = Field(
         default=10,
-        description="How long a consumer's fetch may wait for data. The embedded broker does not end a "
-        "waiting fetch when data arrives, it waits the whole time, so each hop costs up to this much "
-        "latency (librdkafka's 500 ms default: ~250 ms a hop, measured). Apache Kafka answers as soon "
-        "as data is there; there a short wait only means more fetch requests from idle consumers.",
+        description="The least time a stage's fetch may wait for data; on the embedded broker the wait "
+        "rises with its listing time (civicbus.quirks 10, ListingClock). That broker does not end a "
+        "waiting fetch when data arrives: it looks again after half of what is left, so a record that "
+        "lands during a wait costs up to half of it (librdkafka's 500 ms default: ~250 ms a hop, "
+        "measured). Apache Kafka answers as soon as data is there; there a short wait only means more "
+        "fetch requests from idle consumers.",
     )
     case_report_wait_ms: int = Field(
         default=30_000, ge=0,

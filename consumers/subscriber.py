@@ -29,13 +29,14 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, KafkaError, KafkaException, Message, TopicPartition
-from confluent_kafka.admin import OffsetSpec
+from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, KafkaError, KafkaException, Message, TopicPartition
+from confluent_kafka.admin import AdminClient, OffsetSpec
 
 from civicbus.context import BusContext
+from civicbus.group_input import GroupInput
 from civicbus.kafka import FEED_READER_FETCH_WAIT_MS, make_admin, make_consumer, partition_offsets
-from civicbus.quirks import partition_ends
 from civicbus.metrics import FORGED_SKIPPED
+from civicbus.quirks import fetch_wait_now, is_embedded, partition_ends
 from civicbus.signing import RecordSigner
 from civicbus.wire import read_masked
 from consumers.feed_position import FeedPosition, FeedResetError, topic_epoch  # noqa: F401  (FeedResetError: what the SDK raises)
@@ -45,26 +46,19 @@ log = logging.getLogger(__name__)
 EPOCH_CHECK_S = 1.0
 
 
-def offsets_at_time(consumer: Consumer, topic: str, partitions: list[int], since_ms: int) -> dict[int, int]:
+def offsets_at_time(admin: AdminClient, topic: str, since_ms: int) -> dict[int, int]:
     """Per partition, the first offset delivered at or after `since_ms` (the end if none).
 
     The embedded broker ignores the timestamp and answers offset 0, so readers also skip records
     older than `since_ms` themselves (see `delivered_before`); on Kafka that skips nothing.
     """
-    found = consumer.offsets_for_times([TopicPartition(topic, p, since_ms) for p in partitions], timeout=10)
-    return {
-        tp.partition: tp.offset if tp.offset >= 0 else consumer.get_watermark_offsets(TopicPartition(topic, tp.partition), timeout=10, cached=False)[1]
-        for tp in found
-    }
+    found = partition_offsets(admin, [topic], OffsetSpec.for_timestamp(since_ms))
+    ends = partition_offsets(admin, [topic], OffsetSpec.latest())
+    return {p: offset if offset >= 0 else ends[(topic, p)] for (_topic, p), offset in found.items()}
 
 
 def delivered_before(message: Message, since_ms: int | None) -> bool:
     return since_ms is not None and message.timestamp()[1] < since_ms
-
-
-def feed_reader(ctx: BusContext, group: str) -> Consumer:
-    """A consumer of a department's feed: it waits like a reader, not like a stage (civicbus.kafka)."""
-    return make_consumer(ctx.settings, ctx.bootstrap, group, **{"fetch.wait.max.ms": FEED_READER_FETCH_WAIT_MS})
 
 
 @dataclass(frozen=True)
@@ -98,8 +92,10 @@ class FeedReader:
     """A feed read without a consumer group: partitions assigned directly, nothing committed.
 
     For throwaway readers (`civicbus tail`): the broker never learns of a group, so none is left
-    behind, not even after kill -9, and none shows in the live view or the lag exporter.
-    `start`: "beginning", "now", or a datetime (the records delivered at or after it)."""
+    behind, not even after kill -9, and none shows in the live view or the lag exporter. Its
+    fetch wait is chosen when it starts, from how long the broker takes to list the feed then
+    (civicbus.quirks 10). `start`: "beginning", "now", or a datetime (the records delivered at or
+    after it)."""
 
     def __init__(self, ctx: BusContext, department: str, start: datetime | str = "beginning", poll_timeout_s: float = 0.5,
                  verify: bool = True):
@@ -107,21 +103,30 @@ class FeedReader:
         self.ctx = ctx
         self._signer = RecordSigner.of_stack(ctx.settings) if verify else None
         self.topic = ctx.topology.feed(department)
-        self.epoch = topic_epoch(make_admin(ctx.bootstrap), self.topic)
+        admin = make_admin(ctx.bootstrap)
+        self.epoch = topic_epoch(admin, self.topic)
         self.poll_timeout_s = poll_timeout_s
-        # librdkafka wants a group.id even for a consumer that never joins or commits
-        self._consumer = feed_reader(ctx, f"civicbus-reader-{department}")
-        partitions = list(self._consumer.list_topics(self.topic, timeout=10).topics[self.topic].partitions)
         self._since_ms = int(start.timestamp() * 1000) if isinstance(start, datetime) else None
         if self._since_ms is not None:
-            offsets = offsets_at_time(self._consumer, self.topic, partitions, self._since_ms)
+            offsets = offsets_at_time(admin, self.topic, self._since_ms)
         else:
             logical = {"beginning": OFFSET_BEGINNING, "now": OFFSET_END}[start]
-            offsets = {p: logical for p in partitions}
-        self._consumer.assign([TopicPartition(self.topic, p, o) for p, o in offsets.items()])
+            offsets = {p: logical for p in admin.list_topics(self.topic, timeout=10).topics[self.topic].partitions}
+        partitions = [TopicPartition(self.topic, p, o) for p, o in offsets.items()]
+        wait_ms = fetch_wait_now(ctx.settings, ctx.bootstrap, partitions, FEED_READER_FETCH_WAIT_MS)
+        # librdkafka wants a group.id even for a consumer that never joins or commits
+        self._consumer = make_consumer(ctx.settings, ctx.bootstrap, f"civicbus-reader-{department}", **{"fetch.wait.max.ms": wait_ms})
+        self._consumer.assign(partitions)
 
     def poll(self) -> tuple[FeedEvent, Message] | None:
-        return _next_event(self.ctx, self._consumer, self.poll_timeout_s, self._since_ms, self._signer, self.epoch)
+        message = self._consumer.poll(self.poll_timeout_s)
+        if message is None:
+            return None
+        if message.error():
+            if message.error().code() == KafkaError._PARTITION_EOF:
+                return None
+            raise KafkaException(message.error())
+        return _event_of(self.ctx, message, self._since_ms, self._signer, self.epoch)
 
     def close(self) -> None:
         self._consumer.close()
@@ -133,17 +138,10 @@ class FeedReader:
         self.close()
 
 
-def _next_event(ctx: BusContext, consumer: Consumer, timeout_s: float, since_ms: int | None,
-                signer: RecordSigner | None, epoch: str) -> tuple[FeedEvent, Message] | None:
-    """The next feed event, or None: nothing fetched, the end of a partition, a record from before
-    `since_ms`, or a record without this stack's signature (skipped and counted, never handed on)."""
-    message = consumer.poll(timeout_s)
-    if message is None:
-        return None
-    if message.error():
-        if message.error().code() == KafkaError._PARTITION_EOF:
-            return None
-        raise KafkaException(message.error())
+def _event_of(ctx: BusContext, message: Message, since_ms: int | None, signer: RecordSigner | None,
+              epoch: str) -> tuple[FeedEvent, Message] | None:
+    """The feed event a record holds, or None: a record from before `since_ms`, or one without this
+    stack's signature (skipped and counted, never handed on)."""
     if delivered_before(message, since_ms):
         return None
     if signer is not None and not signer.verifies_message(message):
@@ -184,19 +182,20 @@ class FeedSubscriber:
         if isinstance(start, FeedPosition) and start.epoch is None:  # with an epoch, the epoch told
             start.check_within(partition_ends(ctx.settings, ctx.bootstrap, group, self.topic, self._ends()), self.topic)
         self._start: datetime | FeedPosition | None = start
-        self._consumer = feed_reader(ctx, group)
-        self._consumer.subscribe([self.topic], on_assign=self._on_assign)
+        # its fetch wait follows the broker's listing of the feed, from FEED_READER_FETCH_WAIT_MS up
+        self._input = GroupInput(ctx, f"subscriber {department}", group, [self.topic], is_embedded(ctx.bootstrap),
+                                 on_assigned=self._on_assign, least_wait_ms=FEED_READER_FETCH_WAIT_MS)
 
-    def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+    def _on_assign(self, partitions: list[TopicPartition]) -> None:
         """Replay: position the first assignment at the requested time or offset."""
         if self._start is None:
             return
         if self._since_ms is not None:
-            offsets = offsets_at_time(consumer, self.topic, [tp.partition for tp in partitions], self._since_ms)
+            offsets = offsets_at_time(self._admin, self.topic, self._since_ms)
         else:
-            offsets = {tp.partition: self._start.positions.get(tp.partition, 0) for tp in partitions}
+            offsets = self._start.positions
         self._start = None
-        consumer.assign([TopicPartition(self.topic, p, o) for p, o in offsets.items()])
+        self._input.read_from({(self.topic, tp.partition): offsets.get(tp.partition, 0) for tp in partitions})
 
     def _ends(self) -> dict[int, int]:
         return {p: offset for (_topic, p), offset in partition_offsets(self._admin, [self.topic], OffsetSpec.latest()).items()}
@@ -213,12 +212,15 @@ class FeedSubscriber:
         FeedPosition({}, self.epoch).check_epoch(current, self.topic)
 
     def poll(self) -> tuple[FeedEvent, Message] | None:
-        polled = _next_event(self.ctx, self._consumer, self.poll_timeout_s, self._since_ms, self._signer, self.epoch)
+        self._input.adapt()
+        taken = self._input.take(self.poll_timeout_s, 1)
+        polled = _event_of(self.ctx, taken[0], self._since_ms, self._signer, self.epoch) if taken else None
         self._check_epoch()
         return polled
 
     def commit(self, message: Message) -> None:
-        self._consumer.commit(offsets=[TopicPartition(message.topic(), message.partition(), message.offset() + 1)], asynchronous=False)
+        self._input.member.commit(offsets=[TopicPartition(message.topic(), message.partition(), message.offset() + 1)],
+                                  asynchronous=False)
 
     def run(self, handler: Callable[[FeedEvent], None], stop: threading.Event) -> None:
         """Call handler for each event; commit its offset after the handler returned."""
@@ -242,7 +244,7 @@ class FeedSubscriber:
                 yield event
 
     def close(self) -> None:
-        self._consumer.close()
+        self._input.close()
 
     def __enter__(self) -> FeedSubscriber:
         return self

@@ -41,14 +41,14 @@ from confluent_kafka import KafkaError, KafkaException, Message, Producer, Topic
 
 from civicbus.context import BusContext
 from civicbus.dlq import DeadLetter, Reason
+from civicbus.group_input import GroupInput
 from civicbus.kafka import producer_config
 from civicbus.metrics import (KAFKA_REQUESTS, OFFSET_COMMIT_FAILURES, PRODUCED_BATCHES, REJECTED, STAGE_BATCH_SECONDS,
-                              STAGE_RECORDS, BatchedMetrics, labelled)
+                              STAGE_FETCH_WAIT, STAGE_RECORDS, BatchedMetrics, labelled)
 from civicbus.quirks import EMBEDDED_COMMIT_SPACING_PER_BATCH_US, is_embedded
 from civicbus.settings import Settings
 from civicbus.signing import SIGNATURE_HEADER, RecordSigner
 from civicbus.topology import DLQ
-from processors.stage_input import StageInput
 
 log = logging.getLogger(__name__)
 
@@ -194,7 +194,7 @@ class StageRunner:
         self.group_id = ctx.topology.stage_group(stage.name)
         self.transactional_id = f"{self.group_id}.{instance}"
         self._producer: Producer | None = None
-        self._input: StageInput | None = None
+        self._input: GroupInput | None = None
         self._open: list[Message] = []  # the records of the open transaction
         self._started = 0.0  # perf_counter when the open transaction began
         self._last_commit = 0.0
@@ -218,9 +218,10 @@ class StageRunner:
         else:
             self._producer = Producer(producer_config(self.ctx.bootstrap, **{"linger.ms": linger_ms}, **statistics))
         self.stage.prepare(self.ctx)
-        self._input = StageInput(self.ctx, self.stage.name, self.group_id, self.stage.subscription(), embedded,
+        self._input = GroupInput(self.ctx, self.stage.name, self.group_id, self.stage.subscription(), embedded,
                                  on_assigned=self.stage.assigned, on_revoked=self._on_revoke, on_commit=self._offsets_committed,
-                                 client_config=lambda: ClientStatistics(settings, self.stage.name, "consumer").config())
+                                 client_config=lambda: ClientStatistics(settings, self.stage.name, "consumer").config(),
+                                 on_wait=lambda ms: labelled(STAGE_FETCH_WAIT, self.stage.name).set(ms / 1000))
         log.info("stage %s running as %s", self.stage.name, self.transactional_id)
         try:
             while not stop.is_set():

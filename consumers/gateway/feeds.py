@@ -38,8 +38,8 @@ from pydantic import BaseModel
 from civicbus.audit import GatewayAudit
 from civicbus.context import BusContext
 from civicbus.kafka import FEED_READER_FETCH_WAIT_MS, consumer_config, make_admin
-from civicbus.quirks import partition_ends
 from civicbus.metrics import FORGED_SKIPPED
+from civicbus.quirks import LISTING_PROBE_S, fetch_wait_for, partition_ends
 from civicbus.serde import DecodeError
 from civicbus.signing import RecordSigner
 from civicbus.wire import read_masked, to_json
@@ -200,6 +200,7 @@ class _TopicReader:
 
     feed: FeedState
     consumer: Consumer
+    wait_ms: int  # its fetch.wait.max.ms (FeedReader.wait_for)
     positions: dict[int, int] = field(default_factory=dict)
     idle_since: float = 0.0
     connected: bool = False
@@ -211,10 +212,11 @@ class _TopicReader:
     async def fetch(self, limit: int, since_ms: int | None) -> list[tuple[Message, str]]:
         """Up to `limit` records, each with the cursor after it; takes what the consumer fetched
         without blocking, until each partition's end (partition EOF) or for at most MIN_FETCH_S
-        (FIRST_FETCH_S for a new consumer, which connects first) when nothing comes."""
+        (FIRST_FETCH_S for a new consumer, which connects first; its fetch wait if longer) when
+        nothing comes."""
         got: list[tuple[Message, str]] = []
         not_at_end = set(self.positions)
-        deadline = time.monotonic() + (MIN_FETCH_S if self.connected else FIRST_FETCH_S)
+        deadline = time.monotonic() + max(MIN_FETCH_S if self.connected else FIRST_FETCH_S, self.wait_ms / 1000)
         while len(got) < limit and not_at_end and time.monotonic() < deadline:
             batch = self.consumer.consume(limit - len(got), 0)
             for message in batch:
@@ -252,21 +254,36 @@ class FeedReader:
         self.watch = FeedWatch(self.admin)
         self._idle: dict[str, list[_TopicReader]] = {}
         self._turns: dict[str, asyncio.Semaphore] = {}
+        self._waits: dict[str, tuple[int, float]] = {}  # feed -> (the wait its readers need, when timed)
         self.open_readers = 0
 
-    def _borrow(self, feed: FeedState) -> _TopicReader:
+    async def wait_for(self, feed: FeedState) -> int:
+        """(civicbus.quirks 10) The fetch wait a reader of this feed needs: FEED_READER_FETCH_WAIT_MS
+        while the broker lists the feed quickly, more as it slows; timed at most every LISTING_PROBE_S."""
+        known = self._waits.get(feed.topic)
+        if known is not None and time.monotonic() - known[1] < LISTING_PROBE_S:
+            return known[0]
+        started = time.perf_counter()
+        await self.admin.offsets(feed.topic, feed.partitions, OffsetSpec.latest())
+        wait_ms = fetch_wait_for(time.perf_counter() - started, FEED_READER_FETCH_WAIT_MS)
+        self._waits[feed.topic] = (wait_ms, time.monotonic())
+        return wait_ms
+
+    def _borrow(self, feed: FeedState, wait_ms: int) -> _TopicReader:
+        """A pooled reader of the feed that waits at least `wait_ms`, or a new one."""
         now = time.monotonic()
         for topic, pool in self._idle.items():  # every feed's: a feed nobody reads keeps no consumer
-            for reader in [r for r in pool if now - r.idle_since > IDLE_CLOSE_S or (topic == feed.topic and r.feed.epoch != feed.epoch)]:
+            for reader in [r for r in pool if now - r.idle_since > IDLE_CLOSE_S
+                           or (topic == feed.topic and (r.feed.epoch != feed.epoch or r.wait_ms < wait_ms))]:
                 pool.remove(reader)
                 self._close(reader)
         pool = self._idle.setdefault(feed.topic, [])
         if pool:
             return pool.pop()
         config = consumer_config(self.ctx.settings, self.ctx.bootstrap, "civicbus-gateway-reader",
-                                 **{"fetch.wait.max.ms": FEED_READER_FETCH_WAIT_MS, "enable.partition.eof": True})
+                                 **{"fetch.wait.max.ms": wait_ms, "enable.partition.eof": True})
         self.open_readers += 1
-        return _TopicReader(feed, Consumer(config))  # assigned, never subscribed: no group join
+        return _TopicReader(feed, Consumer(config), wait_ms)  # assigned, never subscribed: no group join
 
     def _give_back(self, reader: _TopicReader) -> None:
         pool = self._idle.setdefault(reader.feed.topic, [])
@@ -326,8 +343,9 @@ class FeedReader:
         return FeedPage(items, FeedPosition(positions, feed.epoch))
 
     async def _fetch(self, feed: FeedState, positions: dict[int, int], limit: int, since_ms: int | None) -> tuple[list[tuple[Message, str]], dict[int, int]]:
+        wait_ms = await self.wait_for(feed)
         async with self._turns.setdefault(feed.topic, asyncio.Semaphore(READERS_PER_FEED)):
-            reader = self._borrow(feed)
+            reader = self._borrow(feed, wait_ms)
             try:
                 reader.seek(positions)
                 fetched = await reader.fetch(limit, since_ms)

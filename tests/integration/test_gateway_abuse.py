@@ -131,6 +131,23 @@ def test_feed_readers_are_pooled_and_all_closed(bus, gateway):
     assert reader.open_readers == 0
 
 
+def test_a_feed_whose_listing_slows_is_read_by_a_reader_with_a_longer_wait(bus, gateway):
+    """civicbus.quirks 10: a pooled reader whose wait is below what the feed's listing now needs
+    is replaced, and the page is still whole."""
+    ids = seed_feed(bus, "citymgmt", 4)
+    auth = bearer(bus, "citymgmt")
+    first = gateway.get("/v1/feeds/citymgmt/events", params={"limit": 2}, headers=auth).json()
+    reader = gateway.app.state.feed_reader
+    topic = bus.topology.feed("citymgmt")
+    [pooled] = reader._idle[topic]
+    assert pooled.wait_ms == 100  # a quick listing: FEED_READER_FETCH_WAIT_MS
+    reader._waits[topic] = (800, time.monotonic())  # as timed when listing the feed takes ~200 ms
+    rest = gateway.get("/v1/feeds/citymgmt/events", params={"cursor": first["cursor"]}, headers=auth).json()
+    assert [e["id"] for e in first["events"] + rest["events"]] == ids
+    assert [r.wait_ms for r in reader._idle[topic]] == [800]
+    assert reader.open_readers == 1  # the 100 ms reader was closed
+
+
 def recreate_feed(bus, department: str) -> None:
     """What an operator's delete-and-create does to a feed; a new embedded broker does the same to
     every feed. No consumer that has read the topic may live across it: librdkafka 2.16's

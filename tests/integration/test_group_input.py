@@ -1,4 +1,4 @@
-"""A stage's input on a real broker (processors.stage_input, civicbus.quirks 10): the reader is
+"""A group's input on a real broker (civicbus.group_input, civicbus.quirks 10): the reader is
 replaced by one with another fetch wait between two batches and nothing is lost, repeated or
 reordered; a catch-up read takes a partition to its end."""
 
