@@ -44,7 +44,6 @@ class GroupInput:
                  on_commit: Callable | None = None, client_config: Callable[[], dict] = dict,
                  on_wait: Callable[[int], None] = lambda _ms: None, least_wait_ms: int | None = None):
         self.ctx, self.name, self.group_id = ctx, name, group_id
-        self._embedded = embedded
         self._on_assigned, self._on_revoked, self._on_wait = on_assigned, on_revoked, on_wait
         self._client_config = client_config
         self._positions: dict[tuple[str, int], int] = {}  # assigned partition -> the offset to read next
