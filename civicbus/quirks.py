@@ -155,12 +155,6 @@ def listing_seconds(admin: AdminClient, partitions: Iterable[TopicPartition], ti
     return time.perf_counter() - started
 
 
-def fetch_wait_now(settings: Settings, bootstrap: str, partitions: list[TopicPartition], least_ms: int) -> int:
-    """(10) The fetch wait a reader of `partitions` needs as the broker lists them now, timed once:
-    for a reader that starts now and is not long-lived, or reads once to an end."""
-    return fetch_wait_for(listing_seconds(make_admin(bootstrap, **security_config(settings)), partitions), least_ms)
-
-
 def read_to_end_of(settings: Settings, bootstrap: str, group_id: str, partitions: list[TopicPartition],
                    on_record: Callable[[Message], None], timeout_s: float = 60.0) -> dict[tuple[str, int], int]:
     """(10) Hand every record of `partitions` (from their offsets) to `on_record` up to each one's
@@ -168,7 +162,7 @@ def read_to_end_of(settings: Settings, bootstrap: str, group_id: str, partitions
     fetch wait covers the broker's listing of them as they are now: a restore after hours of
     traffic would otherwise get a batch per fetch, or none. Returns the offset each one was read
     to (-1001 for a partition it found no record in)."""
-    wait_ms = fetch_wait_now(settings, bootstrap, partitions, settings.fetch_wait_max_ms)
+    wait_ms = fetch_wait_for(listing_seconds(make_admin(bootstrap, **security_config(settings)), partitions), settings.fetch_wait_max_ms)
     consumer = make_consumer(settings, bootstrap, group_id, **{"enable.partition.eof": True, "fetch.wait.max.ms": wait_ms})
     try:
         consumer.assign(partitions)
@@ -188,37 +182,65 @@ def partition_ends(settings: Settings, bootstrap: str, group_id: str, topic: str
     return {p: max(reached[(topic, p)], o) for p, o in reported.items()}
 
 
+class ListingWait:
+    """(10) The fetch wait that recent timings of a broker's listing ask for. Once it has
+    LISTING_SAMPLES_NEEDED timings, the wait rises as soon as the median of the last
+    LISTING_SAMPLES asks for more, and falls only when even the slowest of them asks for a quarter
+    of it or less: the embedded broker never trims a partition, so a fall is a broker restarted or
+    a burst of load gone, and the timings of a busy broker scatter (5-60 ms from one probe to the
+    next in the 20/s soak)."""
+
+    def __init__(self, least_ms: int):
+        self.least_ms = least_ms
+        self.wait_ms = least_ms
+        self._samples: deque[float] = deque(maxlen=LISTING_SAMPLES)
+
+    def timed(self, listing_s: float) -> int:
+        """One more timing, in seconds; the wait now."""
+        self._samples.append(listing_s)
+        if len(self._samples) >= LISTING_SAMPLES_NEEDED:
+            rise = fetch_wait_for(statistics.median(self._samples), self.least_ms)
+            fall = fetch_wait_for(max(self._samples), self.least_ms)
+            if rise > self.wait_ms:
+                self.wait_ms = rise
+            elif fall * 4 <= self.wait_ms:
+                self.wait_ms = fall
+        return self.wait_ms
+
+    def forget(self) -> None:
+        """The timings so far were of another listing: count none of them (the wait stays)."""
+        self._samples.clear()
+
+
 class ListingClock:
     """(10) The fetch wait a reader of some partitions needs, kept current on a daemon thread: every
-    LISTING_PROBE_S it times the listing of each partition alone and keeps the slowest. For a
-    reader at the end of its partitions the broker lists, one after another, only those that got
-    data since its last fetch, each within what is left of the wait, and answers once round them
-    all; librdkafka starts each fetch at the next partition in turn. So a wait that covers the
-    slowest partition reads at least one partition a fetch, and every one in turn, while one that
-    covers all of them at once only makes a fetch that finds no data sleep longer (ingest's 23
-    inbound partitions timed together asked for 640 ms from minute 38 of the 20/s soak: such a
-    fetch sleeps half of it before it looks again). Once it has LISTING_SAMPLES_NEEDED
-    timings, the wait rises as soon as the median of the last LISTING_SAMPLES asks for more, and
-    falls only when even the slowest of them asks for a quarter of it or less: the embedded broker
-    never trims a partition, so a fall is a broker restarted or a burst of load gone, and the
-    timings of a busy broker scatter (5-60 ms from one probe to the next in the 20/s soak).
+    LISTING_PROBE_S it times the listing of each partition alone and hands the slowest to a
+    ListingWait. For a reader at the end of its partitions the broker lists, one after another,
+    only those that got data since its last fetch, each within what is left of the wait, and
+    answers once round them all; librdkafka starts each fetch at the next partition in turn. So a
+    wait that covers the slowest partition reads at least one partition a fetch, and every one in
+    turn, while one that covers all of them at once only makes a fetch that finds no data sleep
+    longer (ingest's 23 inbound partitions timed together asked for 640 ms from minute 38 of the
+    20/s soak: such a fetch sleeps half of it before it looks again).
     """
 
     def __init__(self, settings: Settings, bootstrap: str, least_ms: int | None = None):
-        self.least_ms = settings.fetch_wait_max_ms if least_ms is None else least_ms
-        self.wait_ms = self.least_ms
+        self.listing = ListingWait(settings.fetch_wait_max_ms if least_ms is None else least_ms)
         self._admin = make_admin(bootstrap, **security_config(settings))
         self._partitions: list[TopicPartition] = []
-        self._samples: deque[float] = deque(maxlen=LISTING_SAMPLES)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="listing-clock", daemon=True)
+
+    @property
+    def wait_ms(self) -> int:
+        return self.listing.wait_ms
 
     def watch(self, partitions: Iterable[TopicPartition]) -> None:
         """Time these partitions from now on. The timings so far are kept if they are the same
         partitions (a reader replaced for another wait, a rewind): they still say what a listing costs."""
         watched = sorted((tp.topic, tp.partition) for tp in partitions)
         if watched != sorted((tp.topic, tp.partition) for tp in self._partitions):
-            self._samples.clear()
+            self.listing.forget()
         self._partitions = [TopicPartition(topic, partition) for topic, partition in watched]
 
     def start(self) -> None:
@@ -230,18 +252,11 @@ class ListingClock:
     def sample(self) -> None:
         """Time the listing once and update `wait_ms`."""
         try:
-            self._samples.append(max((listing_seconds(self._admin, [tp]) for tp in self._partitions), default=0.0))
+            slowest = max((listing_seconds(self._admin, [tp]) for tp in self._partitions), default=0.0)
         except KafkaException as e:
             log.warning("listing time not measured (%s); the fetch wait stays %d ms", e, self.wait_ms)
             return
-        if len(self._samples) < LISTING_SAMPLES_NEEDED:
-            return
-        rise = fetch_wait_for(statistics.median(self._samples), self.least_ms)
-        fall = fetch_wait_for(max(self._samples), self.least_ms)
-        if rise > self.wait_ms:
-            self.wait_ms = rise
-        elif fall * 4 <= self.wait_ms:
-            self.wait_ms = fall
+        self.listing.timed(slowest)
 
     def _run(self) -> None:
         while not self._stop.wait(LISTING_PROBE_S):

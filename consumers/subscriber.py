@@ -36,7 +36,7 @@ from civicbus.context import BusContext
 from civicbus.group_input import GroupInput
 from civicbus.kafka import FEED_READER_FETCH_WAIT_MS, make_admin, make_consumer, partition_offsets
 from civicbus.metrics import FORGED_SKIPPED
-from civicbus.quirks import fetch_wait_now, is_embedded, partition_ends
+from civicbus.quirks import fetch_wait_for, is_embedded, listing_seconds, partition_ends
 from civicbus.signing import RecordSigner
 from civicbus.wire import read_masked
 from consumers.feed_position import FeedPosition, FeedResetError, topic_epoch  # noqa: F401  (FeedResetError: what the SDK raises)
@@ -113,7 +113,7 @@ class FeedReader:
             logical = {"beginning": OFFSET_BEGINNING, "now": OFFSET_END}[start]
             offsets = {p: logical for p in admin.list_topics(self.topic, timeout=10).topics[self.topic].partitions}
         partitions = [TopicPartition(self.topic, p, o) for p, o in offsets.items()]
-        wait_ms = fetch_wait_now(ctx.settings, ctx.bootstrap, partitions, FEED_READER_FETCH_WAIT_MS)
+        wait_ms = fetch_wait_for(listing_seconds(admin, partitions), FEED_READER_FETCH_WAIT_MS)
         # librdkafka wants a group.id even for a consumer that never joins or commits
         self._consumer = make_consumer(ctx.settings, ctx.bootstrap, f"civicbus-reader-{department}", **{"fetch.wait.max.ms": wait_ms})
         self._consumer.assign(partitions)

@@ -39,7 +39,7 @@ from civicbus.audit import GatewayAudit
 from civicbus.context import BusContext
 from civicbus.kafka import FEED_READER_FETCH_WAIT_MS, consumer_config, make_admin
 from civicbus.metrics import FORGED_SKIPPED
-from civicbus.quirks import LISTING_PROBE_S, fetch_wait_for, partition_ends
+from civicbus.quirks import LISTING_PROBE_S, ListingWait, partition_ends
 from civicbus.serde import DecodeError
 from civicbus.signing import RecordSigner
 from civicbus.wire import read_masked, to_json
@@ -254,20 +254,24 @@ class FeedReader:
         self.watch = FeedWatch(self.admin)
         self._idle: dict[str, list[_TopicReader]] = {}
         self._turns: dict[str, asyncio.Semaphore] = {}
-        self._waits: dict[str, tuple[int, float]] = {}  # feed -> (the wait its readers need, when timed)
+        self._listings: dict[str, tuple[ListingWait, float]] = {}  # feed -> (the wait its readers need, when timed last)
         self.open_readers = 0
 
     async def wait_for(self, feed: FeedState) -> int:
         """(civicbus.quirks 10) The fetch wait a reader of this feed needs: FEED_READER_FETCH_WAIT_MS
-        while the broker lists the feed quickly, more as it slows; timed at most every LISTING_PROBE_S."""
-        known = self._waits.get(feed.topic)
-        if known is not None and time.monotonic() - known[1] < LISTING_PROBE_S:
-            return known[0]
-        started = time.perf_counter()
-        await self.admin.offsets(feed.topic, feed.partitions, OffsetSpec.latest())
-        wait_ms = fetch_wait_for(time.perf_counter() - started, FEED_READER_FETCH_WAIT_MS)
-        self._waits[feed.topic] = (wait_ms, time.monotonic())
-        return wait_ms
+        while the broker lists the feed quickly, more as it slows, as the stages' ListingClock
+        decides it, from a timing of each partition alone at most every LISTING_PROBE_S."""
+        listing, timed_at = self._listings.get(feed.topic, (None, 0.0))
+        if listing is None or time.monotonic() - timed_at >= LISTING_PROBE_S:
+            listing = listing or ListingWait(FEED_READER_FETCH_WAIT_MS)
+            slowest = 0.0
+            for partition in feed.partitions:
+                started = time.perf_counter()
+                await self.admin.offsets(feed.topic, (partition,), OffsetSpec.latest())
+                slowest = max(slowest, time.perf_counter() - started)
+            listing.timed(slowest)
+            self._listings[feed.topic] = (listing, time.monotonic())
+        return listing.wait_ms
 
     def _borrow(self, feed: FeedState, wait_ms: int) -> _TopicReader:
         """A pooled reader of the feed that waits at least `wait_ms`, or a new one."""

@@ -15,6 +15,7 @@ from fastapi.testclient import TestClient
 from civicbus.broker import EmbeddedBroker, free_port
 from civicbus.context import BusContext
 from civicbus.kafka import apply_topics, make_admin
+from civicbus.quirks import LISTING_SAMPLES_NEEDED, ListingWait
 from consumers.feed_position import FeedPosition, FeedResetError
 from consumers.gateway.app import create_app
 from consumers.subscriber import FeedSubscriber
@@ -141,7 +142,10 @@ def test_a_feed_whose_listing_slows_is_read_by_a_reader_with_a_longer_wait(bus, 
     topic = bus.topology.feed("citymgmt")
     [pooled] = reader._idle[topic]
     assert pooled.wait_ms == 100  # a quick listing: FEED_READER_FETCH_WAIT_MS
-    reader._waits[topic] = (800, time.monotonic())  # as timed when listing the feed takes ~200 ms
+    listing = ListingWait(100)
+    for _ in range(LISTING_SAMPLES_NEEDED):
+        listing.timed(0.2)  # as when listing the feed takes 200 ms
+    reader._listings[topic] = (listing, time.monotonic())
     rest = gateway.get("/v1/feeds/citymgmt/events", params={"cursor": first["cursor"]}, headers=auth).json()
     assert [e["id"] for e in first["events"] + rest["events"]] == ids
     assert [r.wait_ms for r in reader._idle[topic]] == [800]

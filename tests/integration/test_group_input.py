@@ -54,7 +54,7 @@ def test_a_reader_replaced_for_another_fetch_wait_between_batches_loses_and_repe
         runner._input.clock.stop()  # the test sets the wait the clock would have measured
         publish(0, 100)
         for wait_ms, first in ((80, 100), (20, 200)):  # a rise, then a fall
-            runner._input.clock.wait_ms = wait_ms
+            runner._input.clock.listing.wait_ms = wait_ms
             wait_for(lambda w=wait_ms: runner._input._wait_ms == w, what=f"a reader waiting {wait_ms} ms")
             assert STAGE_FETCH_WAIT.labels("copy")._value.get() == wait_ms / 1000
             publish(first, 100)

@@ -105,7 +105,7 @@ def test_subscriber_reads_on_without_loss_or_repeat_when_its_fetch_wait_changes(
                     seen.append(polled[0].id)
                     subscriber.commit(polled[1])
             if wait_ms is not None:
-                subscriber._input.clock.wait_ms = wait_ms
+                subscriber._input.clock.listing.wait_ms = wait_ms
         assert subscriber._input._wait_ms == 200 and subscriber._input.member is member
     assert seen == ids
     assert committed_offset(bus, group, feed_topic) == 60

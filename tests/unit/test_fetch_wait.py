@@ -5,7 +5,7 @@ from __future__ import annotations
 from confluent_kafka import TopicPartition
 
 import civicbus.quirks as quirks
-from civicbus.quirks import FETCH_WAIT_MOST_MS, ListingClock, fetch_wait_for
+from civicbus.quirks import FETCH_WAIT_MOST_MS, ListingClock, ListingWait, fetch_wait_for
 from civicbus.settings import Settings
 
 
@@ -19,18 +19,22 @@ def test_the_wait_covers_three_listings_doubling_from_the_least_and_is_bounded()
     assert fetch_wait_for(5.0, 2000) == 2000
 
 
-def test_the_clock_rises_with_the_median_listing_and_falls_only_when_every_recent_one_allows_a_quarter(monkeypatch):
-    clock = ListingClock(Settings(bootstrap="127.0.0.1:1"), "127.0.0.1:1")
-    clock.watch([TopicPartition("a", 0)])
-    timings = iter([0.001, 0.050, 0.002, 0.030, 0.030, 0.030, 0.004, 0.004, 0.004, 0.004, 0.001, 0.001, 0.001, 0.001])
-    monkeypatch.setattr(quirks, "listing_seconds", lambda admin, partitions: next(timings))
-    waits = []
-    for _ in range(14):
-        clock.sample()
-        waits.append(clock.wait_ms)
+def test_the_wait_rises_with_the_median_listing_and_falls_only_when_every_recent_one_allows_a_quarter():
+    listing = ListingWait(10)
+    timings = [0.001, 0.050, 0.002, 0.030, 0.030, 0.030, 0.004, 0.004, 0.004, 0.004, 0.001, 0.001, 0.001, 0.001]
+    waits = [listing.timed(seconds) for seconds in timings]
     # from the third timing: medians of the last five 2, 16, 30, 30, 30, 30, 4, ... ms, so one slow
     # answer moves nothing; it falls only once the slowest of the last five, 4 ms, asks for 20 ms
     assert waits == [10, 10, 10, 80, 160, 160, 160, 160, 160, 160, 20, 20, 20, 20]
+
+
+def test_forgotten_timings_count_for_nothing_and_the_wait_stays_until_enough_new_ones():
+    listing = ListingWait(10)
+    for _ in range(3):
+        listing.timed(0.030)
+    listing.forget()
+    assert listing.timed(0.001) == 160 and listing.timed(0.001) == 160
+    assert listing.timed(0.001) == 10
 
 
 def test_the_clock_keeps_its_timings_for_the_same_partitions_and_starts_afresh_for_others(monkeypatch):
