@@ -13,6 +13,11 @@ failing fields). Two ways to hand it over, the caller chooses:
 - `accept` (with `spool=True`) returns once the event is fsync'd to the department's spool
   under Settings.state_dir; a background sender delivers the spool in order, across broker
   outages and restarts of this process (see producers/spool.py).
+
+Make one Publisher when the department's system starts and keep it: its producer is idempotent,
+and librdkafka holds the first records of a new idempotent producer until it has a producer id,
+which it asks for on a 500 ms timer from the producer's creation (rdkafka_idempotence.c; measured
+on the embedded broker: 503 ms for a record produced as the producer is made, 1-2 ms for the next).
 """
 
 from __future__ import annotations
