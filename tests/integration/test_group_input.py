@@ -83,3 +83,35 @@ def test_a_catch_up_read_takes_a_partition_of_many_transactions_to_its_end(bus):
     read_to_end_of(bus.settings, bus.bootstrap, bus.topology.group("test-catch-up"), [TopicPartition(topic, 0, 0)],
                    lambda message: read.append(message.value()), timeout_s=30)
     assert read == [str(n).encode() for n in range(300)]
+
+
+def test_a_catch_up_read_ends_while_a_writer_keeps_writing(bus):
+    """(civicbus.quirks 11) A reader in step with a steady writer is never told EOF: the read ends
+    at the last batch listed when it began, with at least every record written before it."""
+    topic = bus.topology.name("test.catch-up-live")
+    apply_topics(bus.bootstrap, [TopicSpec(topic, 1)])
+    producer = make_producer(bus.bootstrap)
+    for n in range(300):
+        producer.produce(topic, b"before", str(n).encode())
+    producer.flush(10)
+    acknowledged, stop = [300], threading.Event()
+
+    def write() -> None:  # a batch about every 10 ms, as the fan-out writes civic.audit under a trickle
+        while not stop.is_set():
+            producer.produce(topic, b"during")
+            producer.flush(10)
+            acknowledged[0] += 1
+            stop.wait(0.01)
+
+    writer = threading.Thread(target=write, daemon=True)
+    writer.start()
+    try:
+        for attempt in range(6):
+            written_before = acknowledged[0]
+            read: list[bytes] = []
+            read_to_end_of(bus.settings, bus.bootstrap, bus.topology.group(f"test-catch-up-live-{attempt}"),
+                           [TopicPartition(topic, 0, 0)], lambda message: read.append(message.value()), timeout_s=10)
+            assert len(read) >= written_before
+    finally:
+        stop.set()
+        writer.join(10)
