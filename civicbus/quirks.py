@@ -136,12 +136,8 @@ FEED_TAIL_RECORDS = 5_000
 
 
 # (10) A reader's fetch wait covers this many listings of its partitions (the broker is slower
-# still under load than when timed), from Settings.fetch_wait_max_ms in steps of FETCH_WAIT_STEP up
-# to the most. A step is a reader replaced (civicbus.group_input); a coarser one makes a reader wait
-# for more listings than it needs: doubling, up to six (the 20/s soak's p99 rose from 864 ms to
-# 1.01 s in the minute ingest's wait doubled from 160 to 320 ms, README).
+# still under load than when timed), from Settings.fetch_wait_max_ms doubling up to the most.
 FETCH_WAIT_LISTINGS = 3
-FETCH_WAIT_STEP = 1.25
 FETCH_WAIT_MOST_MS = 1_000
 # (10) How often a stage times the listing of its input partitions; the wait follows the median
 # of the last LISTING_SAMPLES timings, so one slow answer does not change it.
@@ -152,10 +148,10 @@ LISTING_SAMPLES_NEEDED = 3
 
 def fetch_wait_for(listing_s: float, least_ms: int) -> int:
     """(10) The fetch wait that covers FETCH_WAIT_LISTINGS listings taking `listing_s`: `least_ms`
-    raised by FETCH_WAIT_STEP as often as needed, at most FETCH_WAIT_MOST_MS (never below `least_ms`)."""
+    doubled as often as needed, at most FETCH_WAIT_MOST_MS (never below `least_ms`)."""
     wait = max(1, least_ms)
     while wait < FETCH_WAIT_LISTINGS * listing_s * 1000 and wait < FETCH_WAIT_MOST_MS:
-        wait = max(wait + 1, round(wait * FETCH_WAIT_STEP))
+        wait *= 2
     return max(least_ms, min(wait, FETCH_WAIT_MOST_MS))
 
 

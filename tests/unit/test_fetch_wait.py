@@ -9,12 +9,11 @@ from civicbus.quirks import FETCH_WAIT_MOST_MS, ListingClock, ListingWait, fetch
 from civicbus.settings import Settings
 
 
-def test_the_wait_covers_three_listings_in_steps_of_a_quarter_from_the_least_and_is_bounded():
+def test_the_wait_covers_three_listings_doubling_from_the_least_and_is_bounded():
     assert fetch_wait_for(0.0, 10) == 10
     assert fetch_wait_for(0.003, 10) == 10  # 9 ms of listings fit in 10
-    assert fetch_wait_for(0.004, 10) == 12
-    assert fetch_wait_for(0.030, 10) == 94  # 90 ms of listings: 10, 12, 15, 19, 24, 30, 38, 48, 60, 75, 94
-    assert fetch_wait_for(0.054, 10) == 185  # 162 ms: at most a step (a quarter) more than three listings
+    assert fetch_wait_for(0.004, 10) == 20
+    assert fetch_wait_for(0.030, 10) == 160  # 90 ms of listings: 10, 20, 40, 80, 160
     assert fetch_wait_for(5.0, 10) == FETCH_WAIT_MOST_MS
     assert fetch_wait_for(0.0, 50) == 50  # never below the configured wait
     assert fetch_wait_for(5.0, 2000) == 2000
@@ -25,8 +24,8 @@ def test_the_wait_rises_with_the_median_listing_and_falls_only_when_every_recent
     timings = [0.001, 0.050, 0.002, 0.030, 0.030, 0.030, 0.004, 0.004, 0.004, 0.004, 0.001, 0.001, 0.001, 0.001]
     waits = [listing.timed(seconds) for seconds in timings]
     # from the third timing: medians of the last five 2, 16, 30, 30, 30, 30, 4, ... ms, so one slow
-    # answer moves nothing; it falls only once the slowest of the last five, 4 ms, asks for 12 ms
-    assert waits == [10, 10, 10, 48, 94, 94, 94, 94, 94, 94, 12, 12, 12, 12]
+    # answer moves nothing; it falls only once the slowest of the last five, 4 ms, asks for 20 ms
+    assert waits == [10, 10, 10, 80, 160, 160, 160, 160, 160, 160, 20, 20, 20, 20]
 
 
 def test_forgotten_timings_count_for_nothing_and_the_wait_stays_until_enough_new_ones():
@@ -34,7 +33,7 @@ def test_forgotten_timings_count_for_nothing_and_the_wait_stays_until_enough_new
     for _ in range(3):
         listing.timed(0.030)
     listing.forget()
-    assert listing.timed(0.001) == 94 and listing.timed(0.001) == 94
+    assert listing.timed(0.001) == 160 and listing.timed(0.001) == 160
     assert listing.timed(0.001) == 10
 
 
@@ -46,7 +45,7 @@ def test_the_clock_keeps_its_timings_for_the_same_partitions_and_starts_afresh_f
     clock.sample()
     clock.watch([TopicPartition("a", 1, 500), TopicPartition("a", 0, 7)])  # a new reader, the same partitions
     clock.sample()
-    assert clock.wait_ms == 94  # three timings: the ones before the swap counted
+    assert clock.wait_ms == 160  # three timings: the ones before the swap counted
     clock.watch([TopicPartition("a", 0)])  # a partition revoked: its listing is another one
     monkeypatch.setattr(quirks, "listing_seconds", lambda admin, partitions: 0.001)
     for _ in range(3):
@@ -67,4 +66,4 @@ def test_the_clock_times_each_partition_alone_and_covers_the_slowest(monkeypatch
     for _ in range(3):
         clock.sample()
     assert asked == [[0], [1], [2]] * 3
-    assert clock.wait_ms == 60  # 3 x 20 ms, not 3 x the 35 ms of all three together (118)
+    assert clock.wait_ms == 80  # 3 x 20 ms, not 3 x the 35 ms of all three together (160)
