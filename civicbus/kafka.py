@@ -97,9 +97,11 @@ def partition_offsets(admin: AdminClient, topics: Iterable[str], spec: OffsetSpe
     return {(tp.topic, tp.partition): answer.result().offset for tp, answer in answers.items()}
 
 
-def read_to_end(consumer: Consumer, on_record: Callable[[Message], None], timeout_s: float = 60.0) -> None:
+def read_to_end(consumer: Consumer, on_record: Callable[[Message], None], timeout_s: float = 60.0,
+                ends: dict[tuple[str, int], int] | None = None) -> None:
     """Hand every record of the consumer's assignment to `on_record`, at least up to where each
-    partition ended when the read began.
+    partition ended when the read began (`ends`, each partition's watermark as listed then; listed
+    here when not given).
 
     A partition is read once partition EOF is reported (the consumer needs `enable.partition.eof`)
     or once a record at or past its last batch as listed when the read began has been handed over,
@@ -107,7 +109,9 @@ def read_to_end(consumer: Consumer, on_record: Callable[[Message], None], timeou
     writer is never told EOF, and the listed watermark stops at the last batch's first record
     (civicbus.quirks, 5 and 11). TimeoutError names the partitions not read to their end in time.
     """
-    last_batch = {(tp.topic, tp.partition): consumer.get_watermark_offsets(tp, timeout=10)[1] - 1 for tp in consumer.assignment()}
+    if ends is None:
+        ends = {(tp.topic, tp.partition): consumer.get_watermark_offsets(tp, timeout=10)[1] for tp in consumer.assignment()}
+    last_batch = {partition: end - 1 for partition, end in ends.items()}
     pending = set(last_batch)
     deadline = time.monotonic() + timeout_s
     while pending and time.monotonic() < deadline:

@@ -155,16 +155,21 @@ def fetch_wait_for(listing_s: float, least_ms: int) -> int:
     return max(least_ms, min(wait, FETCH_WAIT_MOST_MS))
 
 
-def listing_seconds(admin: AdminClient, partitions: Iterable[TopicPartition], timeout_s: float = 30.0) -> float:
-    """How long the broker takes to answer the end offsets of `partitions` in one ListOffsets: on
-    the embedded broker a listing of each one's batches, as a fetch that finds data costs (2, 10)."""
+def listed_ends(admin: AdminClient, partitions: Iterable[TopicPartition], timeout_s: float = 30.0) -> tuple[dict[tuple[str, int], int], float]:
+    """The end offsets of `partitions` in one ListOffsets, and how long the broker took to answer:
+    on the embedded broker a listing of each one's batches, as a fetch that finds data costs (2, 10)."""
     request = {TopicPartition(tp.topic, tp.partition): OffsetSpec.latest() for tp in partitions}
     if not request:
-        return 0.0
+        return {}, 0.0
     started = time.perf_counter()
-    for future in admin.list_offsets(request, request_timeout=timeout_s).values():
-        future.result()
-    return time.perf_counter() - started
+    answers = admin.list_offsets(request, request_timeout=timeout_s)
+    ends = {(tp.topic, tp.partition): answer.result().offset for tp, answer in answers.items()}
+    return ends, time.perf_counter() - started
+
+
+def listing_seconds(admin: AdminClient, partitions: Iterable[TopicPartition], timeout_s: float = 30.0) -> float:
+    """How long the broker takes to list `partitions` (listed_ends)."""
+    return listed_ends(admin, partitions, timeout_s)[1]
 
 
 def read_to_end_of(settings: Settings, bootstrap: str, group_id: str, partitions: list[TopicPartition],
@@ -174,11 +179,12 @@ def read_to_end_of(settings: Settings, bootstrap: str, group_id: str, partitions
     fetch wait covers the broker's listing of them as they are now: a restore after hours of
     traffic would otherwise get a batch per fetch, or none. Returns the offset each one was read
     to (-1001 for a partition it found no record in)."""
-    wait_ms = fetch_wait_for(listing_seconds(make_admin(bootstrap, **security_config(settings)), partitions), settings.fetch_wait_max_ms)
-    consumer = make_consumer(settings, bootstrap, group_id, **{"enable.partition.eof": True, "fetch.wait.max.ms": wait_ms})
+    ends, listing_s = listed_ends(make_admin(bootstrap, **security_config(settings)), partitions)
+    consumer = make_consumer(settings, bootstrap, group_id, **{"enable.partition.eof": True,
+                                                               "fetch.wait.max.ms": fetch_wait_for(listing_s, settings.fetch_wait_max_ms)})
     try:
         consumer.assign(partitions)
-        read_to_end(consumer, on_record, timeout_s)
+        read_to_end(consumer, on_record, timeout_s, ends)
         return {(tp.topic, tp.partition): tp.offset for tp in consumer.position(consumer.assignment())}
     finally:
         consumer.close()
