@@ -90,7 +90,13 @@ def partition_offsets(admin: AdminClient, topics: Iterable[str], spec: OffsetSpe
     .for_timestamp(ms): -1 where no record is that recent), in one ListOffsets. KeyError names a
     topic the broker does not have."""
     metadata = admin.list_topics(timeout=timeout_s).topics
-    request = {TopicPartition(topic, p): spec for topic in topics for p in metadata[topic].partitions}
+    return offsets_of(admin, [TopicPartition(topic, p) for topic in topics for p in metadata[topic].partitions], spec, timeout_s)
+
+
+def offsets_of(admin: AdminClient, partitions: Iterable[TopicPartition], spec: OffsetSpec,
+               timeout_s: float = 10.0) -> dict[tuple[str, int], int]:
+    """Each of `partitions` with its offset by `spec`, in one ListOffsets."""
+    request = {TopicPartition(tp.topic, tp.partition): spec for tp in partitions}
     if not request:
         return {}
     answers = admin.list_offsets(request, request_timeout=timeout_s)

@@ -119,7 +119,7 @@ from collections.abc import Callable, Iterable
 from confluent_kafka import Consumer, KafkaException, Message, TopicPartition
 from confluent_kafka.admin import AdminClient, OffsetSpec
 
-from civicbus.kafka import make_admin, make_consumer, read_to_end, security_config
+from civicbus.kafka import make_admin, make_consumer, offsets_of, read_to_end, security_config
 from civicbus.metrics import SKIPPED_BATCHES
 from civicbus.settings import Settings
 
@@ -158,12 +158,8 @@ def fetch_wait_for(listing_s: float, least_ms: int) -> int:
 def listed_ends(admin: AdminClient, partitions: Iterable[TopicPartition], timeout_s: float = 30.0) -> tuple[dict[tuple[str, int], int], float]:
     """The end offsets of `partitions` in one ListOffsets, and how long the broker took to answer:
     on the embedded broker a listing of each one's batches, as a fetch that finds data costs (2, 10)."""
-    request = {TopicPartition(tp.topic, tp.partition): OffsetSpec.latest() for tp in partitions}
-    if not request:
-        return {}, 0.0
     started = time.perf_counter()
-    answers = admin.list_offsets(request, request_timeout=timeout_s)
-    ends = {(tp.topic, tp.partition): answer.result().offset for tp, answer in answers.items()}
+    ends = offsets_of(admin, partitions, OffsetSpec.latest(), timeout_s)
     return ends, time.perf_counter() - started
 
 
