@@ -29,6 +29,14 @@ def latency(seed: int = 6, repeats: int = 3) -> None:
 
 
 @app.command()
+def hops(seed: int = 6, rate: float = 100.0, seconds: float = 20.0) -> None:
+    """(b) a bare hop's latency on the idle broker and beside the pipeline at RATE events/s, and the pipeline's."""
+    from benchmarks.hops import run
+
+    run(seed, rate, seconds)
+
+
+@app.command()
 def serde(seed: int = 6, repeats: int = 5) -> None:
     """(c) Avro encode and decode rates."""
     from benchmarks.serde_rates import run
@@ -110,6 +118,7 @@ def run_all(seed: int = 6) -> None:
     share(seed=seed)
     throughput(seed=seed, profile=True)
     latency(seed=seed)
+    hops(seed=seed)
     workers(seed=seed)
     gateway(seed=seed)
     cli()

@@ -9,7 +9,8 @@ CreateTimes: until the event was written to civic.dist.events, until the fan-out
 record, and the rest (the fan-out's commit and the read). `slowest_windows` names the stall
 episodes: the publish-time windows whose records waited longest, split the same way. Each
 repeat runs on a fresh stack; the headline figures are medians over the repeats.
-Targets (issue 10): p99 <= 100 ms at 100/s and <= 250 ms at 1,000/s.
+Targets (issue 10): p99 <= 100 ms at 100/s and <= 250 ms at 1,000/s. `python -m benchmarks hops`
+(benchmarks/hops.py) puts these phases beside what one bare hop costs on the same broker.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from __future__ import annotations
 import statistics
 import threading
 import time
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -47,9 +49,9 @@ def publish_at(bootstrap: str, records: list[Record], rate: float) -> None:
     producer.flush(30)
 
 
-def summary(latencies_ms: list[float]) -> dict:
+def summary(latencies_ms: list[float], counted: str = "feed_records") -> dict:
     return {
-        "feed_records": len(latencies_ms),
+        counted: len(latencies_ms),
         "p50_ms": round(percentile(latencies_ms, 50), 1),
         "p95_ms": round(percentile(latencies_ms, 95), 1),
         "p99_ms": round(percentile(latencies_ms, 99), 1),
@@ -101,42 +103,68 @@ def slowest_windows(records: list[FeedRecord], started_ms: float, count: int = 3
             for index, found in sorted(worst)]
 
 
+def start_stack(ctx, stages, workload: Workload) -> Arrivals:
+    """The stages started and warmed up, and a reader of every feed that has read the warm-up."""
+    for stage in STAGES:
+        stages.start_stage(stage)
+    feeds = Arrivals(ctx.bootstrap, [ctx.topology.feed(d) for d in ctx.city.department_ids()])
+    warmup = workload.inbound_records(workload.mix(300))
+    produce(ctx.bootstrap, warmup)
+    feeds.wait_for({r.key for r in warmup}, 120)
+    feeds.settle()  # the warm-up's last copies (seen: 130 of them counted in the first phase, 5-6 s after publishing)
+    return feeds
+
+
+def phase(ctx, stages, feeds: Arrivals, records: list[Record], rate: float, case_keys: set[bytes],
+          during: AbstractContextManager = nullcontext()) -> tuple[list[FeedRecord], float]:
+    """Publish `records` at `rate` and read every feed copy of them: each copy's way, and when the
+    phase began (ms since the epoch). `during` is entered from the first publish until every event
+    arrived once."""
+    feeds.records.clear()
+    feeds.rereads = 0
+    started_ms = time.time() * 1000
+    publisher = threading.Thread(target=publish_at, args=(ctx.bootstrap, records, rate))
+    keys = {r.key for r in records}
+    with during:
+        publisher.start()
+        try:
+            feeds.wait_for(keys, 120 + len(records) / rate)
+        except TimeoutError as e:
+            missing = keys - set(feeds.first_seen)
+            raise TimeoutError(f"{e}; where the missing ones are: {locate(ctx, missing)}\n{stages.log_tails()}") from None
+    feeds.settle()  # and every other copy of them
+    publisher.join()
+    in_dist = {m.key(): m.timestamp()[1] for m in reversed(read_all(ctx.bootstrap, [ctx.topology.name(DIST_EVENTS)], idle_s=1.0))
+               if m.key() in keys}
+    found = [FeedRecord("case" if key in case_keys else "no_case", published, in_dist.get(key), written, arrived * 1000)
+             for key, arrived, published, written in feeds.records]
+    return found, started_ms
+
+
+def case_keys_of(ctx, records: list[Record]) -> set[bytes]:
+    return {r.key for r in records if ctx.catalog[dict(r.headers)["ce_type"].decode()].case_stage}
+
+
+def by_path(found: list[FeedRecord]) -> dict:
+    """Figures for every feed record and per path."""
+    figures = {}
+    for path in ("all", "no_case", "case"):
+        on_path = [r for r in found if path in ("all", r.path)]
+        figures[path] = summary([r.latency for r in on_path]) | segment_medians(on_path)
+    return figures
+
+
 def one_run(seed: int) -> dict:
     """Every rate in turn on a fresh stack: figures per rate and path."""
     results = {}
     with bench_bus() as (ctx, stages):
         workload = Workload(ctx, seed)
         runs = {rate: workload.inbound_records(workload.mix(int(rate * seconds))) for rate, seconds in RATES.items()}
-        case_keys = {r.key for records in runs.values() for r in records if ctx.catalog[dict(r.headers)["ce_type"].decode()].case_stage}
-        for stage in STAGES:
-            stages.start_stage(stage)
-        feeds = Arrivals(ctx.bootstrap, [ctx.topology.feed(d) for d in ctx.city.department_ids()])
-        warmup = workload.inbound_records(workload.mix(300))
-        produce(ctx.bootstrap, warmup)
-        feeds.wait_for({r.key for r in warmup}, 120)
-        feeds.settle()  # the warm-up's last copies (seen: 130 of them counted in the first phase, 5-6 s after publishing)
+        case_keys = case_keys_of(ctx, [r for records in runs.values() for r in records])
+        feeds = start_stack(ctx, stages, workload)
         for rate, records in runs.items():
-            feeds.records.clear()
-            feeds.rereads = 0
-            started_ms = time.time() * 1000
-            publisher = threading.Thread(target=publish_at, args=(ctx.bootstrap, records, rate))
-            publisher.start()
-            try:
-                feeds.wait_for({r.key for r in records}, 120 + RATES[rate])
-            except TimeoutError as e:
-                missing = {r.key for r in records} - set(feeds.first_seen)
-                raise TimeoutError(f"{e}; where the missing ones are: {locate(ctx, missing)}\n{stages.log_tails()}") from None
-            feeds.settle()  # and every other copy of them
-            publisher.join()
-            keys = {r.key for r in records}
-            in_dist = {m.key(): m.timestamp()[1] for m in reversed(read_all(ctx.bootstrap, [ctx.topology.name(DIST_EVENTS)], idle_s=1.0))
-                       if m.key() in keys}
-            found = [FeedRecord("case" if key in case_keys else "no_case", published, in_dist.get(key), written, arrived * 1000)
-                     for key, arrived, published, written in feeds.records]
-            results[str(rate)] = {"events": len(records)}
-            for path in ("all", "no_case", "case"):
-                on_path = [r for r in found if path in ("all", r.path)]
-                results[str(rate)][path] = summary([r.latency for r in on_path]) | segment_medians(on_path)
+            found, started_ms = phase(ctx, stages, feeds, records, rate, case_keys)
+            results[str(rate)] = {"events": len(records), **by_path(found)}
             results[str(rate)]["slowest_windows"] = slowest_windows(found, started_ms)
             results[str(rate)]["records_the_reader_read_again"] = feeds.rereads  # left out of the figures
             print(f"latency at {rate}/s: {results[str(rate)]['all']}")
