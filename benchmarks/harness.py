@@ -386,12 +386,12 @@ def bench_bus(partitions: int = 1, namespace: str = "bench.", keep_logs_in: Path
         yield ctx, stages
 
 
-def department_reader(bootstrap: str, feed: str) -> Consumer:
-    """A department's stock reader of its feed, from the start: read_committed, a group of its own
-    that commits nothing, and the subscriber SDK's fetch wait."""
+def department_reader(bootstrap: str, feed: str, wait_ms: int = FEED_READER_FETCH_WAIT_MS, offset: int = 0) -> Consumer:
+    """A department's stock reader of its feed, from `offset` (the start unless given): read_committed,
+    a group of its own that commits nothing, and the subscriber SDK's fetch wait unless given."""
     reader = Consumer({"bootstrap.servers": bootstrap, "group.id": f"bench-{uuid.uuid4().hex}", "enable.auto.commit": False,
-                       "isolation.level": "read_committed", "fetch.wait.max.ms": FEED_READER_FETCH_WAIT_MS})
-    reader.assign([TopicPartition(feed, 0, 0)])
+                       "isolation.level": "read_committed", "fetch.wait.max.ms": wait_ms})
+    reader.assign([TopicPartition(feed, 0, offset)])
     return reader
 
 

@@ -23,9 +23,9 @@ from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
 
-from confluent_kafka import OFFSET_END, Consumer, Producer, TopicPartition
+from confluent_kafka import OFFSET_END, Producer
 
-from benchmarks.harness import Workload, bench_bus, fetched, processes, usage
+from benchmarks.harness import Workload, bench_bus, department_reader, fetched, processes, usage
 from benchmarks.latency import by_path, case_keys_of, phase, start_stack, summary
 from benchmarks.report import percentile, write_result
 from civicbus.kafka import apply_topics
@@ -62,9 +62,7 @@ class HopProbe:
 def probe_hops(bootstrap: str, topic: str, wait_ms: int, stop, results) -> None:
     """HopProbe's process: write PROBE_RATE records a second and read them until `stop` is set;
     put the latencies read on `results`."""
-    reader = Consumer({"bootstrap.servers": bootstrap, "group.id": f"{topic}.reader", "enable.auto.commit": False,
-                       "isolation.level": "read_committed", "fetch.wait.max.ms": wait_ms})
-    reader.assign([TopicPartition(topic, 0, OFFSET_END)])
+    reader = department_reader(bootstrap, topic, wait_ms, OFFSET_END)
     producer = Producer({"bootstrap.servers": bootstrap})
     latencies_ms: list[float] = []
 
