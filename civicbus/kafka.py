@@ -103,22 +103,23 @@ def offsets_of(admin: AdminClient, partitions: Iterable[TopicPartition], spec: O
     return {(tp.topic, tp.partition): answer.result().offset for tp, answer in answers.items()}
 
 
-def read_to_end(consumer: Consumer, on_record: Callable[[Message], None], timeout_s: float = 60.0,
-                ends: dict[tuple[str, int], int] | None = None) -> None:
+def read_to_end(consumer: Consumer, on_record: Callable[[Message], None], ends: dict[tuple[str, int], int],
+                timeout_s: float = 60.0) -> None:
     """Hand every record of the consumer's assignment to `on_record`, at least up to where each
-    partition ended when the read began (`ends`, each partition's watermark as listed then; listed
-    here when not given).
+    partition ended when the read began (`ends`, each partition's watermark as listed then, before
+    the consumer was assigned: a request queues behind a fetch in flight, which the embedded broker
+    holds for its whole wait).
 
-    A partition is read once partition EOF is reported (the consumer needs `enable.partition.eof`)
-    or once a record at or past its last batch as listed when the read began has been handed over,
-    with everything fetched alongside it: on the embedded broker a reader in step with a steady
-    writer is never told EOF, and the listed watermark stops at the last batch's first record
-    (civicbus.quirks, 5 and 11). TimeoutError names the partitions not read to their end in time.
+    A partition that was empty when the read began is read already: waiting for its EOF would cost
+    a fetch wait at every start of a fresh stack. Any other is read once partition EOF is reported
+    (the consumer needs `enable.partition.eof`) or once a record at or past its last batch as
+    listed when the read began has been handed over, with everything fetched alongside it: on the
+    embedded broker a reader in step with a steady writer is never told EOF, and the listed
+    watermark stops at the last batch's first record (civicbus.quirks, 5 and 11). TimeoutError
+    names the partitions not read to their end in time.
     """
-    if ends is None:
-        ends = {(tp.topic, tp.partition): consumer.get_watermark_offsets(tp, timeout=10)[1] for tp in consumer.assignment()}
     last_batch = {partition: end - 1 for partition, end in ends.items()}
-    pending = set(last_batch)
+    pending = {partition for partition, end in ends.items() if end > 0}
     deadline = time.monotonic() + timeout_s
     while pending and time.monotonic() < deadline:
         message = consumer.poll(0.2)
@@ -156,14 +157,19 @@ class TopicFollower:
         self._consumer = make_consumer(settings, bootstrap, group, **{"enable.partition.eof": True,
                                                                      "fetch.wait.max.ms": FOLLOWER_FETCH_WAIT_MS, **client_config})
         metadata = self._consumer.list_topics(timeout=10).topics
-        self._consumer.assign([TopicPartition(t, p, 0) for t in topics for p in metadata[t].partitions])
+        self._partitions = [TopicPartition(t, p, 0) for t in topics for p in metadata[t].partitions]
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._follow, name=name, daemon=True)
 
     def catch_up(self, timeout_s: float = 60.0) -> None:
-        read_to_end(self._consumer, self._apply, timeout_s)
+        ends = {(tp.topic, tp.partition): self._consumer.get_watermark_offsets(tp, timeout=10)[1] for tp in self._partitions}
+        self._consumer.assign(self._partitions)  # after the listing (see read_to_end)
+        read_to_end(self._consumer, self._apply, ends, timeout_s)
 
     def start(self) -> None:
+        """Follow from where `catch_up` stopped (from the start when it was not called)."""
+        if not self._consumer.assignment():
+            self._consumer.assign(self._partitions)
         self._thread.start()
 
     def stop(self) -> None:
@@ -174,7 +180,7 @@ class TopicFollower:
 
     def _follow(self) -> None:
         while not self._stop.is_set():
-            message = self._consumer.poll(0.2)
+            message = self._consumer.poll(0.05)  # a local wait (fetching is librdkafka's thread): how long `stop` waits
             if message is not None and not message.error():
                 self._apply(message)
 

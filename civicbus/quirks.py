@@ -180,7 +180,7 @@ def read_to_end_of(settings: Settings, bootstrap: str, group_id: str, partitions
                                                                "fetch.wait.max.ms": fetch_wait_for(listing_s, settings.fetch_wait_max_ms)})
     try:
         consumer.assign(partitions)
-        read_to_end(consumer, on_record, timeout_s, ends)
+        read_to_end(consumer, on_record, ends, timeout_s)
         return {(tp.topic, tp.partition): tp.offset for tp in consumer.position(consumer.assignment())}
     finally:
         consumer.close()

@@ -25,3 +25,6 @@ class FakeRecord:
 
     def value(self):
         return self._value
+
+    def error(self):
+        return None
