@@ -21,11 +21,12 @@ def throughput(events: int = 10_000, repeats: int = 3, seed: int = 6, profile: b
 
 
 @app.command()
-def latency(seed: int = 6, repeats: int = 3) -> None:
+def latency(seed: int = 6, repeats: int = 3,
+            rates: str = typer.Option("", help="events/s of the phases, comma-separated (default 100,1000,5000)")) -> None:
     """(b) publish -> feed latency p50/p95/p99 at 100, 1,000 and 5,000 events/s, medians over REPEATS fresh stacks."""
     from benchmarks.latency import run
 
-    run(seed, repeats)
+    run(seed, repeats, [int(rate) for rate in rates.split(",") if rate.strip()])
 
 
 @app.command()

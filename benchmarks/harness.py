@@ -23,7 +23,7 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Iterable, Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import AbstractContextManager, ExitStack, contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -417,6 +417,20 @@ def usage(procs: dict[str, psutil.Process]) -> dict[str, dict]:
         except psutil.Error:
             out[name] = {"pid": proc.pid, "rss_mb": None, "cpu_s": None}
     return out
+
+
+@contextmanager
+def cores_used(procs: dict[str, psutil.Process], into: dict[str, float],
+               alongside: AbstractContextManager = nullcontext()) -> Iterator[None]:
+    """Run `alongside` and note in `into` the cores each process used meanwhile (CPU seconds a
+    second), by name, and their "total"."""
+    before, started = usage(procs), time.monotonic()
+    with alongside:
+        yield
+    after, elapsed = usage(procs), time.monotonic() - started
+    into.update({name: round((after[name]["cpu_s"] - before[name]["cpu_s"]) / elapsed, 2)
+                 for name in after if None not in (before[name]["cpu_s"], after[name]["cpu_s"])})
+    into["total"] = round(sum(into.values()), 2)
 
 
 def stage_samples(metrics_dir: str) -> Iterator[Sample]:

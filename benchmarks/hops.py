@@ -19,13 +19,12 @@ import multiprocessing
 import random
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import AbstractContextManager, contextmanager, nullcontext
+from contextlib import nullcontext
 from pathlib import Path
 
 from confluent_kafka import OFFSET_END, Producer
 
-from benchmarks.harness import Workload, bench_bus, department_reader, fetched, processes, usage
+from benchmarks.harness import Workload, bench_bus, cores_used, department_reader, fetched, processes
 from benchmarks.latency import by_path, case_keys_of, phase, start_stack, summary
 from benchmarks.report import percentile, write_result
 from civicbus.kafka import apply_topics
@@ -89,17 +88,6 @@ def sum_of_hops(latencies_ms: list[float], hops: int = 3, seed: int = 6) -> dict
     return {"hops": hops, "p50_ms": round(percentile(sums, 50), 1), "p99_ms": round(percentile(sums, 99), 1)}
 
 
-@contextmanager
-def cores_used(processes_by_name: dict, into: dict, name: str, alongside: AbstractContextManager) -> Iterator[None]:
-    """Run `alongside` and note in `into[name]` the cores the processes used meanwhile, summed."""
-    before, started = usage(processes_by_name), time.monotonic()
-    with alongside:
-        yield
-    after, elapsed = usage(processes_by_name), time.monotonic() - started
-    if after:
-        into[name] = round(sum(after[p]["cpu_s"] - before[p]["cpu_s"] for p in after) / elapsed, 2)
-
-
 def run(seed: int = 6, rate: float = 100.0, seconds: float = 20.0) -> Path:
     with bench_bus() as (ctx, stages):
         topic = f"{ctx.settings.namespace}probe.hop"
@@ -115,8 +103,11 @@ def run(seed: int = 6, rate: float = 100.0, seconds: float = 20.0) -> Path:
         broker = {name: p for name, p in processes(stages).items() if name == "broker"}  # none when CIVICBUS_BOOTSTRAP is another broker
         figures, broker_cores = {}, {}
         for name, records in phases.items():
-            during = cores_used(broker, broker_cores, name, beside if name == "pipeline_beside_the_probe" else nullcontext())
+            cores: dict[str, float] = {}
+            during = cores_used(broker, cores, beside if name == "pipeline_beside_the_probe" else nullcontext())
             found, _ = phase(ctx, stages, feeds, records, rate, case_keys, during)
+            if "broker" in cores:
+                broker_cores[name] = cores["broker"]
             figures[name] = by_path(found)
             print(f"{name} at {rate:g}/s: {figures[name]['all']}")
         feeds.close()
