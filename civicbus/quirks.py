@@ -114,7 +114,7 @@ import statistics
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Container, Hashable, Iterable
 
 from confluent_kafka import Consumer, KafkaException, Message, TopicPartition
 from confluent_kafka.admin import AdminClient, OffsetSpec
@@ -197,45 +197,51 @@ def partition_ends(settings: Settings, bootstrap: str, group_id: str, topic: str
 
 
 class ListingWait:
-    """(10) The fetch wait that recent timings of a broker's listing ask for. Once it has
-    LISTING_SAMPLES_NEEDED timings, the wait rises as soon as the median of the last
-    LISTING_SAMPLES asks for more, and falls only when even the slowest of them asks for a quarter
-    of it or less: the embedded broker never trims a partition, so a fall is a broker restarted or
-    a burst of load gone, and the timings of a busy broker scatter (5-60 ms from one probe to the
-    next in the 20/s soak)."""
+    """(10) The fetch wait that recent timings of a broker's listing ask for, of one partition or of
+    each of several (`of`). Once a partition has LISTING_SAMPLES_NEEDED timings, the wait rises as
+    soon as the median of its last LISTING_SAMPLES asks for more, and falls only when even the
+    slowest of every partition's asks for a quarter of it or less: the embedded broker never trims a
+    partition, so a fall is a broker restarted or a burst of load gone, and the timings of a busy
+    broker scatter (5-60 ms from one probe to the next in the 20/s soak). Each partition's median,
+    not the slowest answer of each round: ingest times its 23 inbound partitions, and the slowest of 23
+    answers of a busy broker is its tail, whichever partition it was."""
 
     def __init__(self, least_ms: int):
         self.least_ms = least_ms
         self.wait_ms = least_ms
-        self._samples: deque[float] = deque(maxlen=LISTING_SAMPLES)
+        self._samples: dict[Hashable, deque[float]] = {}
 
-    def timed(self, listing_s: float) -> int:
-        """One more timing, in seconds; the wait now."""
-        self._samples.append(listing_s)
-        if len(self._samples) >= LISTING_SAMPLES_NEEDED:
-            rise = fetch_wait_for(statistics.median(self._samples), self.least_ms)
-            fall = fetch_wait_for(max(self._samples), self.least_ms)
+    def timed(self, listing_s: float, of: Hashable = None) -> int:
+        """One more timing, in seconds, of partition `of`; the wait now."""
+        self._samples.setdefault(of, deque(maxlen=LISTING_SAMPLES)).append(listing_s)
+        ready = [samples for samples in self._samples.values() if len(samples) >= LISTING_SAMPLES_NEEDED]
+        if ready:
+            rise = max(fetch_wait_for(statistics.median(samples), self.least_ms) for samples in ready)
+            fall = max(fetch_wait_for(max(samples), self.least_ms) for samples in ready)
             if rise > self.wait_ms:
                 self.wait_ms = rise
             elif fall * 4 <= self.wait_ms:
                 self.wait_ms = fall
         return self.wait_ms
 
-    def forget(self) -> None:
-        """The timings so far were of another listing: count none of them (the wait stays)."""
-        self._samples.clear()
+    def forget(self, keep: Container[Hashable] = ()) -> None:
+        """The timings so far of every partition not in `keep` were of a listing no longer read:
+        count none of them (the wait stays)."""
+        for partition in [partition for partition in self._samples if partition not in keep]:
+            del self._samples[partition]
 
 
 class ListingClock:
     """(10) The fetch wait a reader of some partitions needs, kept current on a daemon thread: every
-    LISTING_PROBE_S it times the listing of each partition alone and hands the slowest to a
-    ListingWait. For a reader at the end of its partitions the broker lists, one after another,
-    only those that got data since its last fetch, each within what is left of the wait, and
-    answers once round them all; librdkafka starts each fetch at the next partition in turn. So a
-    wait that covers the slowest partition reads at least one partition a fetch, and every one in
-    turn, while one that covers all of them at once only makes a fetch that finds no data sleep
-    longer (ingest's 23 inbound partitions timed together asked for 640 ms from minute 38 of the
-    20/s soak: such a fetch sleeps half of it before it looks again).
+    LISTING_PROBE_S it times the listing of each partition alone and hands each timing to a
+    ListingWait, which covers the partition whose listing is slowest. For a reader at the end of
+    its partitions the broker lists, one after another, only those that got data since its last
+    fetch, each within what is left of the wait, and answers once round them all; librdkafka
+    starts each fetch at the next partition in turn. So a wait that covers the slowest partition
+    reads at least one partition a fetch, and every one in turn, while one that covers all of them
+    at once only makes a fetch that finds no data sleep longer (ingest's 23 inbound partitions
+    timed together asked for 640 ms from minute 38 of the 20/s soak: such a fetch sleeps half of
+    it before it looks again).
     """
 
     def __init__(self, settings: Settings, bootstrap: str, least_ms: int | None = None):
@@ -250,11 +256,11 @@ class ListingClock:
         return self.listing.wait_ms
 
     def watch(self, partitions: Iterable[TopicPartition]) -> None:
-        """Time these partitions from now on. The timings so far are kept if they are the same
-        partitions (a reader replaced for another wait, a rewind): they still say what a listing costs."""
-        watched = sorted((tp.topic, tp.partition) for tp in partitions)
-        if watched != sorted((tp.topic, tp.partition) for tp in self._partitions):
-            self.listing.forget()
+        """Time these partitions from now on. The timings so far of those still watched are kept
+        (a reader replaced for another wait, a rewind, a rebalance): they still say what listing
+        each costs."""
+        watched = sorted({(tp.topic, tp.partition) for tp in partitions})
+        self.listing.forget(keep=set(watched))
         self._partitions = [TopicPartition(topic, partition) for topic, partition in watched]
 
     def start(self) -> None:
@@ -264,13 +270,14 @@ class ListingClock:
         self._stop.set()
 
     def sample(self) -> None:
-        """Time the listing once and update `wait_ms`."""
+        """Time each partition's listing once and update `wait_ms`."""
         try:
-            slowest = max((listing_seconds(self._admin, [tp]) for tp in self._partitions), default=0.0)
+            timings = [((tp.topic, tp.partition), listing_seconds(self._admin, [tp])) for tp in self._partitions]
         except KafkaException as e:
             log.warning("listing time not measured (%s); the fetch wait stays %d ms", e, self.wait_ms)
             return
-        self.listing.timed(slowest)
+        for partition, listing_s in timings:
+            self.listing.timed(listing_s, of=partition)
 
     def _run(self) -> None:
         while not self._stop.wait(LISTING_PROBE_S):

@@ -37,20 +37,35 @@ def test_forgotten_timings_count_for_nothing_and_the_wait_stays_until_enough_new
     assert listing.timed(0.001) == 10
 
 
-def test_the_clock_keeps_its_timings_for_the_same_partitions_and_starts_afresh_for_others(monkeypatch):
+def test_the_clock_keeps_the_timings_of_partitions_still_watched_and_forgets_the_others(monkeypatch):
     clock = ListingClock(Settings(bootstrap="127.0.0.1:1"), "127.0.0.1:1")
-    monkeypatch.setattr(quirks, "listing_seconds", lambda admin, partitions: 0.030)
+    monkeypatch.setattr(quirks, "listing_seconds", lambda admin, partitions: {0: 0.001, 1: 0.030}[partitions[0].partition])
     clock.watch([TopicPartition("a", 0), TopicPartition("a", 1)])
     clock.sample()
     clock.sample()
     clock.watch([TopicPartition("a", 1, 500), TopicPartition("a", 0, 7)])  # a new reader, the same partitions
     clock.sample()
-    assert clock.wait_ms == 160  # three timings: the ones before the swap counted
-    clock.watch([TopicPartition("a", 0)])  # a partition revoked: its listing is another one
-    monkeypatch.setattr(quirks, "listing_seconds", lambda admin, partitions: 0.001)
-    for _ in range(3):
+    assert clock.wait_ms == 160  # three timings of the slow one: the ones before the swap counted
+    clock.watch([TopicPartition("a", 0)])  # the slow one revoked
+    clock.sample()
+    assert clock.wait_ms == 10  # its timings forgotten, the fast one's four kept: it falls at once
+
+
+def test_one_slow_answer_a_round_from_any_partition_does_not_raise_the_wait(monkeypatch):
+    """A busy broker answers one ListOffsets of many slowly now and then: each partition's
+    median, not the slowest answer of each round, says what its listing costs."""
+    clock = ListingClock(Settings(bootstrap="127.0.0.1:1"), "127.0.0.1:1")
+    clock.watch([TopicPartition("in", p) for p in range(20)])
+    slow_one = {"partition": 0}
+
+    def listing(admin, partitions):
+        return 0.060 if partitions[0].partition == slow_one["partition"] else 0.005
+
+    monkeypatch.setattr(quirks, "listing_seconds", listing)
+    for round_ in range(10):
+        slow_one["partition"] = round_ * 7 % 20  # another partition each round
         clock.sample()
-    assert clock.wait_ms == 10  # the slow timings of two partitions forgotten: it falls at the third
+    assert clock.wait_ms == 20  # 3 x 5 ms; the slowest answer of each round (60 ms) would ask 320
 
 
 def test_the_clock_times_each_partition_alone_and_covers_the_slowest(monkeypatch):
