@@ -95,6 +95,14 @@ def soak(rate: float = 20.0, minutes: int = 60, seed: int = 6,
 
 
 @app.command()
+def up(rate: float = 20.0, minutes: int = 25) -> None:
+    """The stack as `civicbus up --simulate RATE` runs it, its metrics endpoint scraped every minute for MINUTES, then SIGTERM."""
+    from benchmarks.up import run
+
+    run(rate, minutes)
+
+
+@app.command()
 def cli(repeats: int = 7) -> None:
     """(g) start-up of `civicbus --help`, token, publish and tail."""
     from benchmarks.cli import run
