@@ -60,7 +60,9 @@ def up_processes(up: subprocess.Popen) -> dict[str, psutil.Process]:
         if "tansu" in " ".join(command[:1]):
             found["broker"] = child
         elif "civicbus.cli" in command:
-            found[" ".join(command[command.index("civicbus.cli") + 1:][:2])] = child
+            arguments = command[command.index("civicbus.cli") + 1:]
+            first_option = next((n for n, argument in enumerate(arguments) if argument.startswith("-")), len(arguments))
+            found[" ".join(arguments[:first_option])] = child  # "process ingest", "gateway", "simulate"
     return found
 
 
@@ -71,6 +73,8 @@ def bucket_bound(buckets: dict[float, float], share: float) -> float | None:
 
 
 def minute_figures(samples: dict[str, list], before: dict[str, list]) -> dict:
+    """A minute's figures from its last scrape: lags and open cases as they stand, records and
+    deliveries since the scrape `before`."""
     lag: dict[str, dict[str, float]] = defaultdict(dict)
     for sample in samples["kafka_consumergroup_group_max_lag"]:
         lag[sample.labels["group"]]["records"] = sample.value
