@@ -41,7 +41,11 @@ STOP_TIMEOUT_S = 60.0
 
 def scrape(url: str) -> dict[str, list]:
     """The endpoint's samples, by metric name."""
-    text = urllib.request.urlopen(url, timeout=10).read().decode()
+    return samples_by_name(urllib.request.urlopen(url, timeout=10).read().decode())
+
+
+def samples_by_name(text: str) -> dict[str, list]:
+    """The samples of a Prometheus text exposition, by metric name."""
     samples: dict[str, list] = defaultdict(list)
     for family in text_string_to_metric_families(text):
         for sample in family.samples:

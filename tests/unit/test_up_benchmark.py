@@ -2,19 +2,7 @@
 
 from __future__ import annotations
 
-from collections import defaultdict
-
-from prometheus_client.parser import text_string_to_metric_families
-
-from benchmarks.up import bucket_bound, minute_figures
-
-
-def scraped(text: str) -> dict[str, list]:
-    samples: dict[str, list] = defaultdict(list)
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            samples[sample.name].append(sample)
-    return samples
+from benchmarks.up import bucket_bound, minute_figures, samples_by_name
 
 
 def exposition(records: int, buckets: dict[str, int], lag_s: float) -> str:
@@ -30,8 +18,8 @@ def exposition(records: int, buckets: dict[str, int], lag_s: float) -> str:
 
 
 def test_a_minute_counts_only_what_happened_in_it():
-    before = scraped(exposition(1000, {"0.1": 40, "1.0": 50, "+Inf": 50}, 0.2))
-    after = scraped(exposition(1600, {"0.1": 90, "1.0": 148, "+Inf": 150}, 0.4))
+    before = samples_by_name(exposition(1000, {"0.1": 40, "1.0": 50, "+Inf": 50}, 0.2))
+    after = samples_by_name(exposition(1600, {"0.1": 90, "1.0": 148, "+Inf": 150}, 0.4))
     figures = minute_figures(after, before)
     assert figures["records"] == {"ingest": 600}
     assert figures["deliveries"] == 200  # (150 - 50) for each of the two departments
